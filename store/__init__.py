@@ -1,0 +1,1 @@
+"""powersync store: node inventory, power state, locks, history and the notification outbox."""
