@@ -36,3 +36,22 @@ def require_module(name: str) -> None:
         if in_ci():
             pytest.fail(message + " -- CI must never skip peer tests")
         pytest.skip(message)
+
+
+def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct UDP ports that are free on ``host`` right now.
+
+    Tests run in parallel with other work on the machine, so ports are never hard-coded.
+    """
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
