@@ -1,0 +1,497 @@
+"""The agent's configuration: one TOML file, validated into frozen attrs classes.
+
+The file is found by ``--config``, then ``$POWERSYNC_CONFIG``, then ``./agent.toml``; without
+any of them the built-in default (``agent/default.toml``) is used. Every problem stops the
+program with one :class:`~agent.errors.ConfigError` line naming the file and the key, e.g.
+``agent.toml: [conductor] sync_power_state_workers must be an integer >= 1 (got -2)``.
+
+Relative paths inside a config file (store path, password files) are relative to the
+directory of that file, so a config works the same whatever the working directory is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any, Final
+
+import attrs
+
+from agent.config_reader import (
+    ALLOWED_CIPHER_SUITES,
+    Section,
+    file_is_private,
+    parse_toml,
+    reject_unknown,
+    resolve_path,
+    split_listen,
+)
+from agent.errors import ConfigError, SecretError
+from agent.nova_config import NovaConfig, parse_nova_section
+from agent.secrets import read_secret_file
+
+PRIVILEGES: Final = ("user", "operator", "administrator")
+SESSION_MODES: Final = ("persistent", "per-cycle")
+STORE_BACKENDS: Final = ("sqlite", "json")
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+BUILTIN_SOURCE: Final = "<built-in default>"
+DEFAULT_CONFIG_NAME: Final = "agent.toml"
+CONFIG_ENV: Final = "POWERSYNC_CONFIG"
+MAX_USERNAME_BYTES: Final = 16  # IPMI v2.0 user name field
+MAX_PASSWORD_BYTES: Final = 20  # IPMI v2.0 password (key) field
+
+
+@attrs.frozen
+class ConductorConfig:
+    """``[conductor]``: the sync loop; names follow Ironic's ``[conductor]`` options."""
+
+    sync_power_state_interval: float = 60.0
+    sync_power_state_workers: int = 8
+    force_power_state_during_sync: bool = True
+    power_state_sync_max_retries: int = 3
+    power_failure_recovery_interval: float = 300.0
+    power_state_change_timeout: float = 60.0
+    sync_node_timeout: float = 15.0
+    sync_jitter_window: float = 5.0
+    min_command_interval: float = 0.0
+    lock_ttl: float = 120.0
+
+    @property
+    def sync_enabled(self) -> bool:
+        return self.sync_power_state_interval > 0
+
+    @property
+    def recovery_enabled(self) -> bool:
+        return self.power_failure_recovery_interval > 0
+
+
+@attrs.frozen
+class IpmiConfig:
+    """``[ipmi]``: defaults for every BMC session (a node may override suites, privilege, mode)."""
+
+    cipher_suites: tuple[int, ...] = ALLOWED_CIPHER_SUITES
+    privilege: str = "administrator"
+    retry_timeout: float = 1.0
+    retry_backoff: float = 2.0
+    retry_max_timeout: float = 4.0
+    retries: int = 3
+    session_mode: str = "persistent"
+    keepalive_interval: float = 25.0
+
+
+@attrs.frozen
+class StoreConfig:
+    """``[store]``: where node state lives."""
+
+    backend: str = "sqlite"
+    path: str = "./powersync.sqlite"
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``[metrics]``: the optional Prometheus endpoint, off unless ``listen`` is set."""
+
+    listen: str | None = None
+
+    @property
+    def host(self) -> str | None:
+        return None if self.listen is None else split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int | None:
+        return None if self.listen is None else split_listen(self.listen)[1]
+
+
+@attrs.frozen
+class LoggingConfig:
+    """``[logging]``: line format and level of the agent's log on stderr."""
+
+    format: str = "text"
+    level: str = "info"
+
+
+@attrs.frozen
+class StaticNode:
+    """One ``[[nodes]]`` entry (also one row of an inventory import); upserted at start."""
+
+    name: str
+    bmc_address: str
+    bmc_username: str
+    bmc_password: str = attrs.field(repr=False)
+    bmc_port: int = 623
+    cipher_suites: tuple[int, ...] | None = None
+    privilege: str | None = None
+    instance_uuid: str | None = None
+    session_mode: str | None = None
+
+
+@attrs.frozen
+class AgentConfig:
+    source: str
+    conductor: ConductorConfig = ConductorConfig()
+    ipmi: IpmiConfig = IpmiConfig()
+    store: StoreConfig = StoreConfig()
+    nova: NovaConfig = attrs.field(factory=NovaConfig)
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    nodes: tuple[StaticNode, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# finding and reading the file
+
+
+def find_config(path: str | None, environ: Mapping[str, str]) -> str | None:
+    """The config file to use, or None for the built-in default."""
+    if path:
+        return path
+    from_env = environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env
+    if os.path.exists(DEFAULT_CONFIG_NAME):
+        return DEFAULT_CONFIG_NAME
+    return None
+
+
+def load_config(
+    path: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Find, read and validate the configuration; raises ConfigError (one line) on any problem."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    chosen = find_config(path, env)
+    if chosen is None:
+        text = resources.files("agent").joinpath("default.toml").read_text(encoding="utf-8")
+        return parse_config(text, source=BUILTIN_SOURCE, base_dir=os.curdir, environ=env)
+    try:
+        with open(chosen, "rb") as handle:
+            private = file_is_private(handle.fileno())
+            raw = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read config file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{chosen}: not UTF-8 text (byte {exc.start})") from None
+    return parse_config(
+        text,
+        source=chosen,
+        base_dir=os.path.dirname(chosen) or os.curdir,
+        environ=env,
+        private=private,
+    )
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str,
+    base_dir: str = os.curdir,
+    environ: Mapping[str, str] | None = None,
+    private: bool = True,
+) -> AgentConfig:
+    """Validate TOML text; ``private`` says whether the file is unreadable by other users."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    document = parse_toml(text, source)
+    sections = ("conductor", "ipmi", "store", "nova", "metrics", "logging", "nodes")
+    reject_unknown(document, sections, f"{source}:", "section")
+
+    conductor = _parse_conductor(Section(document, "conductor", source))
+    ipmi = _parse_ipmi(Section(document, "ipmi", source))
+    store = _parse_store(Section(document, "store", source), base_dir)
+    metrics = _parse_metrics(Section(document, "metrics", source))
+    logging = _parse_logging(Section(document, "logging", source))
+    nova = _parse_nova(Section(document, "nova", source), source, base_dir, env, private)
+    nodes = _parse_nodes(document.get("nodes", []), source, base_dir, env, private)
+    return AgentConfig(
+        source=source,
+        conductor=conductor,
+        ipmi=ipmi,
+        store=store,
+        nova=nova,
+        metrics=metrics,
+        logging=logging,
+        nodes=nodes,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def _parse_conductor(section: Section) -> ConductorConfig:
+    section.check_keys([field.name for field in attrs.fields(ConductorConfig)])
+    defaults = ConductorConfig()
+    interval = section.number("sync_power_state_interval", defaults.sync_power_state_interval)
+    node_timeout = section.positive("sync_node_timeout", defaults.sync_node_timeout)
+    jitter = section.number("sync_jitter_window", defaults.sync_jitter_window, minimum=0)
+    change_timeout = section.positive(
+        "power_state_change_timeout", defaults.power_state_change_timeout
+    )
+    lock_ttl = section.positive("lock_ttl", defaults.lock_ttl)
+    if interval > 0 and node_timeout >= interval:
+        raise section.fail(
+            "sync_node_timeout",
+            f"must be less than sync_power_state_interval ({interval:g})",
+            node_timeout,
+        )
+    if interval > 0 and jitter >= interval:
+        raise section.fail(
+            "sync_jitter_window",
+            f"must be less than sync_power_state_interval ({interval:g})",
+            jitter,
+        )
+    if lock_ttl <= change_timeout:
+        # A power action holds the node lock while it waits for the target state.
+        raise section.fail(
+            "lock_ttl",
+            f"must be greater than power_state_change_timeout ({change_timeout:g})",
+            lock_ttl,
+        )
+    return ConductorConfig(
+        sync_power_state_interval=interval,
+        sync_power_state_workers=section.integer(
+            "sync_power_state_workers", defaults.sync_power_state_workers, minimum=1
+        ),
+        force_power_state_during_sync=section.boolean(
+            "force_power_state_during_sync", defaults.force_power_state_during_sync
+        ),
+        power_state_sync_max_retries=section.integer(
+            "power_state_sync_max_retries", defaults.power_state_sync_max_retries, minimum=0
+        ),
+        power_failure_recovery_interval=section.number(
+            "power_failure_recovery_interval", defaults.power_failure_recovery_interval, minimum=0
+        ),
+        power_state_change_timeout=change_timeout,
+        sync_node_timeout=node_timeout,
+        sync_jitter_window=jitter,
+        min_command_interval=section.number(
+            "min_command_interval", defaults.min_command_interval, minimum=0
+        ),
+        lock_ttl=lock_ttl,
+    )
+
+
+def _parse_ipmi(section: Section) -> IpmiConfig:
+    section.check_keys([field.name for field in attrs.fields(IpmiConfig)])
+    defaults = IpmiConfig()
+    retry_timeout = section.positive("retry_timeout", defaults.retry_timeout)
+    retry_max_timeout = section.positive(
+        "retry_max_timeout", max(defaults.retry_max_timeout, retry_timeout)
+    )
+    if retry_max_timeout < retry_timeout:
+        raise section.fail(
+            "retry_max_timeout", f"must be >= retry_timeout ({retry_timeout:g})", retry_max_timeout
+        )
+    return IpmiConfig(
+        cipher_suites=section.cipher_suites("cipher_suites") or defaults.cipher_suites,
+        privilege=section.choice("privilege", defaults.privilege, PRIVILEGES),
+        retry_timeout=retry_timeout,
+        retry_backoff=section.number("retry_backoff", defaults.retry_backoff, minimum=1),
+        retry_max_timeout=retry_max_timeout,
+        retries=section.integer("retries", defaults.retries, minimum=0, maximum=20),
+        session_mode=section.choice("session_mode", defaults.session_mode, SESSION_MODES),
+        keepalive_interval=section.positive("keepalive_interval", defaults.keepalive_interval),
+    )
+
+
+def _parse_store(section: Section, base_dir: str) -> StoreConfig:
+    section.check_keys(["backend", "path"])
+    defaults = StoreConfig()
+    path = section.string("path", defaults.path)
+    return StoreConfig(
+        backend=section.choice("backend", defaults.backend, STORE_BACKENDS),
+        path=resolve_path(path, base_dir),
+    )
+
+
+def _parse_metrics(section: Section) -> MetricsConfig:
+    section.check_keys(["listen"])
+    listen = section.optional_string("listen")
+    if listen is not None:
+        try:
+            split_listen(listen)
+        except ValueError as exc:
+            raise section.fail("listen", str(exc), listen) from None
+    return MetricsConfig(listen=listen)
+
+
+def _parse_logging(section: Section) -> LoggingConfig:
+    section.check_keys(["format", "level"])
+    defaults = LoggingConfig()
+    return LoggingConfig(
+        format=section.choice("format", defaults.format, LOG_FORMATS),
+        level=section.choice("level", defaults.level, LOG_LEVELS),
+    )
+
+
+def _parse_nova(
+    section: Section, source: str, base_dir: str, environ: Mapping[str, str], private: bool
+) -> NovaConfig:
+    """agent/nova_config.py validates [nova]; paths are made relative to the config file first."""
+    table = dict(section.table)
+    for key in ("password_file", "application_credential_secret_file", "cafile"):
+        if isinstance(table.get(key), str) and table[key]:
+            table[key] = resolve_path(table[key], base_dir)
+    for key in ("password", "application_credential_secret"):
+        if table.get(key) is not None and not private:
+            raise ConfigError(
+                f"{section.where} {key}: a literal secret needs a config file only its owner can "
+                f"read (chmod 600), or use {key}_file / {key}_env"
+            )
+    return parse_nova_section(table, source=source, environ=environ)
+
+
+# --------------------------------------------------------------------------------------------
+# nodes: shared by [[nodes]] in agent.toml and by `powersync node import`
+
+NODE_KEYS: Final = (
+    "name",
+    "bmc_address",
+    "bmc_port",
+    "bmc_username",
+    "bmc_password",
+    "bmc_password_file",
+    "bmc_password_env",
+    "cipher_suites",
+    "privilege",
+    "instance_uuid",
+    "session_mode",
+)
+
+
+def _parse_nodes(
+    value: object, source: str, base_dir: str, environ: Mapping[str, str], private: bool
+) -> tuple[StaticNode, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{source}: nodes must be an array of tables ([[nodes]])")
+    nodes: list[StaticNode] = []
+    seen: dict[str, int] = {}
+    for index, table in enumerate(value, start=1):
+        label = table.get("name") if isinstance(table.get("name"), str) else None
+        where = f"{source}: [[nodes]] #{index}" + (f" ({label})" if label else "")
+        node = parse_node(
+            table, where=where, base_dir=base_dir, environ=environ, literal_password_ok=private
+        )
+        if node.name in seen:
+            raise ConfigError(
+                f"{where}: name {node.name!r} is also used by [[nodes]] #{seen[node.name]}"
+            )
+        seen[node.name] = index
+        nodes.append(node)
+    return tuple(nodes)
+
+
+def parse_node(
+    table: dict[str, Any],
+    *,
+    where: str,
+    base_dir: str,
+    environ: Mapping[str, str],
+    literal_password_ok: bool,
+    default_password: str | None = None,
+) -> StaticNode:
+    """Validate one node table; ``where`` prefixes every message (file and entry).
+
+    ``literal_password_ok`` is False when the file holding the table is readable by others:
+    a literal ``bmc_password`` is then refused. ``default_password`` is used when the table
+    names no password at all (an import given ``--password-file``).
+    """
+    section = Section.of(table, where + ":")
+    section.check_keys(NODE_KEYS)
+    name = section.optional_string("name")
+    if name is None:
+        raise ConfigError(f"{where}: name is required")
+    address = section.optional_string("bmc_address")
+    if address is None:
+        raise ConfigError(f"{where}: bmc_address is required")
+    username = table.get("bmc_username")
+    if not isinstance(username, str):
+        raise ConfigError(f"{where}: bmc_username is required (a string)")
+    if len(username.encode()) > MAX_USERNAME_BYTES:
+        raise section.fail("bmc_username", f"must be at most {MAX_USERNAME_BYTES} bytes", username)
+    instance_uuid = section.optional_string("instance_uuid")
+    if instance_uuid is not None:
+        try:
+            instance_uuid = str(uuid.UUID(instance_uuid))
+        except ValueError:
+            raise section.fail("instance_uuid", "must be a UUID", instance_uuid) from None
+    password = _node_password(section, base_dir, environ, literal_password_ok, default_password)
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        # IPMI v2.0 keys are at most 20 bytes; never echo the value.
+        raise ConfigError(f"{where}: the BMC password is longer than {MAX_PASSWORD_BYTES} bytes")
+    return StaticNode(
+        name=name,
+        bmc_address=_check_address(section, address),
+        bmc_port=section.integer("bmc_port", 623, minimum=1, maximum=65535),
+        bmc_username=username,
+        bmc_password=password,
+        cipher_suites=section.cipher_suites("cipher_suites"),
+        privilege=section.optional_choice("privilege", PRIVILEGES),
+        instance_uuid=instance_uuid,
+        session_mode=section.optional_choice("session_mode", SESSION_MODES),
+    )
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _check_address(section: Section, address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(address):
+        raise section.fail("bmc_address", "must be an IP address or host name", address)
+    return address
+
+
+def _node_password(
+    section: Section,
+    base_dir: str,
+    environ: Mapping[str, str],
+    literal_password_ok: bool,
+    default_password: str | None,
+) -> str:
+    given = [
+        key
+        for key in ("bmc_password", "bmc_password_file", "bmc_password_env")
+        if key in section.table
+    ]
+    if len(given) > 1:
+        raise ConfigError(f"{section.where} give only one of {', '.join(given)}")
+    if not given:
+        if default_password is not None:
+            return default_password
+        raise ConfigError(
+            f"{section.where} a password is required: bmc_password_file or bmc_password_env"
+        )
+    key = given[0]
+    value = section.table[key]
+    if not isinstance(value, str) or not value:
+        # Never echo what might be a password.
+        raise ConfigError(f"{section.where} {key} must be a non-empty string")
+    if key == "bmc_password":
+        if not literal_password_ok:
+            raise ConfigError(
+                f"{section.where} bmc_password: a literal password needs a file only its owner "
+                "can read (chmod 600), or use bmc_password_file / bmc_password_env"
+            )
+        return value
+    if key == "bmc_password_env":
+        secret = environ.get(value)
+        if not secret:
+            raise ConfigError(
+                f"{section.where} bmc_password_env: environment variable {value} is not set"
+            )
+        return secret
+    try:
+        return read_secret_file(resolve_path(value, base_dir), what="BMC password")
+    except SecretError as exc:
+        raise ConfigError(f"{section.where} bmc_password_file: {exc}") from None

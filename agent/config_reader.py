@@ -1,0 +1,186 @@
+"""Typed reading of TOML tables for the configuration and inventory files.
+
+Every problem becomes one :class:`~agent.errors.ConfigError` line that names the file, the
+table and the key, and shows the offending value (never for secrets).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from agent.errors import ConfigError
+
+ALLOWED_CIPHER_SUITES: Final = (17, 3)
+
+
+def file_is_private(fd: int) -> bool:
+    """True when neither group nor others may read the open file (mode 0600 or stricter)."""
+    return not os.fstat(fd).st_mode & (stat.S_IRGRP | stat.S_IROTH)
+
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """tomllib with errors turned into one ConfigError line naming the file and the line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = _TOML_POSITION.search(message)
+        if found:
+            reason = message[: found.start()].strip()
+            raise ConfigError(
+                f"{source}: line {found.group(1)}, column {found.group(2)}: invalid TOML: {reason}"
+            ) from None
+        raise ConfigError(f"{source}: invalid TOML: {message}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# typed access to one table, with messages that name the file, section and key
+
+
+def reject_unknown(table: Mapping[str, Any], known: Sequence[str], where: str, kind: str) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where} unknown {kind} {key!r}{hint}")
+
+
+class Section:
+    """One table of the document; reads typed values and remembers which keys were used."""
+
+    def __init__(self, document: Mapping[str, Any], name: str, source: str) -> None:
+        self.where = f"{source}: [{name}]"
+        table = document.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.where} must be a table")
+        self.table: dict[str, Any] = table
+
+    @classmethod
+    def of(cls, table: dict[str, Any], where: str) -> Section:
+        section = cls.__new__(cls)
+        section.where = where
+        section.table = table
+        return section
+
+    def fail(self, key: str, requirement: str, value: object) -> ConfigError:
+        return ConfigError(f"{self.where} {key} {requirement} (got {value!r})")
+
+    def check_keys(self, known: Sequence[str]) -> None:
+        reject_unknown(self.table, known, self.where, "key")
+
+    def number(self, key: str, default: float, *, minimum: float | None = None) -> float:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(key, "must be a number", value)
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be a number >= {minimum:g}", value)
+        return float(value)
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.number(key, default)
+        if value <= 0:
+            raise self.fail(key, "must be a number > 0", value)
+        return value
+
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, "must be an integer", value)
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            if maximum is None:
+                requirement = f"must be an integer >= {minimum}"
+            else:
+                requirement = f"must be an integer from {minimum} to {maximum}"
+            raise self.fail(key, requirement, value)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false", value)
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.optional_string(key)
+        return default if value is None else value
+
+    def optional_string(self, key: str) -> str | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a non-empty string", value)
+        return value
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self.optional_choice(key, choices)
+        return default if value is None else value
+
+    def optional_choice(self, key: str, choices: Sequence[str]) -> str | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise self.fail(key, "must be one of " + ", ".join(repr(c) for c in choices), value)
+        return value.lower()
+
+    def cipher_suites(self, key: str) -> tuple[int, ...] | None:
+        value = self.table.get(key)
+        if value is None:
+            return None
+        try:
+            return validate_cipher_suites(value)
+        except ValueError as exc:
+            raise self.fail(key, str(exc), value) from None
+
+
+def validate_cipher_suites(value: object) -> tuple[int, ...]:
+    """A non-empty preference list of suites 3 and/or 17; ValueError says what is wrong."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("must be a non-empty list of cipher suite numbers, e.g. [17, 3]")
+    suites: list[int] = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int):
+            # ValueError like the others: the caller turns every one into a ConfigError line.
+            raise ValueError("must list cipher suite numbers (integers), e.g. [17, 3]")  # noqa: TRY004
+        if item == 0:
+            raise ValueError("must not contain cipher suite 0 (no authentication)")
+        if item not in ALLOWED_CIPHER_SUITES:
+            raise ValueError(f"may contain only cipher suites 17 and 3 (not {item})")
+        if item in suites:
+            raise ValueError(f"lists cipher suite {item} twice")
+        suites.append(item)
+    return tuple(suites)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9617"`` or ``"[::1]:9617"`` → (host, port); ValueError if malformed."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError('must be HOST:PORT, e.g. "127.0.0.1:9617"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('must put an IPv6 address in brackets, e.g. "[::1]:9617"')
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError("must have a port from 0 to 65535")
+    return host, port
+
+
+def resolve_path(path: str, base_dir: str) -> str:
+    path = os.path.expanduser(path)
+    if os.path.isabs(path) or base_dir == os.curdir:
+        return path
+    return os.path.join(base_dir, path)
