@@ -1,0 +1,277 @@
+"""The one store interface both backends implement, and the helpers they share.
+
+The store is synchronous and not re-entrant across threads by design: the agent serialises
+calls through one worker thread. Each backend still guards its connection with a lock so a
+mistake there cannot corrupt anything.
+
+Every method that depends on the time takes ``now`` (wall-clock seconds); ``None`` means
+``time.time()``. Tests pass explicit times, so nothing here ever sleeps.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Self
+
+from store.errors import InvalidNode, StoreError
+from store.model import HistoryEntry, Node, NodeChange, Notification
+
+log = logging.getLogger("store")
+
+
+def resolve_now(now: float | None) -> float:
+    return time.time() if now is None else float(now)
+
+
+def check_holder(holder: object) -> str:
+    if not isinstance(holder, str) or not holder:
+        raise InvalidNode("reservation: the lock holder must be a non-empty string")
+    return holder
+
+
+def check_ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+        raise InvalidNode(f"ttl: must be a positive number of seconds, got {ttl!r}")
+    return float(ttl)
+
+
+def log_takeover(node: str, old_holder: str, expired_at: float | None, holder: str) -> None:
+    log.warning(
+        "node %s: lock of %s expired at %s, taken over by %s",
+        node,
+        old_holder,
+        "?" if expired_at is None else f"{expired_at:.3f}",
+        holder,
+    )
+
+
+def create_private_file(path: str) -> bool:
+    """Create ``path`` empty with mode 0600 if it does not exist; True if it was created."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot create store file {path}: {exc.strerror}") from exc
+    os.close(fd)
+    return True
+
+
+def warn_if_exposed(path: str) -> None:
+    """Log a warning when a file holding BMC passwords is readable by group or others."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "store file %s is accessible by group/others (mode %o); it holds BMC passwords, "
+            "run: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
+
+
+class Store(abc.ABC):
+    """Node inventory, power state, node locks, history and the notification outbox.
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    path: str
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path}>"
+
+    # --- inventory ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_node(
+        self,
+        *,
+        name: str,
+        bmc_address: str,
+        bmc_port: int = 623,
+        bmc_username: str,
+        bmc_password: str,
+        cipher_suites: Sequence[int] = (17, 3),
+        privilege: str = "administrator",
+        instance_uuid: str | None = None,
+        session_mode: str | None = None,
+        now: float | None = None,
+    ) -> Node:
+        """Add a node; DuplicateNode if the name exists, InvalidNode on a bad field."""
+
+    @abc.abstractmethod
+    def upsert_node(
+        self,
+        *,
+        name: str,
+        bmc_address: str,
+        bmc_port: int = 623,
+        bmc_username: str,
+        bmc_password: str,
+        cipher_suites: Sequence[int] = (17, 3),
+        privilege: str = "administrator",
+        instance_uuid: str | None = None,
+        session_mode: str | None = None,
+        now: float | None = None,
+    ) -> Node:
+        """Add the node, or replace the inventory fields of the node with that name.
+
+        Power state, maintenance, reservation and counters of an existing node are kept.
+        """
+
+    @abc.abstractmethod
+    def get_node(self, name_or_uuid: str) -> Node:
+        """The node with that uuid or name; NodeNotFound otherwise."""
+
+    @abc.abstractmethod
+    def list_nodes(
+        self,
+        *,
+        maintenance: bool | None = None,
+        fault: str | None = None,
+        has_instance: bool | None = None,
+    ) -> list[Node]:
+        """Nodes ordered by name; each filter applies only when not None."""
+
+    @abc.abstractmethod
+    def update_node(self, name_or_uuid: str, *, now: float | None = None, **fields: object) -> Node:
+        """Operator edit of inventory or state fields; returns the updated node."""
+
+    @abc.abstractmethod
+    def delete_node(self, name_or_uuid: str, *, now: float | None = None) -> None:
+        """Delete the node with its history and outbox rows; NodeLocked while reserved."""
+
+    # --- locks --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def acquire_lock(
+        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+    ) -> bool:
+        """Reserve the node for ``holder`` until now + ttl if it is free or expired.
+
+        Atomic across processes. Not re-entrant: a holder that already has the node gets
+        False (use :meth:`renew_lock`). Taking over an expired lock is logged.
+        """
+
+    @abc.abstractmethod
+    def renew_lock(
+        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+    ) -> bool:
+        """Extend the holder's reservation to now + ttl; False if the holder does not hold it."""
+
+    @abc.abstractmethod
+    def release_lock(self, node_uuid: str, holder: str) -> bool:
+        """Clear the holder's reservation; False if the holder does not hold it."""
+
+    @abc.abstractmethod
+    def release_locks_held_by(self, holder: str) -> int:
+        """Clear every reservation of ``holder`` (a restarted daemon); returns how many."""
+
+    # --- state changes, history, outbox ---------------------------------------------------
+
+    @abc.abstractmethod
+    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
+        """Write a batch of node changes, history rows and outbox rows in ONE transaction.
+
+        Every change is validated before anything is written; an invalid one rejects the whole
+        batch. A change for a node that no longer exists (deleted meanwhile) is skipped with a
+        warning, so one deleted node cannot lose a whole cycle's observations.
+        """
+
+    @abc.abstractmethod
+    def history(self, node: str | None = None, *, limit: int = 100) -> list[HistoryEntry]:
+        """History rows, newest first, of one node (name or uuid) or of all nodes."""
+
+    @abc.abstractmethod
+    def due_notifications(
+        self, *, limit: int = 100, now: float | None = None
+    ) -> list[Notification]:
+        """Pending notifications whose next attempt is due, oldest first."""
+
+    @abc.abstractmethod
+    def next_notification_at(self) -> float | None:
+        """The earliest next_attempt_at of pending notifications, or None."""
+
+    @abc.abstractmethod
+    def get_notification(self, notification_id: int) -> Notification:
+        """One outbox row by id; StoreError if there is none."""
+
+    @abc.abstractmethod
+    def mark_delivered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+        """Mark pending (or meanwhile superseded) rows delivered."""
+
+    @abc.abstractmethod
+    def mark_dropped(self, notification_id: int, reason: str, *, now: float | None = None) -> None:
+        """Give up on a pending row (e.g. Nova says the instance does not exist)."""
+
+    @abc.abstractmethod
+    def defer_notification(
+        self,
+        notification_id: int,
+        *,
+        next_attempt_at: float,
+        error: str,
+        now: float | None = None,
+    ) -> None:
+        """Count a failed attempt and schedule the next one."""
+
+    @abc.abstractmethod
+    def notification_counts(self) -> dict[str, int]:
+        """Rows per status: pending, delivered, dropped, superseded (all keys present)."""
+
+    # --- metadata -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a small text value (e.g. the last cycle summary as JSON)."""
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under ``key``, or None."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the file; further calls raise StoreError."""
+
+
+def check_meta(key: object, value: object) -> None:
+    if not isinstance(key, str) or not key:
+        raise StoreError("meta key must be a non-empty string")
+    if not isinstance(value, str):
+        raise StoreError(f"meta value for {key!r} must be a string")
+
+
+def check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise StoreError(f"limit must be a non-negative integer, got {limit!r}")
+    return limit
+
+
+def empty_counts() -> dict[str, int]:
+    return {"pending": 0, "delivered": 0, "dropped": 0, "superseded": 0}
+
+
+def merge_fields(node: Node, fields: Mapping[str, object]) -> dict[str, object]:
+    """Only the fields whose value actually differs from the node's."""
+    return {key: value for key, value in fields.items() if getattr(node, key) != value}

@@ -1,0 +1,216 @@
+"""SQLite schema and its migrations.
+
+The schema version lives in ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file
+as a powersync store so a foreign SQLite file is never mistaken for an empty store.
+
+Versions:
+  1  first schema: outbox rows carried ``delivered``/``dropped`` flags; nodes had no
+     session_mode or last_seen_at; no meta table.
+  2  outbox ``status`` (pending/delivered/dropped/superseded) replacing the flags, with older
+     pending rows of an instance superseded by its newest; nodes.session_mode,
+     nodes.last_seen_at; the meta table; indexes for the outbox and history.
+
+A migration runs inside the caller's write transaction, so it is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+APPLICATION_ID = 0x50575359  # "PWSY"
+CURRENT_VERSION = 2
+
+NODE_COLUMNS = (
+    "uuid",
+    "name",
+    "bmc_address",
+    "bmc_port",
+    "bmc_username",
+    "bmc_password",
+    "cipher_suites",
+    "privilege",
+    "session_mode",
+    "instance_uuid",
+    "power_state",
+    "target_power_state",
+    "maintenance",
+    "maintenance_reason",
+    "fault",
+    "reservation",
+    "reservation_expires_at",
+    "last_error",
+    "sync_failures",
+    "last_seen_at",
+    "created_at",
+    "updated_at",
+)
+
+NOTIFICATION_COLUMNS = (
+    "id",
+    "node_uuid",
+    "instance_uuid",
+    "power_state",
+    "created_at",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "status",
+)
+
+# Kept verbatim: tests build a version-1 file from it to prove the migration path.
+SCHEMA_V1 = """
+CREATE TABLE nodes (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    bmc_address TEXT NOT NULL,
+    bmc_port INTEGER NOT NULL,
+    bmc_username TEXT NOT NULL,
+    bmc_password TEXT NOT NULL,
+    cipher_suites TEXT NOT NULL,
+    privilege TEXT NOT NULL,
+    instance_uuid TEXT,
+    power_state TEXT,
+    target_power_state TEXT,
+    maintenance INTEGER NOT NULL DEFAULT 0,
+    maintenance_reason TEXT,
+    fault TEXT,
+    reservation TEXT,
+    reservation_expires_at REAL,
+    last_error TEXT,
+    sync_failures INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    cause TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    instance_uuid TEXT NOT NULL,
+    power_state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+SCHEMA_V2 = """
+CREATE TABLE nodes (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    bmc_address TEXT NOT NULL,
+    bmc_port INTEGER NOT NULL,
+    bmc_username TEXT NOT NULL,
+    bmc_password TEXT NOT NULL,
+    cipher_suites TEXT NOT NULL,
+    privilege TEXT NOT NULL,
+    instance_uuid TEXT,
+    power_state TEXT,
+    target_power_state TEXT,
+    maintenance INTEGER NOT NULL DEFAULT 0,
+    maintenance_reason TEXT,
+    fault TEXT,
+    reservation TEXT,
+    reservation_expires_at REAL,
+    last_error TEXT,
+    sync_failures INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    session_mode TEXT,
+    last_seen_at REAL
+);
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT,
+    cause TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX history_by_node ON history(node_uuid, id);
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
+    instance_uuid TEXT NOT NULL,
+    power_state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    status TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX notifications_due ON notifications(status, next_attempt_at);
+CREATE INDEX notifications_by_instance ON notifications(instance_uuid, status);
+CREATE INDEX notifications_by_node ON notifications(node_uuid);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the caller's transaction; run statement by statement.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def create_current(conn: sqlite3.Connection) -> None:
+    """Create the current schema in an empty database (inside the caller's transaction)."""
+    _execute_script(conn, SCHEMA_V2)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {CURRENT_VERSION}")
+
+
+def create_v1(conn: sqlite3.Connection) -> None:
+    """Create a version-1 database (for migration tests)."""
+    _execute_script(conn, SCHEMA_V1)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE nodes ADD COLUMN session_mode TEXT")
+    conn.execute("ALTER TABLE nodes ADD COLUMN last_seen_at REAL")
+    conn.execute("ALTER TABLE notifications ADD COLUMN status TEXT NOT NULL DEFAULT 'pending'")
+    conn.execute(
+        "UPDATE notifications SET status = CASE WHEN delivered THEN 'delivered' "
+        "WHEN dropped THEN 'dropped' ELSE 'pending' END"
+    )
+    # Version 1 could queue several pending rows for one instance; only the newest may be sent.
+    conn.execute(
+        "UPDATE notifications SET status = 'superseded' WHERE status = 'pending' AND id < "
+        "(SELECT MAX(n2.id) FROM notifications AS n2 "
+        " WHERE n2.instance_uuid = notifications.instance_uuid AND n2.status = 'pending')"
+    )
+    conn.execute("ALTER TABLE notifications DROP COLUMN delivered")
+    conn.execute("ALTER TABLE notifications DROP COLUMN dropped")
+    conn.execute("CREATE INDEX history_by_node ON history(node_uuid, id)")
+    conn.execute("CREATE INDEX notifications_due ON notifications(status, next_attempt_at)")
+    conn.execute("CREATE INDEX notifications_by_instance ON notifications(instance_uuid, status)")
+    conn.execute("CREATE INDEX notifications_by_node ON notifications(node_uuid)")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# MIGRATIONS[n] upgrades version n to n + 1.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+
+
+def migrate(conn: sqlite3.Connection, from_version: int) -> None:
+    """Upgrade step by step to CURRENT_VERSION (inside the caller's transaction)."""
+    for version in range(from_version, CURRENT_VERSION):
+        MIGRATIONS[version](conn)
+        conn.execute(f"PRAGMA user_version = {version + 1}")
