@@ -53,7 +53,9 @@ def open_store(path: str, backend: str = "sqlite") -> Store:
 
         return SqliteStore(path)
     if backend == "json":
-        raise StoreError("the json store backend is not implemented yet")
+        from store.jsonstore import JsonStore
+
+        return JsonStore(path)
     raise StoreError(f"unknown store backend {backend!r} (expected one of: {', '.join(BACKENDS)})")
 
 

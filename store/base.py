@@ -20,7 +20,17 @@ from types import TracebackType
 from typing import Self
 
 from store.errors import InvalidNode, StoreError
-from store.model import HistoryEntry, Node, NodeChange, Notification
+from store.model import (
+    SETTABLE_FIELDS,
+    HistoryEntry,
+    Node,
+    NodeChange,
+    Notification,
+    parse_uuid,
+    validate_fields,
+    validate_history,
+    validate_notification,
+)
 
 log = logging.getLogger("store")
 
@@ -275,3 +285,22 @@ def empty_counts() -> dict[str, int]:
 def merge_fields(node: Node, fields: Mapping[str, object]) -> dict[str, object]:
     """Only the fields whose value actually differs from the node's."""
     return {key: value for key, value in fields.items() if getattr(node, key) != value}
+
+
+def check_changes(changes: Sequence[NodeChange]) -> list[tuple[str, dict[str, object], NodeChange]]:
+    """Validate a whole apply() batch before anything is written.
+
+    Returns (canonical node uuid, validated fields, change) per change, in batch order.
+    """
+    checked: list[tuple[str, dict[str, object], NodeChange]] = []
+    for change in changes:
+        fields = validate_fields(change.fields, SETTABLE_FIELDS)
+        if change.history is not None:
+            validate_history(change.history)
+        validate_notification(change.notification)
+        checked.append((parse_uuid(change.node_uuid) or change.node_uuid, fields, change))
+    return checked
+
+
+def log_skipped_change(node_uuid: str) -> None:
+    log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)

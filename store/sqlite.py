@@ -23,6 +23,7 @@ from typing import Any
 from store import schema
 from store.base import (
     Store,
+    check_changes,
     check_holder,
     check_limit,
     check_meta,
@@ -30,6 +31,7 @@ from store.base import (
     create_private_file,
     empty_counts,
     log,
+    log_skipped_change,
     log_takeover,
     merge_fields,
     resolve_now,
@@ -44,7 +46,6 @@ from store.errors import (
     StoreError,
 )
 from store.model import (
-    SETTABLE_FIELDS,
     UPDATABLE_FIELDS,
     HistoryEntry,
     Node,
@@ -53,9 +54,7 @@ from store.model import (
     new_node,
     parse_uuid,
     validate_fields,
-    validate_history,
     validate_inventory,
-    validate_notification,
 )
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
@@ -427,13 +426,7 @@ class SqliteStore(Store):
 
     def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
         at = resolve_now(now)
-        checked: list[tuple[str, dict[str, object], NodeChange]] = []
-        for change in changes:
-            fields = validate_fields(change.fields, SETTABLE_FIELDS)
-            if change.history is not None:
-                validate_history(change.history)
-            validate_notification(change.notification)
-            checked.append((parse_uuid(change.node_uuid) or change.node_uuid, fields, change))
+        checked = check_changes(changes)
         if not checked:
             return
         with self._write() as conn:
@@ -451,7 +444,7 @@ class SqliteStore(Store):
             outbox: list[tuple[str, str, str]] = []  # (node, instance, state) in batch order
             for node_uuid, fields, change in checked:
                 if node_uuid not in instances:
-                    log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)
+                    log_skipped_change(node_uuid)
                     continue
                 merged.setdefault(node_uuid, {}).update(fields)
                 record = change.history

@@ -1,0 +1,643 @@
+"""JSON backend, for tiny sites: the whole store is one human-readable JSON file.
+
+Durability: every change writes the whole file to a temporary file in the same directory
+(0600), fsyncs it, renames it over the store and fsyncs the directory, so the file on disk is
+always either the old or the new version, never a mix.
+
+Concurrency between processes (the daemon and a CLI command): every read-modify-write holds an
+exclusive ``flock`` on ``<path>.lock``, and reads hold a shared one. The data file itself cannot
+carry the lock because each write replaces its inode. The parsed file is cached and reloaded
+whenever its identity (inode, size, mtime, ctime) changed on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from store.base import (
+    Store,
+    check_changes,
+    check_holder,
+    check_limit,
+    check_meta,
+    check_ttl,
+    empty_counts,
+    log_skipped_change,
+    log_takeover,
+    merge_fields,
+    resolve_now,
+    warn_if_exposed,
+)
+from store.errors import (
+    DuplicateNode,
+    NodeLocked,
+    NodeNotFound,
+    SchemaTooNew,
+    StoreCorrupt,
+    StoreError,
+)
+from store.model import (
+    UPDATABLE_FIELDS,
+    HistoryEntry,
+    Node,
+    NodeChange,
+    Notification,
+    new_node,
+    parse_uuid,
+    validate_fields,
+    validate_inventory,
+)
+
+FORMAT = "powersync-store"
+CURRENT_VERSION = 1
+_HISTORY_KEYS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
+
+
+@attrs.define
+class _State:
+    """The parsed file. Mutated only inside a write transaction."""
+
+    nodes: dict[str, Node] = attrs.field(factory=dict)  # by uuid
+    history: list[dict[str, Any]] = attrs.field(factory=list)  # oldest first
+    notifications: dict[int, Notification] = attrs.field(factory=dict)  # by id, ascending
+    meta: dict[str, str] = attrs.field(factory=dict)
+    next_history_id: int = 1
+    next_notification_id: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": CURRENT_VERSION,
+            "nodes": [
+                attrs.asdict(node, recurse=False)
+                for node in sorted(self.nodes.values(), key=lambda n: n.name)
+            ],
+            "history": self.history,
+            "notifications": [attrs.asdict(n) for n in self.notifications.values()],
+            "meta": self.meta,
+            "next_ids": {
+                "history": self.next_history_id,
+                "notification": self.next_notification_id,
+            },
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> _State:
+        """Rebuild the state; KeyError/TypeError/ValueError on a malformed document."""
+        state = cls()
+        for values in document["nodes"]:
+            values = dict(values)
+            values["cipher_suites"] = tuple(values["cipher_suites"])
+            node = Node(**values)
+            state.nodes[node.uuid] = node
+        for row in document["history"]:
+            state.history.append({key: row[key] for key in _HISTORY_KEYS})
+        for values in document["notifications"]:
+            notification = Notification(**values)
+            state.notifications[notification.id] = notification
+        state.meta = {str(k): str(v) for k, v in dict(document["meta"]).items()}
+        state.next_history_id = int(document["next_ids"]["history"])
+        state.next_notification_id = int(document["next_ids"]["notification"])
+        return state
+
+    def find(self, name_or_uuid: str) -> Node:
+        canonical = parse_uuid(name_or_uuid) if isinstance(name_or_uuid, str) else None
+        if canonical is not None:
+            node = self.nodes.get(canonical)
+            if node is not None:
+                return node
+        else:
+            for node in self.nodes.values():
+                if node.name == name_or_uuid:
+                    return node
+        raise NodeNotFound(f"no node named or with uuid {name_or_uuid!r}")
+
+    def name_taken(self, name: object) -> bool:
+        return any(node.name == name for node in self.nodes.values())
+
+
+@attrs.define
+class _Transaction:
+    state: _State
+    dirty: bool = False
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+class JsonStore(Store):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock_path = path + ".lock"
+        self._directory = os.path.dirname(os.path.abspath(path))
+        self._lock = threading.RLock()
+        self._state: _State | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
+        if os.path.isdir(path):
+            raise StoreError(f"store path {path} is a directory, not a file")
+        try:
+            self._lock_fd: int | None = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise StoreError(f"cannot open store lock file {self.lock_path}: {exc}") from exc
+        try:
+            with self._flock(fcntl.LOCK_EX):
+                self._remove_stale_temporaries()
+                if os.path.exists(path):
+                    warn_if_exposed(path)
+                    self._current()
+                else:
+                    self._save(_State())
+        except BaseException:
+            self.close()
+            raise
+
+    # --- file handling ------------------------------------------------------------------
+
+    @contextmanager
+    def _flock(self, operation: int) -> Iterator[None]:
+        if self._lock_fd is None:
+            raise StoreError(f"store {self.path} is closed")
+        fcntl.flock(self._lock_fd, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _temporary_prefix(self) -> str:
+        return f".{os.path.basename(self.path)}."
+
+    def _remove_stale_temporaries(self) -> None:
+        # Only called under the exclusive lock: no writer is alive, leftovers are from a crash.
+        prefix = self._temporary_prefix()
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(self._directory):
+                if entry.startswith(prefix) and entry.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self._directory, entry))
+
+    def _current(self) -> _State:
+        """The state on disk, parsed again only if the file changed since we last read it."""
+        try:
+            stamp = _stamp(os.stat(self.path))
+        except FileNotFoundError:
+            raise StoreError(f"store file {self.path} has disappeared") from None
+        if self._state is not None and stamp == self._stamp:
+            return self._state
+        self._state, self._stamp = self._load(), stamp
+        return self._state
+
+    def _corrupt(self, problem: str) -> StoreCorrupt:
+        return StoreCorrupt(
+            f"store {self.path} is damaged ({problem}); restore it from a backup or move it aside"
+        )
+
+    def _load(self) -> _State:
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc.strerror}") from exc
+        if not data.strip():
+            raise self._corrupt("empty file")
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"not valid JSON: {exc}") from exc
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise StoreCorrupt(f"{self.path} is a JSON file but not a powersync store")
+        version = document.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise self._corrupt(f"invalid version {version!r}")
+        if version > CURRENT_VERSION:
+            raise SchemaTooNew(
+                f"store {self.path} has format version {version}, written by a newer powersync; "
+                f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
+            )
+        try:
+            return _State.from_json(document)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._corrupt(f"unexpected content: {exc!r}") from exc
+
+    def _save(self, state: _State) -> None:
+        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        fd, temporary = tempfile.mkstemp(
+            prefix=self._temporary_prefix(), suffix=".tmp", dir=self._directory
+        )
+        try:
+            with os.fdopen(fd, "wb") as file:  # mkstemp creates it 0600
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            self._state = None
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot write store {self.path}: {exc.strerror}") from exc
+            raise
+        directory = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self._state, self._stamp = state, _stamp(os.stat(self.path))
+
+    @contextmanager
+    def _reading(self) -> Iterator[_State]:
+        with self._lock, self._flock(fcntl.LOCK_SH):
+            yield self._current()
+
+    @contextmanager
+    def _writing(self) -> Iterator[_Transaction]:
+        with self._lock, self._flock(fcntl.LOCK_EX):
+            transaction = _Transaction(self._current())
+            try:
+                yield transaction
+            except BaseException:
+                # The cached state may be half changed: drop it, the file is still the truth.
+                self._state = None
+                raise
+            if transaction.dirty:
+                self._save(transaction.state)
+
+    # --- inventory ----------------------------------------------------------------------
+
+    def add_node(
+        self,
+        *,
+        name: str,
+        bmc_address: str,
+        bmc_port: int = 623,
+        bmc_username: str,
+        bmc_password: str,
+        cipher_suites: Sequence[int] = (17, 3),
+        privilege: str = "administrator",
+        instance_uuid: str | None = None,
+        session_mode: str | None = None,
+        now: float | None = None,
+    ) -> Node:
+        fields = validate_inventory(
+            name=name,
+            bmc_address=bmc_address,
+            bmc_port=bmc_port,
+            bmc_username=bmc_username,
+            bmc_password=bmc_password,
+            cipher_suites=cipher_suites,
+            privilege=privilege,
+            instance_uuid=instance_uuid,
+            session_mode=session_mode,
+        )
+        node = new_node(fields, now=resolve_now(now))
+        with self._writing() as txn:
+            if txn.state.name_taken(node.name):
+                raise DuplicateNode(f"a node named {node.name!r} already exists")
+            txn.state.nodes[node.uuid] = node
+            txn.dirty = True
+        return node
+
+    def upsert_node(
+        self,
+        *,
+        name: str,
+        bmc_address: str,
+        bmc_port: int = 623,
+        bmc_username: str,
+        bmc_password: str,
+        cipher_suites: Sequence[int] = (17, 3),
+        privilege: str = "administrator",
+        instance_uuid: str | None = None,
+        session_mode: str | None = None,
+        now: float | None = None,
+    ) -> Node:
+        fields = validate_inventory(
+            name=name,
+            bmc_address=bmc_address,
+            bmc_port=bmc_port,
+            bmc_username=bmc_username,
+            bmc_password=bmc_password,
+            cipher_suites=cipher_suites,
+            privilege=privilege,
+            instance_uuid=instance_uuid,
+            session_mode=session_mode,
+        )
+        at = resolve_now(now)
+        with self._writing() as txn:
+            try:
+                existing = txn.state.find(name)
+            except NodeNotFound:
+                node = new_node(fields, now=at)
+            else:
+                changed = merge_fields(existing, fields)
+                if not changed:
+                    return existing
+                node = attrs.evolve(existing, **changed, updated_at=at)  # type: ignore[arg-type]
+            txn.state.nodes[node.uuid] = node
+            txn.dirty = True
+        return node
+
+    def get_node(self, name_or_uuid: str) -> Node:
+        with self._reading() as state:
+            return state.find(name_or_uuid)
+
+    def list_nodes(
+        self,
+        *,
+        maintenance: bool | None = None,
+        fault: str | None = None,
+        has_instance: bool | None = None,
+    ) -> list[Node]:
+        with self._reading() as state:
+            nodes = list(state.nodes.values())
+        return sorted(
+            (
+                node
+                for node in nodes
+                if (maintenance is None or node.maintenance == maintenance)
+                and (fault is None or node.fault == fault)
+                and (has_instance is None or (node.instance_uuid is not None) == has_instance)
+            ),
+            key=lambda node: node.name,
+        )
+
+    def update_node(self, name_or_uuid: str, *, now: float | None = None, **fields: object) -> Node:
+        clean = validate_fields(fields, UPDATABLE_FIELDS)
+        at = resolve_now(now)
+        with self._writing() as txn:
+            node = txn.state.find(name_or_uuid)
+            changed = merge_fields(node, clean)
+            if not changed:
+                return node
+            if "name" in changed and txn.state.name_taken(changed["name"]):
+                raise DuplicateNode(f"a node named {changed['name']!r} already exists")
+            node = attrs.evolve(node, **changed, updated_at=at)  # type: ignore[arg-type]
+            txn.state.nodes[node.uuid] = node
+            txn.dirty = True
+        return node
+
+    def delete_node(self, name_or_uuid: str, *, now: float | None = None) -> None:
+        at = resolve_now(now)
+        with self._writing() as txn:
+            state = txn.state
+            node = state.find(name_or_uuid)
+            if node.is_locked(at):
+                raise NodeLocked(f"node {node.name} is locked by {node.reservation}; not deleted")
+            del state.nodes[node.uuid]
+            state.history = [row for row in state.history if row["node_uuid"] != node.uuid]
+            state.notifications = {
+                key: n for key, n in state.notifications.items() if n.node_uuid != node.uuid
+            }
+            txn.dirty = True
+
+    # --- locks --------------------------------------------------------------------------
+
+    def acquire_lock(
+        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+    ) -> bool:
+        holder = check_holder(holder)
+        at = resolve_now(now)
+        expires_at = at + check_ttl(ttl)
+        with self._writing() as txn:
+            node = txn.state.find(node_uuid)
+            if node.is_locked(at):
+                return False
+            if node.reservation is not None:
+                log_takeover(node.name, node.reservation, node.reservation_expires_at, holder)
+            txn.state.nodes[node.uuid] = attrs.evolve(
+                node, reservation=holder, reservation_expires_at=expires_at
+            )
+            txn.dirty = True
+            return True
+
+    def _holder_change(
+        self, node_uuid: str, holder: str, reservation: str | None, expires_at: float | None
+    ) -> bool:
+        with self._writing() as txn:
+            try:
+                node = txn.state.find(node_uuid)
+            except NodeNotFound:
+                return False
+            if node.reservation != holder:
+                return False
+            txn.state.nodes[node.uuid] = attrs.evolve(
+                node, reservation=reservation, reservation_expires_at=expires_at
+            )
+            txn.dirty = True
+            return True
+
+    def renew_lock(
+        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+    ) -> bool:
+        holder = check_holder(holder)
+        expires_at = resolve_now(now) + check_ttl(ttl)
+        return self._holder_change(node_uuid, holder, holder, expires_at)
+
+    def release_lock(self, node_uuid: str, holder: str) -> bool:
+        return self._holder_change(node_uuid, check_holder(holder), None, None)
+
+    def release_locks_held_by(self, holder: str) -> int:
+        holder = check_holder(holder)
+        with self._writing() as txn:
+            nodes = txn.state.nodes
+            held = [node for node in nodes.values() if node.reservation == holder]
+            for node in held:
+                nodes[node.uuid] = attrs.evolve(node, reservation=None, reservation_expires_at=None)
+            txn.dirty = bool(held)
+            return len(held)
+
+    # --- state changes ------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
+        at = resolve_now(now)
+        checked = check_changes(changes)
+        if not checked:
+            return
+        with self._writing() as txn:
+            state = txn.state
+            merged: dict[str, dict[str, object]] = {}
+            outbox: list[tuple[str, str, str]] = []
+            for node_uuid, fields, change in checked:
+                node = state.nodes.get(node_uuid)
+                if node is None:
+                    log_skipped_change(node_uuid)
+                    continue
+                merged.setdefault(node_uuid, {}).update(fields)
+                record = change.history
+                if record is not None:
+                    state.history.append(
+                        {
+                            "id": state.next_history_id,
+                            "node_uuid": node_uuid,
+                            "at": at,
+                            "from_state": record.from_state,
+                            "to_state": record.to_state,
+                            "cause": record.cause,
+                            "message": record.message,
+                        }
+                    )
+                    state.next_history_id += 1
+                if change.notification is not None and node.instance_uuid is not None:
+                    outbox.append((node_uuid, node.instance_uuid, change.notification))
+            for node_uuid, fields in merged.items():
+                state.nodes[node_uuid] = attrs.evolve(
+                    state.nodes[node_uuid],
+                    **fields,  # type: ignore[arg-type]
+                    updated_at=at,
+                )
+            self._enqueue(state, outbox, at)
+            txn.dirty = True
+
+    @staticmethod
+    def _enqueue(state: _State, outbox: list[tuple[str, str, str]], at: float) -> None:
+        """Queue notifications; only the newest pending row of an instance stays pending."""
+        if not outbox:
+            return
+        last_index = {instance: index for index, (_, instance, _) in enumerate(outbox)}
+        for key, row in state.notifications.items():
+            if row.status == "pending" and row.instance_uuid in last_index:
+                state.notifications[key] = attrs.evolve(row, status="superseded")
+        for index, (node_uuid, instance, power_state) in enumerate(outbox):
+            notification = Notification(
+                id=state.next_notification_id,
+                node_uuid=node_uuid,
+                instance_uuid=instance,
+                power_state=power_state,
+                created_at=at,
+                attempts=0,
+                next_attempt_at=at,
+                last_error=None,
+                status="pending" if last_index[instance] == index else "superseded",
+            )
+            state.notifications[notification.id] = notification
+            state.next_notification_id += 1
+
+    def history(self, node: str | None = None, *, limit: int = 100) -> list[HistoryEntry]:
+        limit = check_limit(limit)
+        entries: list[HistoryEntry] = []
+        with self._reading() as state:
+            wanted = None if node is None else state.find(node).uuid
+            for row in reversed(state.history):
+                if len(entries) >= limit:
+                    break
+                if wanted is not None and row["node_uuid"] != wanted:
+                    continue
+                owner = state.nodes.get(row["node_uuid"])
+                entries.append(HistoryEntry(node_name=owner.name if owner else "?", **row))
+        return entries
+
+    # --- outbox -------------------------------------------------------------------------
+
+    def due_notifications(
+        self, *, limit: int = 100, now: float | None = None
+    ) -> list[Notification]:
+        limit = check_limit(limit)
+        at = resolve_now(now)
+        with self._reading() as state:
+            due = [
+                n
+                for n in state.notifications.values()
+                if n.status == "pending" and n.next_attempt_at <= at
+            ]
+        due.sort(key=lambda n: (n.created_at, n.id))
+        return due[:limit]
+
+    def next_notification_at(self) -> float | None:
+        with self._reading() as state:
+            times = [
+                n.next_attempt_at for n in state.notifications.values() if n.status == "pending"
+            ]
+        return min(times) if times else None
+
+    def get_notification(self, notification_id: int) -> Notification:
+        with self._reading() as state:
+            notification = state.notifications.get(notification_id)
+        if notification is None:
+            raise StoreError(f"no notification with id {notification_id}")
+        return notification
+
+    def _change_notification(
+        self, notification_id: int, *, count_attempt: bool, **changes: Any
+    ) -> None:
+        """Change a pending row; a row no longer pending is left alone."""
+        with self._writing() as txn:
+            row = txn.state.notifications.get(notification_id)
+            if row is None:
+                raise StoreError(f"no notification with id {notification_id}")
+            if row.status == "pending":
+                if count_attempt:
+                    changes["attempts"] = row.attempts + 1
+                txn.state.notifications[notification_id] = attrs.evolve(row, **changes)
+                txn.dirty = True
+
+    def mark_delivered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+        if not ids:
+            return
+        with self._writing() as txn:
+            notifications = txn.state.notifications
+            for notification_id in ids:
+                row = notifications.get(int(notification_id))
+                if row is not None and row.status in ("pending", "superseded"):
+                    notifications[row.id] = attrs.evolve(
+                        row, status="delivered", attempts=row.attempts + 1, last_error=None
+                    )
+                    txn.dirty = True
+
+    def mark_dropped(self, notification_id: int, reason: str, *, now: float | None = None) -> None:
+        self._change_notification(
+            notification_id, count_attempt=False, status="dropped", last_error=str(reason)
+        )
+
+    def defer_notification(
+        self,
+        notification_id: int,
+        *,
+        next_attempt_at: float,
+        error: str,
+        now: float | None = None,
+    ) -> None:
+        self._change_notification(
+            notification_id,
+            count_attempt=True,
+            next_attempt_at=float(next_attempt_at),
+            last_error=str(error),
+        )
+
+    def notification_counts(self) -> dict[str, int]:
+        counts = empty_counts()
+        with self._reading() as state:
+            for row in state.notifications.values():
+                counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+    # --- meta ---------------------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        check_meta(key, value)
+        with self._writing() as txn:
+            if txn.state.meta.get(key) != value:
+                txn.state.meta[key] = value
+                txn.dirty = True
+
+    def get_meta(self, key: str) -> str | None:
+        with self._reading() as state:
+            return state.meta.get(key)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._state = None

@@ -1,0 +1,554 @@
+"""The store contract: every test here runs against both backends (SQLite and JSON)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from store import (
+    DuplicateNode,
+    HistoryRecord,
+    InvalidNode,
+    NodeChange,
+    NodeLocked,
+    NodeNotFound,
+    Store,
+    StoreError,
+    open_store,
+)
+from tests.store.helpers import INSTANCE, INSTANCE_2, PASSWORD, T0, add, store_path
+
+# --- inventory ----------------------------------------------------------------------------
+
+
+def test_add_then_get_by_name_and_uuid(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE.upper())
+    assert node.bmc_port == 6230
+    assert node.cipher_suites == (17, 3)
+    assert node.privilege == "administrator"
+    assert node.instance_uuid == INSTANCE  # normalised to the canonical lower-case form
+    assert node.power_state is None
+    assert node.maintenance is False
+    assert node.reservation is None
+    assert node.sync_failures == 0
+    assert node.created_at == node.updated_at == T0
+    assert store.get_node("node-1") == node
+    assert store.get_node(node.uuid) == node
+    assert store.get_node(node.uuid.upper()) == node
+
+
+def test_defaults_and_explicit_inventory(store: Store) -> None:
+    node = store.add_node(
+        name="n",
+        bmc_address="bmc-7.rack2.example.org",
+        bmc_username="root",
+        bmc_password="",
+        cipher_suites=[3],
+        privilege="operator",
+        session_mode="per-cycle",
+    )
+    assert node.bmc_port == 623
+    assert node.cipher_suites == (3,)
+    assert node.privilege == "operator"
+    assert node.session_mode == "per-cycle"
+    assert node.instance_uuid is None
+
+
+def test_unknown_node(store: Store) -> None:
+    with pytest.raises(NodeNotFound, match="nope"):
+        store.get_node("nope")
+    with pytest.raises(NodeNotFound):
+        store.get_node("00000000-0000-4000-8000-000000000000")
+
+
+def test_duplicate_name_refused(store: Store) -> None:
+    add(store)
+    with pytest.raises(DuplicateNode, match="node-1"):
+        add(store, bmc_address="::1")
+    assert len(store.list_nodes()) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", ""),
+        ("name", " padded"),
+        ("name", "tab\tname"),
+        ("name", "6a0c3f4e-2b8d-4a59-9c61-0d5d8f4e7a11"),
+        ("bmc_address", ""),
+        ("bmc_address", "300.1.1.1"),
+        ("bmc_address", "bad_host!"),
+        ("bmc_address", "-leading.example"),
+        ("bmc_address", "a" * 64 + ".example"),
+        ("bmc_port", 0),
+        ("bmc_port", 65536),
+        ("bmc_port", "623"),
+        ("bmc_port", True),
+        ("bmc_username", ""),
+        ("bmc_username", "u" * 17),
+        ("bmc_username", "é" * 9),  # 18 bytes in UTF-8
+        ("bmc_password", "p" * 21),
+        ("bmc_password", None),
+        ("cipher_suites", []),
+        ("cipher_suites", [0]),
+        ("cipher_suites", [17, 3, 17]),
+        ("cipher_suites", [1, 3]),
+        ("cipher_suites", "17"),
+        ("privilege", "callback"),
+        ("instance_uuid", "not-a-uuid"),
+        ("session_mode", "sometimes"),
+    ],
+)
+def test_invalid_inventory_names_the_field(store: Store, field: str, value: Any) -> None:
+    with pytest.raises(InvalidNode, match=f"^{field}:"):
+        add(store, **{field: value})
+    assert store.list_nodes() == []
+
+
+@pytest.mark.parametrize(
+    "address", ["10.0.0.1", "::1", "fe80::1%eth0", "bmc01", "bmc01.example.org.", "Node-7.lab"]
+)
+def test_valid_addresses(store: Store, address: str) -> None:
+    assert add(store, bmc_address=address).bmc_address == address
+
+
+def test_list_filters_and_order(store: Store) -> None:
+    add(store, "c-node", instance_uuid=INSTANCE)
+    add(store, "a-node")
+    b = add(store, "b-node", instance_uuid=INSTANCE_2)
+    store.update_node(b.uuid, maintenance=True, fault="power failure", maintenance_reason="x")
+    assert [n.name for n in store.list_nodes()] == ["a-node", "b-node", "c-node"]
+    assert [n.name for n in store.list_nodes(maintenance=True)] == ["b-node"]
+    assert [n.name for n in store.list_nodes(maintenance=False)] == ["a-node", "c-node"]
+    assert [n.name for n in store.list_nodes(fault="power failure")] == ["b-node"]
+    assert [n.name for n in store.list_nodes(has_instance=True)] == ["b-node", "c-node"]
+    assert [n.name for n in store.list_nodes(has_instance=False)] == ["a-node"]
+    assert store.list_nodes(maintenance=False, has_instance=False)[0].name == "a-node"
+
+
+def test_update_node(store: Store) -> None:
+    node = add(store)
+    updated = store.update_node(
+        "node-1",
+        name="renamed",
+        bmc_port=623,
+        cipher_suites=(3,),
+        instance_uuid=INSTANCE,
+        maintenance=True,
+        maintenance_reason="disk swap",
+        now=T0 + 5,
+    )
+    assert updated.uuid == node.uuid
+    assert (updated.name, updated.bmc_port, updated.cipher_suites) == ("renamed", 623, (3,))
+    assert updated.maintenance is True and updated.maintenance_reason == "disk swap"
+    assert updated.updated_at == T0 + 5 and updated.created_at == T0
+    assert store.get_node(node.uuid) == updated
+    with pytest.raises(NodeNotFound):
+        store.get_node("node-1")
+
+
+def test_update_node_refuses_bad_values_and_unknown_fields(store: Store) -> None:
+    add(store)
+    other = add(store, "node-2")
+    with pytest.raises(DuplicateNode, match="node-1"):
+        store.update_node(other.uuid, name="node-1")
+    with pytest.raises(InvalidNode, match=r"^bmc_port:"):
+        store.update_node("node-1", bmc_port=-1)
+    with pytest.raises(InvalidNode, match=r"^uuid:"):
+        store.update_node("node-1", uuid="x")
+    with pytest.raises(InvalidNode, match=r"^reservation:"):
+        store.update_node("node-1", reservation="me")
+    with pytest.raises(NodeNotFound):
+        store.update_node("ghost", maintenance=True)
+    assert store.get_node("node-2") == other
+
+
+def test_upsert_adds_then_updates_inventory_keeping_state(store: Store) -> None:
+    first = store.upsert_node(
+        name="static", bmc_address="127.0.0.1", bmc_username="admin", bmc_password="a", now=T0
+    )
+    store.apply(
+        [NodeChange(first.uuid, {"power_state": "power on", "sync_failures": 2})], now=T0 + 1
+    )
+    store.acquire_lock(first.uuid, "daemon", ttl=60, now=T0 + 1)
+    again = store.upsert_node(
+        name="static", bmc_address="::1", bmc_username="admin", bmc_password="b", now=T0 + 2
+    )
+    assert again.uuid == first.uuid
+    assert again.bmc_address == "::1" and again.bmc_password == "b"
+    assert again.power_state == "power on" and again.sync_failures == 2
+    assert again.reservation == "daemon"
+    assert again.created_at == T0 and again.updated_at == T0 + 2
+    unchanged = store.upsert_node(
+        name="static", bmc_address="::1", bmc_username="admin", bmc_password="b", now=T0 + 3
+    )
+    assert unchanged == again
+    assert len(store.list_nodes()) == 1
+
+
+def test_delete_cascades_and_is_refused_while_locked(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    keep = add(store, "node-2", instance_uuid=INSTANCE_2)
+    change = NodeChange(
+        node.uuid, {"power_state": "power on"}, HistoryRecord(None, "power on", "sync"), "power on"
+    )
+    other = NodeChange(
+        keep.uuid,
+        {"power_state": "power off"},
+        HistoryRecord(None, "power off", "sync"),
+        "power off",
+    )
+    store.apply([change, other], now=T0)
+    assert store.acquire_lock(node.uuid, "cli-1", ttl=30, now=T0)
+    with pytest.raises(NodeLocked, match=r"node-1.*cli-1"):
+        store.delete_node("node-1", now=T0 + 10)
+    assert store.get_node("node-1").uuid == node.uuid
+    # Once the reservation has expired the node can go.
+    store.delete_node("node-1", now=T0 + 31)
+    with pytest.raises(NodeNotFound):
+        store.get_node(node.uuid)
+    assert [h.node_uuid for h in store.history()] == [keep.uuid]
+    assert [n.node_uuid for n in store.due_notifications(now=T0)] == [keep.uuid]
+    with pytest.raises(NodeNotFound):
+        store.delete_node("node-1")
+
+
+# --- locks ------------------------------------------------------------------------------
+
+
+def test_lock_compare_and_set(store: Store) -> None:
+    node = add(store)
+    assert store.acquire_lock(node.uuid, "daemon", ttl=10, now=T0)
+    locked = store.get_node(node.uuid)
+    assert (locked.reservation, locked.reservation_expires_at) == ("daemon", T0 + 10)
+    assert not store.acquire_lock(node.uuid, "cli", ttl=10, now=T0 + 5)
+    assert not store.acquire_lock(node.uuid, "daemon", ttl=10, now=T0 + 5)  # not re-entrant
+    assert not store.release_lock(node.uuid, "cli")
+    assert not store.renew_lock(node.uuid, "cli", ttl=10, now=T0 + 5)
+    assert store.renew_lock(node.uuid, "daemon", ttl=10, now=T0 + 9)
+    assert store.get_node(node.uuid).reservation_expires_at == T0 + 19
+    assert not store.acquire_lock(node.uuid, "cli", ttl=10, now=T0 + 15)
+    assert store.release_lock(node.uuid, "daemon")
+    assert not store.release_lock(node.uuid, "daemon")
+    assert store.get_node(node.uuid).reservation is None
+    assert store.acquire_lock(node.uuid, "cli", ttl=10, now=T0 + 15)
+
+
+def test_expired_lock_taken_over_and_logged(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    node = add(store)
+    assert store.acquire_lock(node.uuid, "daemon@host:42", ttl=10, now=T0)
+    with caplog.at_level(logging.WARNING, logger="store"):
+        assert store.acquire_lock(node.uuid, "cli@host:77", ttl=10, now=T0 + 10)
+    takeovers = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
+    assert len(takeovers) == 1
+    assert "node-1" in takeovers[0] and "daemon@host:42" in takeovers[0]
+    assert store.get_node(node.uuid).reservation == "cli@host:77"
+    # The old holder has lost it: it can neither renew nor release.
+    assert not store.renew_lock(node.uuid, "daemon@host:42", ttl=10, now=T0 + 11)
+    assert not store.release_lock(node.uuid, "daemon@host:42")
+
+
+def test_lock_errors(store: Store) -> None:
+    node = add(store)
+    with pytest.raises(NodeNotFound):
+        store.acquire_lock("00000000-0000-4000-8000-000000000000", "me", ttl=1)
+    with pytest.raises(InvalidNode, match="ttl"):
+        store.acquire_lock(node.uuid, "me", ttl=0)
+    with pytest.raises(InvalidNode, match="holder"):
+        store.acquire_lock(node.uuid, "", ttl=5)
+    assert store.get_node(node.uuid).reservation is None
+
+
+def test_release_locks_held_by(store: Store) -> None:
+    nodes = [add(store, f"n{i}") for i in range(3)]
+    store.acquire_lock(nodes[0].uuid, "daemon", ttl=60, now=T0)
+    store.acquire_lock(nodes[1].uuid, "daemon", ttl=60, now=T0)
+    store.acquire_lock(nodes[2].uuid, "cli", ttl=60, now=T0)
+    assert store.release_locks_held_by("daemon") == 2
+    assert [n.reservation for n in store.list_nodes()] == [None, None, "cli"]
+    assert store.release_locks_held_by("daemon") == 0
+
+
+# --- apply, history, outbox ---------------------------------------------------------------
+
+
+def test_apply_writes_fields_history_and_outbox(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    store.apply(
+        [
+            NodeChange(
+                node.uuid,
+                {"power_state": "power on", "last_seen_at": T0 + 1, "sync_failures": 0},
+                HistoryRecord(None, "power on", "sync", "first observation"),
+                "power on",
+            )
+        ],
+        now=T0 + 1,
+    )
+    after = store.get_node("node-1")
+    assert after.power_state == "power on"
+    assert after.last_seen_at == T0 + 1
+    assert after.updated_at == T0 + 1
+    [entry] = store.history("node-1")
+    assert (entry.node_uuid, entry.node_name, entry.at) == (node.uuid, "node-1", T0 + 1)
+    assert (entry.from_state, entry.to_state, entry.cause) == (None, "power on", "sync")
+    assert entry.message == "first observation"
+    [note] = store.due_notifications(now=T0 + 1)
+    assert (note.node_uuid, note.instance_uuid, note.power_state) == (
+        node.uuid,
+        INSTANCE,
+        "power on",
+    )
+    assert (note.status, note.attempts, note.next_attempt_at) == ("pending", 0, T0 + 1)
+    assert store.notification_counts() == {
+        "pending": 1,
+        "delivered": 0,
+        "dropped": 0,
+        "superseded": 0,
+    }
+
+
+def test_notification_only_for_nodes_with_an_instance(store: Store) -> None:
+    bare = add(store, "bare")
+    store.apply([NodeChange(bare.uuid, {"power_state": "power off"}, None, "power off")], now=T0)
+    assert store.get_node("bare").power_state == "power off"
+    assert store.due_notifications(now=T0) == []
+    assert store.next_notification_at() is None
+
+
+def test_only_on_and_off_are_notified(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    with pytest.raises(InvalidNode, match="notification"):
+        store.apply([NodeChange(node.uuid, {}, None, "rebooting")])
+    assert store.notification_counts()["pending"] == 0
+
+
+def test_newer_notification_supersedes_pending_ones(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    other = add(store, "other", instance_uuid=INSTANCE_2)
+    store.apply([NodeChange(node.uuid, {}, None, "power on")], now=T0)
+    store.apply([NodeChange(other.uuid, {}, None, "power on")], now=T0 + 1)
+    [first, _] = store.due_notifications(now=T0 + 1)
+    store.mark_delivered([first.id])
+    # Two more in one batch for the same instance: only the last stays pending.
+    store.apply(
+        [NodeChange(node.uuid, {}, None, "power off"), NodeChange(node.uuid, {}, None, "power on")],
+        now=T0 + 2,
+    )
+    store.apply([NodeChange(node.uuid, {}, None, "power off")], now=T0 + 3)
+    due = store.due_notifications(now=T0 + 10)
+    assert [(n.instance_uuid, n.power_state, n.created_at) for n in due] == [
+        (INSTANCE_2, "power on", T0 + 1),
+        (INSTANCE, "power off", T0 + 3),
+    ]
+    assert store.notification_counts() == {
+        "pending": 2,
+        "delivered": 1,
+        "dropped": 0,
+        "superseded": 2,
+    }
+    assert store.get_notification(first.id).status == "delivered"
+
+
+def test_batch_applies_changes_in_order(store: Store) -> None:
+    node = add(store)
+    store.apply(
+        [
+            NodeChange(node.uuid, {"power_state": "power on", "last_error": "x"}),
+            NodeChange(node.uuid, {"power_state": "power off"}),
+            NodeChange(node.uuid, {"sync_failures": 3}),
+        ],
+        now=T0,
+    )
+    after = store.get_node(node.uuid)
+    assert (after.power_state, after.last_error, after.sync_failures) == ("power off", "x", 3)
+
+
+def test_invalid_change_rejects_the_whole_batch(store: Store) -> None:
+    good = add(store, instance_uuid=INSTANCE)
+    batch = [
+        NodeChange(good.uuid, {"power_state": "power on"}, HistoryRecord(None, "power on", "sync")),
+        NodeChange(good.uuid, {"power_state": "on"}),
+    ]
+    with pytest.raises(InvalidNode, match=r"^power_state:"):
+        store.apply(batch)
+    for bad in (
+        NodeChange(good.uuid, {"bmc_password": "x"}),  # inventory is not settable by apply
+        NodeChange(good.uuid, {"reservation": "x"}),
+        NodeChange(good.uuid, {"sync_failures": -1}),
+        NodeChange(good.uuid, {"maintenance": "yes"}),
+        NodeChange(good.uuid, {}, HistoryRecord(None, "power on", "because")),
+    ):
+        with pytest.raises(InvalidNode):
+            store.apply([batch[0], bad])
+    assert store.get_node(good.uuid).power_state is None
+    assert store.history() == []
+
+
+def test_change_for_a_deleted_node_is_skipped(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = add(store)
+    ghost = "00000000-0000-4000-8000-000000000000"
+    with caplog.at_level(logging.WARNING, logger="store"):
+        store.apply(
+            [
+                NodeChange(ghost, {"power_state": "power on"}, HistoryRecord(None, None, "sync")),
+                NodeChange(node.uuid, {"power_state": "power on"}),
+            ]
+        )
+    assert store.get_node(node.uuid).power_state == "power on"
+    assert any(ghost in r.getMessage() for r in caplog.records)
+    assert store.history() == []
+
+
+def test_history_newest_first_with_limit(store: Store) -> None:
+    a = add(store, "a")
+    b = add(store, "b")
+    for i in range(5):
+        store.apply(
+            [
+                NodeChange(a.uuid, {}, HistoryRecord("power off", "power on", "sync", f"a{i}")),
+                NodeChange(b.uuid, {}, HistoryRecord("power on", "error", "max-retries", f"b{i}")),
+            ],
+            now=T0 + i,
+        )
+    assert [h.message for h in store.history(limit=3)] == ["b4", "a4", "b3"]
+    assert [h.message for h in store.history("a", limit=2)] == ["a4", "a3"]
+    assert [h.message for h in store.history(b.uuid)][-1] == "b0"
+    assert len(store.history()) == 10
+    with pytest.raises(NodeNotFound):
+        store.history("ghost")
+
+
+def test_outbox_lifecycle(store: Store) -> None:
+    nodes = [add(store, f"n{i}", instance_uuid=u) for i, u in enumerate([INSTANCE, INSTANCE_2])]
+    store.apply([NodeChange(nodes[0].uuid, {}, None, "power on")], now=T0)
+    store.apply([NodeChange(nodes[1].uuid, {}, None, "power off")], now=T0 + 1)
+    assert store.next_notification_at() == T0
+    assert [n.instance_uuid for n in store.due_notifications(now=T0)] == [INSTANCE]
+    assert len(store.due_notifications(now=T0 + 1)) == 2
+    assert len(store.due_notifications(now=T0 + 1, limit=1)) == 1
+    first, second = store.due_notifications(now=T0 + 1)
+
+    store.defer_notification(first.id, next_attempt_at=T0 + 60, error="503 from nova", now=T0 + 2)
+    deferred = store.get_notification(first.id)
+    assert (deferred.attempts, deferred.next_attempt_at) == (1, T0 + 60)
+    assert deferred.last_error == "503 from nova"
+    assert [n.id for n in store.due_notifications(now=T0 + 59)] == [second.id]
+    assert store.next_notification_at() == T0 + 1
+
+    store.mark_dropped(second.id, "instance not found")
+    dropped = store.get_notification(second.id)
+    assert (dropped.status, dropped.last_error) == ("dropped", "instance not found")
+    assert store.next_notification_at() == T0 + 60
+    assert [n.id for n in store.due_notifications(now=T0 + 60)] == [first.id]
+
+    store.mark_delivered([first.id])
+    assert store.get_notification(first.id).status == "delivered"
+    assert store.get_notification(first.id).attempts == 2
+    assert store.due_notifications(now=T0 + 1000) == []
+    assert store.next_notification_at() is None
+    assert store.notification_counts() == {
+        "pending": 0,
+        "delivered": 1,
+        "dropped": 1,
+        "superseded": 0,
+    }
+    # Finished rows stay finished.
+    store.defer_notification(first.id, next_attempt_at=T0, error="late")
+    store.mark_dropped(first.id, "late")
+    assert store.get_notification(first.id).status == "delivered"
+    with pytest.raises(StoreError, match="999"):
+        store.mark_dropped(999, "x")
+    with pytest.raises(StoreError, match="999"):
+        store.get_notification(999)
+
+
+def test_meta(store: Store) -> None:
+    assert store.get_meta("last_cycle") is None
+    store.set_meta("last_cycle", '{"nodes": 3}')
+    store.set_meta("last_cycle", '{"nodes": 4}')
+    assert store.get_meta("last_cycle") == '{"nodes": 4}'
+
+
+# --- files, persistence, secrets ---------------------------------------------------------
+
+
+def test_everything_survives_reopen(tmp_path: Path, backend: str) -> None:
+    path = store_path(tmp_path, backend)
+    with open_store(path, backend) as first:
+        node = add(first, instance_uuid=INSTANCE, cipher_suites=[3, 17], session_mode="persistent")
+        first.apply(
+            [
+                NodeChange(
+                    node.uuid,
+                    {"power_state": "power on", "maintenance": True, "fault": "power failure"},
+                    HistoryRecord("power off", "power on", "recovery", "back"),
+                    "power on",
+                )
+            ],
+            now=T0 + 1,
+        )
+        first.acquire_lock(node.uuid, "daemon", ttl=100, now=T0)
+        first.set_meta("k", "v")
+        expected = (first.get_node(node.uuid), first.history(), first.due_notifications(now=T0 + 1))
+    with open_store(path, backend) as second:
+        got = (second.get_node(node.uuid), second.history(), second.due_notifications(now=T0 + 1))
+        assert got == expected
+        assert second.get_meta("k") == "v"
+        assert got[0].cipher_suites == (3, 17)
+
+
+def test_two_handles_on_one_file_see_each_other(tmp_path: Path, backend: str) -> None:
+    path = store_path(tmp_path, backend)
+    with open_store(path, backend) as daemon, open_store(path, backend) as cli:
+        node = add(daemon)
+        assert cli.get_node("node-1") == node
+        assert cli.acquire_lock(node.uuid, "cli", ttl=30, now=T0)
+        assert not daemon.acquire_lock(node.uuid, "daemon", ttl=30, now=T0)
+        cli.update_node("node-1", maintenance=True, now=T0)
+        assert daemon.get_node("node-1").maintenance is True
+        daemon.apply([NodeChange(node.uuid, {"power_state": "power off"})])
+        assert cli.get_node(node.uuid).power_state == "power off"
+
+
+def test_password_never_shown(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        node = add(store, instance_uuid=INSTANCE)
+        store.acquire_lock(node.uuid, "a", ttl=1, now=T0)
+        store.acquire_lock(node.uuid, "b", ttl=1, now=T0 + 2)
+        store.apply([NodeChange("00000000-0000-4000-8000-000000000000", {})])
+        with pytest.raises(InvalidNode) as too_long:
+            store.update_node(node.uuid, bmc_password=PASSWORD * 2)
+    assert PASSWORD not in repr(node)
+    assert PASSWORD not in str(node)
+    assert PASSWORD not in repr(store.list_nodes())
+    assert PASSWORD not in str(too_long.value)
+    assert PASSWORD not in caplog.text
+    masked = node.masked()
+    assert masked["bmc_password"] == "******"
+    assert masked["name"] == "node-1" and masked["cipher_suites"] == [17, 3]
+    assert PASSWORD not in repr(masked)
+    assert store.get_node(node.uuid).bmc_password == PASSWORD  # still stored for the agent
+
+
+def test_closed_store_refuses_calls(tmp_path: Path, backend: str) -> None:
+    store = open_store(store_path(tmp_path, backend), backend)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.list_nodes()
+
+
+def test_unknown_backend(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="yaml"):
+        open_store(str(tmp_path / "x"), "yaml")
+
+
+def test_directory_is_not_a_store(tmp_path: Path, backend: str) -> None:
+    with pytest.raises(StoreError, match=str(tmp_path)):
+        open_store(str(tmp_path), backend)
