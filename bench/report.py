@@ -1,0 +1,213 @@
+"""Summaries of the raw runs: medians and spread, ratios against powersync, a markdown table
+and a PNG chart (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.contenders import REFERENCE
+
+GROUP_KEYS = ("fleet", "size", "condition", "op")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as handle:
+            mem_kb = int(handle.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    try:
+        with open("/proc/loadavg") as handle:
+            load = handle.read().split()[:3]
+    except OSError:
+        load = []
+    return {
+        "nproc": len(__import__("os").sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "loadavg_at_start": load,
+        "tools": tool_versions(),
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for name, argv in {
+        "ipmitool": ["ipmitool", "-V"],
+        "ipmipower": ["ipmipower", "--version"],
+        "ipmi_sim": ["dpkg-query", "-W", "-f", "${Version}", "openipmi"],
+    }.items():
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+            versions[name] = (out.stdout or out.stderr).strip().splitlines()[0][:80]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            versions[name] = "?"
+    try:
+        from importlib.metadata import version
+
+        versions["pyghmi"] = version("pyghmi")
+    except Exception:
+        versions["pyghmi"] = "?"
+    return versions
+
+
+def group_key(run: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(run[key] for key in GROUP_KEYS)
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (fleet, size, condition, op, contender): median, min and max of the runs."""
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        cells.setdefault((*group_key(run), run["contender"]), []).append(run)
+    rows: list[dict[str, Any]] = []
+    for key, cell in cells.items():
+        walls = [r["wall_s"] for r in cell]
+        cpus = [r["cpu_s"] for r in cell]
+        size = cell[0]["size"]
+        datagrams = [r["datagrams"] for r in cell if r.get("datagrams") is not None]
+        rows.append(
+            {
+                **dict(zip(GROUP_KEYS, key[:-1], strict=True)),
+                "contender": key[-1],
+                "repeats": len(cell),
+                "wall_s": statistics.median(walls),
+                "wall_min_s": min(walls),
+                "wall_max_s": max(walls),
+                "cpu_s": statistics.median(cpus),
+                "cpu_min_s": min(cpus),
+                "cpu_max_s": max(cpus),
+                "cpu_per_node_ms": 1000 * statistics.median(cpus) / size,
+                "maxrss_mb": max(r["maxrss_kb"] for r in cell) / 1024,
+                "correct_min": min(r["correct"] for r in cell),
+                "expected": cell[0]["expected"],
+                "datagrams_per_node": (statistics.median(datagrams) / size if datagrams else None),
+                "server_cpu_s": statistics.median(r["server_cpu_s"] for r in cell),
+                "errors": merge_errors(cell),
+            }
+        )
+    by_group: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_group.setdefault(group_key(row), {})[row["contender"]] = row
+    for group in by_group.values():
+        reference = group.get(REFERENCE)
+        for row in group.values():
+            if reference and reference["wall_s"] > 0 and reference["cpu_s"] > 0:
+                row["wall_vs_powersync"] = row["wall_s"] / reference["wall_s"]
+                row["cpu_vs_powersync"] = row["cpu_s"] / reference["cpu_s"]
+            else:
+                row["wall_vs_powersync"] = row["cpu_vs_powersync"] = None
+    return rows
+
+
+def merge_errors(cell: Sequence[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for run in cell:
+        for name, count in run.get("errors", {}).items():
+            total[name] = total.get(name, 0) + count
+    return total
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
+    lines: list[str] = []
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group_key(row), []).append(row)
+    for (fleet, size, condition, op), group in groups.items():
+        what = "power status of every node" if op == "status" else "power off + confirm"
+        lines.append(f"### {fleet}, {size} BMCs, {condition}: {what}")
+        lines.append("")
+        lines.append(
+            "| contender | wall s (median, min-max) | x powersync | client CPU ms/node "
+            "| x powersync | datagrams/node | peak RSS MB | read OK | runs |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for row in group:
+            spread = f"{fmt(row['wall_min_s'])}-{fmt(row['wall_max_s'])}"
+            lines.append(
+                f"| {row['contender']} | {fmt(row['wall_s'])} ({spread}) "
+                f"| {fmt(row['wall_vs_powersync'], 1)} | {fmt(row['cpu_per_node_ms'])} "
+                f"| {fmt(row['cpu_vs_powersync'], 1)} | {fmt(row['datagrams_per_node'], 1)} "
+                f"| {fmt(row['maxrss_mb'], 1)} | {row['correct_min']}/{row['expected']} "
+                f"| {row['repeats']} |"
+            )
+        errors = {r["contender"]: r["errors"] for r in group if r["errors"]}
+        if errors:
+            lines.append("")
+            for name, counts in errors.items():
+                text = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+                lines.append(f"- {name} errors (all runs): {text}")
+        lines.append("")
+    if skipped:
+        lines.append("Skipped (fleet too large for the contender to finish in minutes):")
+        lines.extend(f"- {item}" for item in skipped)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = [r for r in rows if r["condition"] == "clean" and r["op"] == "status"]
+    contenders = sorted({r["contender"] for r in clean})
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name in contenders:
+        points = sorted(
+            ((r["size"], r["wall_s"], r["fleet"]) for r in clean if r["contender"] == name),
+        )
+        if not points:
+            continue
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("fleet size (BMCs)")
+    left.set_ylabel("wall time of one status pass (s)")
+    left.set_title("Cycle time vs fleet size (clean loopback)")
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    sizes = sorted({(r["fleet"], r["size"]) for r in clean})
+    width = 0.8 / max(1, len(contenders))
+    for offset, name in enumerate(contenders):
+        values = []
+        for fleet, size in sizes:
+            match = [
+                r for r in clean if (r["fleet"], r["size"], r["contender"]) == (fleet, size, name)
+            ]
+            values.append(match[0]["cpu_per_node_ms"] if match else 0.0)
+        positions = [i + offset * width for i in range(len(sizes))]
+        right.bar(positions, values, width=width, label=name)
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))])
+    right.set_xticklabels([f"{fleet}\n{size}" for fleet, size in sizes], fontsize=8)
+    right.set_yscale("log")
+    right.set_ylabel("client CPU per status (ms, user+sys)")
+    right.set_title("Client CPU per status")
+    right.grid(True, axis="y", which="both", alpha=0.3)
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
