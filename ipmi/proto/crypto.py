@@ -163,9 +163,15 @@ def session_integrity_key(
     return _hmac(suite, kg, console_random, bmc_random, _role_and_name(role, username))
 
 
+ADDITIONAL_KEY_CONSTANT_LENGTH = 20
+
+
 def additional_key(suite: CipherSuite, sik: bytes, number: int) -> bytes:
-    """K_n = HMAC_SIK(n repeated digest-length times): K1 keys integrity, K2 encryption."""
-    return _hmac(suite, sik, bytes((number,)) * suite.digest_length)
+    """K_n = HMAC_SIK(n repeated 20 times): K1 keys integrity, K2 encryption.
+
+    The constant is 20 bytes for every suite, SHA-256 included: ipmitool -C 17 and
+    ipmipower -I 17 both derive K1/K2 that way (checked against the simulator)."""
+    return _hmac(suite, sik, bytes((number,)) * ADDITIONAL_KEY_CONSTANT_LENGTH)
 
 
 def rakp4_integrity_check_value(
