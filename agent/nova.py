@@ -128,10 +128,14 @@ class NovaClient:
             # One event may be at fault; split so the others still get through.
             middle = len(events) // 2
             log.info("Nova answered %d to %d events; sending them in halves", status, len(events))
-            return [
+            results = [
                 *await self._send_part(events[:middle]),
                 *await self._send_part(events[middle:]),
             ]
+            first_error = results[0].error
+            if first_error is not None and all(result.error is not None for result in results):
+                raise first_error  # nothing got through: a whole-request failure after all
+            return results
         if status == 413:
             return [
                 EventResult(events[0], Verdict.DROPPED, f"larger than Nova's body limit: {detail}")

@@ -170,6 +170,7 @@ class FakeOpenStack:
         self.tokens: dict[str, IssuedToken] = {}
         self.instances: dict[str, str | None] = {}  # server uuid -> host (None: no host)
         self.max_version = (2, 104)
+        self.body_limit = BODY_LIMIT
         self.train_404 = False  # Nova 20.x: whole-request 404 when every event failed
         # Faults.
         self.nova_statuses: list[int] = []  # answer the next Nova requests with these
@@ -542,7 +543,7 @@ class FakeOpenStack:
         self, request: Request, endpoint: Endpoint, url_project: str | None
     ) -> tuple[int, dict[str, str], bytes]:
         self.nova_posts += 1
-        if len(request.body) > BODY_LIMIT:
+        if len(request.body) > self.body_limit:
             return _fault(413, "Request is too large.")
         token = self.tokens.get(request.headers.get("x-auth-token", ""))
         if token is None or token.revoked or token.expires_at <= self.wall_clock():
