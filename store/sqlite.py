@@ -125,7 +125,9 @@ class SqliteStore(Store):
             conn.execute("COMMIT")
         result = conn.execute("PRAGMA quick_check").fetchall()
         if result != [("ok",)]:
-            problems = "; ".join(str(row[0]) for row in result[:3])
+            lines = [line for row in result for line in str(row[0]).splitlines()]
+            problems = "; ".join(line for line in lines if not line.startswith("***"))
+            problems = problems[:200] + ("..." if len(problems) > 200 else "")
             raise StoreCorrupt(
                 f"store {self.path} is damaged ({problems}); restore it from a backup "
                 "or move it aside"
