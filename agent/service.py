@@ -1,0 +1,679 @@
+"""The power-sync service: the sync loop, the recovery loop, signals, notifier and metrics.
+
+::
+
+    run_service(config, store)
+    └─ nursery "service"
+       ├─ signals     SIGTERM/SIGINT: stop starting work, give in-flight work a few seconds
+       ├─ notifier    drains the Nova outbox (when configured), woken after each batch
+       ├─ metrics     the Prometheus endpoint (when configured)
+       └─ work
+          ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
+          │   └─ one task per node, jittered start, CapacityLimiter(workers), per-node deadline
+          └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
+
+Decisions come from :mod:`agent.policy`; BMC sessions from :mod:`agent.bmcs`. Each cycle's
+changes are written in one ``store.apply`` batch at its end; a change is dropped if the node
+changed under the cycle (an operator or a power action got there first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from agent.bmcs import BmcEndpoint, BmcOpener, BmcPool, NodeBmc, describe_error, open_bmc_pool
+from agent.config import AgentConfig, IpmiConfig
+from agent.policy import (
+    Action,
+    Decision,
+    Observation,
+    SyncSettings,
+    decide_force_result,
+    decide_recovery,
+    decide_sync,
+    lock_is_held,
+    needs_recovery,
+    skip_reason,
+)
+from agent.storeio import AsyncStore
+from store import HistoryRecord, Node, NodeChange, Store, StoreError
+
+log = logging.getLogger("powersync.sync")
+
+SHUTDOWN_GRACE = 3.0  # seconds in-flight BMC work may take after SIGTERM/SIGINT
+META_LAST_CYCLE = "last_cycle"
+META_LAST_RECOVERY = "last_recovery"
+
+
+def holder_name(role: str) -> str:
+    """The lock holder string: who, where and what (``host:pid:role``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}"
+
+
+def jitter_delay(node_uuid: str, window: float) -> float:
+    """A node's start offset in the cycle: fixed per node, spread evenly over the window."""
+    if window <= 0:
+        return 0.0
+    digest = hashlib.sha256(node_uuid.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * window
+
+
+def endpoint_for(node: Node, ipmi: IpmiConfig) -> BmcEndpoint:
+    return BmcEndpoint(
+        host=node.bmc_address,
+        port=node.bmc_port,
+        username=node.bmc_username,
+        password=node.bmc_password,
+        cipher_suites=tuple(node.cipher_suites) or ipmi.cipher_suites,
+        privilege=node.privilege or ipmi.privilege,
+        session_mode=node.session_mode or ipmi.session_mode,
+    )
+
+
+class Notifier(Protocol):
+    def wake(self) -> None: ...
+    async def run(self, *, task_status: Any = ...) -> None: ...
+
+
+class MetricsSink(Protocol):
+    def observe_cycle(self, report: CycleReport, nodes: Sequence[Node], pool: BmcPool) -> None: ...
+
+
+@attrs.frozen
+class NodeResult:
+    """What happened to one node in one cycle (the per-node line of ``sync --once``)."""
+
+    name: str
+    uuid: str
+    recorded: str | None
+    observed: str | None = None
+    action: str = "skip"
+    new_state: str | None = None
+    error: str | None = None
+    detail: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class CycleReport:
+    cycle: int
+    kind: str  # "sync" | "recovery"
+    started_at: float  # wall clock
+    duration: float
+    results: tuple[NodeResult, ...]
+    applied: bool = True
+    dropped: tuple[str, ...] = ()  # node names whose change was dropped (changed meanwhile)
+
+    def count(self, *actions: Action | str) -> int:
+        names = {a.value if isinstance(a, Action) else a for a in actions}
+        return sum(1 for result in self.results if result.action in names)
+
+    def summary(self) -> dict[str, Any]:
+        failed = self.count(
+            Action.READ_FAILED, Action.FORCE_FAILED, Action.MAINTENANCE, Action.STILL_FAILING
+        )
+        read_ok = sum(1 for r in self.results if r.observed is not None)
+        return {
+            "cycle": self.cycle,
+            "kind": self.kind,
+            "started_at": self.started_at,
+            "duration": round(self.duration, 6),
+            "nodes": len(self.results),
+            "ok": read_ok,
+            "failed": failed,
+            "changed": sum(1 for r in self.results if r.new_state != r.recorded and r.observed),
+            "forced": self.count(Action.FORCED),
+            "skipped": self.count("skip"),
+            "maintenance": self.count(Action.MAINTENANCE),
+            "recovered": self.count(Action.RECOVERED),
+            "applied": self.applied,
+            "dropped": len(self.dropped),
+        }
+
+
+@attrs.define
+class _Progress:
+    """One node's work in one pass; filled in as it goes so a deadline can finish it."""
+
+    node: Node
+    bmc: str
+    extra: dict[str, object] = attrs.field(factory=dict)
+    observation: Observation | None = None
+    decision: Decision | None = None
+    force_result: Decision | None = None
+    skipped: str | None = None
+    seen_at: float | None = None
+
+
+def _fingerprint(node: Node) -> tuple[object, ...]:
+    """The fields a decision depends on; a change is dropped if they moved meanwhile."""
+    return (node.power_state, node.target_power_state, node.maintenance, node.fault)
+
+
+class SyncService:
+    """One agent's sync and recovery passes over the store's nodes."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: AsyncStore,
+        pool: BmcPool,
+        *,
+        notifier: Notifier | None = None,
+        metrics: MetricsSink | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        holder: str | None = None,
+    ) -> None:
+        self.config = config
+        self.conductor = config.conductor
+        self.store = store
+        self.pool = pool
+        self.notifier = notifier
+        self.metrics = metrics
+        self.wall = wall_clock
+        self.holder = holder or holder_name("sync")
+        self.settings = SyncSettings(
+            force=config.conductor.force_power_state_during_sync,
+            max_retries=config.conductor.power_state_sync_max_retries,
+        )
+        self.limiter = trio.CapacityLimiter(config.conductor.sync_power_state_workers)
+        self.stopping = trio.Event()
+        self.cycles_started = 0
+        self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
+        self.last_report: CycleReport | None = None
+        self._passes = 0
+        self._active_scopes: set[trio.CancelScope] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Start no new work; in-flight BMC work gets ``grace`` seconds, then is cancelled."""
+        if not self.stopping.is_set():
+            log.info("stopping: no new work, %g s for work in flight", grace)
+        self.stopping.set()
+        deadline = trio.current_time() + grace
+        for scope in self._active_scopes:
+            scope.deadline = min(scope.deadline, deadline)
+
+    async def upsert_static_nodes(self) -> None:
+        """The ``[[nodes]]`` of the config file, inserted or updated at start."""
+        ipmi = self.config.ipmi
+        for static in self.config.nodes:
+            fields = {
+                "name": static.name,
+                "bmc_address": static.bmc_address,
+                "bmc_port": static.bmc_port,
+                "bmc_username": static.bmc_username,
+                "bmc_password": static.bmc_password,
+                "cipher_suites": static.cipher_suites or ipmi.cipher_suites,
+                "privilege": static.privilege or ipmi.privilege,
+                "instance_uuid": static.instance_uuid,
+                "session_mode": static.session_mode,
+            }
+            await self.store.run(_upsert, self.store.store, fields)
+        if self.config.nodes:
+            log.info(
+                "upserted %d static node(s) from %s", len(self.config.nodes), self.config.source
+            )
+
+    # --- loops --------------------------------------------------------------------------
+
+    async def sync_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        interval = self.conductor.sync_power_state_interval
+        task_status.started()
+        if interval <= 0:
+            log.info("power sync disabled (sync_power_state_interval = %g)", interval)
+            await self.stopping.wait()
+            return
+        while not self.stopping.is_set():
+            started = trio.current_time()
+            report = await self.run_cycle()
+            duration = trio.current_time() - started
+            if duration > interval:
+                log.warning(
+                    "sync cycle %d took %.1f s, longer than sync_power_state_interval (%g s); "
+                    "raise sync_power_state_workers (now %d), lower sync_node_timeout (now %g s) "
+                    "or raise the interval",
+                    report.cycle,
+                    duration,
+                    interval,
+                    self.conductor.sync_power_state_workers,
+                    self.conductor.sync_node_timeout,
+                    extra={"cycle": report.cycle},
+                )
+            with trio.move_on_at(started + interval):
+                await self.stopping.wait()
+
+    async def recovery_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        interval = self.conductor.power_failure_recovery_interval
+        task_status.started()
+        if interval <= 0:
+            log.info("power failure recovery disabled (power_failure_recovery_interval = 0)")
+            await self.stopping.wait()
+            return
+        while not self.stopping.is_set():
+            with trio.move_on_after(interval):
+                await self.stopping.wait()
+            if not self.stopping.is_set():
+                await self.run_recovery()
+
+    # --- one pass -----------------------------------------------------------------------
+
+    async def run_cycle(self) -> CycleReport:
+        """One sync pass over every node (``powersync sync --once`` runs exactly this)."""
+        self.cycles_started += 1
+        self.cycles_running += 1
+        try:
+            return await self._pass("sync")
+        finally:
+            self.cycles_running -= 1
+
+    async def run_recovery(self) -> CycleReport:
+        """Probe every node in "power failure" maintenance once."""
+        return await self._pass("recovery")
+
+    async def _pass(self, kind: str) -> CycleReport:
+        self._passes += 1
+        cycle = self._passes
+        started_wall = self.wall()
+        started = trio.current_time()
+        if kind == "sync":
+            nodes = await self.store.run(self.store.store.list_nodes)
+        else:
+            nodes = await self.store.run(
+                lambda: self.store.store.list_nodes(maintenance=True, fault="power failure")
+            )
+        now = self.wall()
+        work: list[_Progress] = []
+        results: list[NodeResult] = []
+        for node in nodes:
+            progress = _Progress(node, bmc=f"{node.bmc_address}:{node.bmc_port}")
+            work.append(progress)
+            if kind == "recovery":
+                if not needs_recovery(node, now=now):
+                    progress.skipped = "busy or not in power-failure maintenance"
+                continue
+            view = node
+            if node.target_power_state is not None and not lock_is_held(node, now=now):
+                # A power action sets the target only while it holds the lock: its owner died.
+                message = (
+                    f"power action to {node.target_power_state} was abandoned "
+                    "(its lock is gone); clearing the target"
+                )
+                log.warning("node %s: %s", node.name, message, extra=self._extra(progress, cycle))
+                progress.extra = {"target_power_state": None, "last_error": message}
+                view = attrs.evolve(node, target_power_state=None)
+            progress.skipped = skip_reason(view, now=now)
+
+        with trio.CancelScope() as scope:
+            self._active_scopes.add(scope)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for progress in work:
+                        if progress.skipped is None:
+                            nursery.start_soon(self._one_node, progress, cycle, kind)
+            finally:
+                self._active_scopes.discard(scope)
+        if scope.cancelled_caught:
+            log.warning("%s pass %d cut short by shutdown", kind, cycle, extra={"cycle": cycle})
+
+        changes: list[tuple[Node, NodeChange]] = []
+        for progress in work:
+            results.append(self._result(progress))
+            change = self._change(progress)
+            if change is not None:
+                changes.append((progress.node, change))
+        with trio.CancelScope(shield=True):  # the batch is written even while stopping
+            applied, dropped = await self._apply(changes, cycle)
+        duration = trio.current_time() - started
+        report = CycleReport(
+            cycle=cycle,
+            kind=kind,
+            started_at=started_wall,
+            duration=duration,
+            results=tuple(results),
+            applied=applied,
+            dropped=tuple(dropped),
+        )
+        summary = report.summary()
+        with trio.CancelScope(shield=True):
+            await self._write_meta(
+                META_LAST_CYCLE if kind == "sync" else META_LAST_RECOVERY, summary
+            )
+        level = logging.INFO if kind == "sync" or summary["recovered"] else logging.DEBUG
+        log.log(
+            level,
+            "%s pass %d: %d nodes, %d read, %d failed, %d changed, %d forced, %d skipped in %.2f s",
+            kind,
+            cycle,
+            summary["nodes"],
+            summary["ok"],
+            summary["failed"],
+            summary["changed"],
+            summary["forced"],
+            summary["skipped"],
+            duration,
+            extra={"cycle": cycle},
+        )
+        if self.notifier is not None and any(c.notification for _, c in changes):
+            self.notifier.wake()
+        if kind == "sync":
+            self.last_report = report
+            if self.metrics is not None:
+                self.metrics.observe_cycle(report, nodes, self.pool)
+        return report
+
+    async def _one_node(self, progress: _Progress, cycle: int, kind: str) -> None:
+        delay = jitter_delay(progress.node.uuid, self.conductor.sync_jitter_window)
+        if kind == "sync" and delay > 0:
+            with trio.move_on_after(delay):
+                await self.stopping.wait()
+        if self.stopping.is_set():
+            progress.skipped = "shutting down"
+            return
+        async with self.limiter:
+            if self.stopping.is_set():
+                progress.skipped = "shutting down"
+                return
+            timeout = self.conductor.sync_node_timeout
+            with trio.move_on_after(timeout) as deadline:
+                await self._with_bmc(progress, cycle, kind)
+            if deadline.cancelled_caught:
+                self._timed_out(progress, timeout, kind)
+            self._log_decisions(progress, cycle)
+
+    async def _with_bmc(self, progress: _Progress, cycle: int, kind: str) -> None:
+        node = progress.node
+        endpoint = endpoint_for(node, self.config.ipmi)
+        try:
+            async with self.pool.lease(node.uuid, endpoint) as bmc:
+                progress.observation = Observation.read(await bmc.get_power())
+                progress.seen_at = self.wall()
+                if kind == "recovery":
+                    progress.decision = decide_recovery(node, progress.observation)
+                    return
+                progress.decision = decide_sync(node, progress.observation, self.settings)
+                if progress.decision.action is Action.FORCE:
+                    await self._force(progress, bmc, cycle)
+        except Exception as exc:
+            if progress.observation is not None:
+                log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
+                return
+            progress.observation = Observation.failed(describe_error(exc))
+            if kind == "recovery":
+                progress.decision = decide_recovery(node, progress.observation)
+            else:
+                progress.decision = decide_sync(node, progress.observation, self.settings)
+
+    def _timed_out(self, progress: _Progress, timeout: float, kind: str) -> None:
+        text = f"no answer within sync_node_timeout ({timeout:g} s)"
+        node = progress.node
+        if progress.decision is None:
+            progress.observation = Observation.failed(text)
+            if kind == "recovery":
+                progress.decision = decide_recovery(node, progress.observation)
+            else:
+                progress.decision = decide_sync(node, progress.observation, self.settings)
+        elif progress.decision.action is Action.FORCE and progress.force_result is None:
+            target = progress.decision.force_to or ""
+            if progress.skipped is None:
+                progress.force_result = decide_force_result(node, target, f"not confirmed: {text}")
+
+    async def _force(self, progress: _Progress, bmc: NodeBmc, cycle: int) -> None:
+        """Drive the hardware back to the record, holding the node's lock in the store."""
+        node = progress.node
+        assert progress.decision is not None
+        target = progress.decision.force_to or ""
+        ttl = self.conductor.lock_ttl
+        acquired = await self.store.run(
+            lambda: self.store.store.acquire_lock(node.uuid, self.holder, ttl=ttl, now=self.wall())
+        )
+        if not acquired:
+            progress.skipped = "locked by another holder"
+            log.info("node %s is locked, skipping", node.name, extra=self._extra(progress, cycle))
+            return
+        try:
+            if node.reservation is not None and node.reservation != self.holder:
+                log.warning(
+                    "node %s: took over the expired lock of %s",
+                    node.name,
+                    node.reservation,
+                    extra=self._extra(progress, cycle),
+                )
+            fresh = await self.store.run(self.store.store.get_node, node.uuid)
+            if _fingerprint(fresh) != _fingerprint(node):
+                progress.skipped = "changed while the sync was reading it"
+                return
+            try:
+                await bmc.set_power(target)
+                await self._wait_for(bmc, target)
+            except Exception as exc:
+                progress.force_result = decide_force_result(node, target, describe_error(exc))
+            else:
+                progress.force_result = decide_force_result(node, target, None)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.store.run(self.store.store.release_lock, node.uuid, self.holder)
+
+    async def _wait_for(self, bmc: NodeBmc, target: str) -> None:
+        """Poll until the hardware reports ``target``; the caller's deadline bounds it."""
+        pause = 0.1
+        while await bmc.get_power() != target:
+            await trio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    # --- results and the batch ----------------------------------------------------------
+
+    def _extra(self, progress: _Progress, cycle: int) -> dict[str, object]:
+        return {"node": progress.node.name, "bmc": progress.bmc, "cycle": cycle}
+
+    def _log_decisions(self, progress: _Progress, cycle: int) -> None:
+        for decision in (progress.decision, progress.force_result):
+            if decision is not None and decision.message and progress.skipped is None:
+                log.log(decision.log_level, decision.message, extra=self._extra(progress, cycle))
+
+    def _result(self, progress: _Progress) -> NodeResult:
+        node = progress.node
+        observation = progress.observation
+        if progress.skipped is not None or progress.decision is None:
+            return NodeResult(
+                node.name,
+                node.uuid,
+                node.power_state,
+                observed=observation.power_state if observation else None,
+                action="skip",
+                new_state=node.power_state,
+                detail=progress.skipped,
+            )
+        final = progress.force_result or progress.decision
+        fields = progress.decision.fields
+        new_state = fields.get("power_state", node.power_state)
+        error = observation.error if observation else None
+        if (
+            progress.force_result is not None
+            and progress.force_result.action is Action.FORCE_FAILED
+        ):
+            error = progress.force_result.message
+        return NodeResult(
+            node.name,
+            node.uuid,
+            node.power_state,
+            observed=observation.power_state if observation else None,
+            action=final.action.value,
+            new_state=new_state if isinstance(new_state, str) or new_state is None else None,
+            error=error,
+        )
+
+    def _change(self, progress: _Progress) -> NodeChange | None:
+        if progress.skipped is not None or progress.decision is None:
+            if progress.extra:
+                return NodeChange(progress.node.uuid, fields=dict(progress.extra))
+            return None
+        fields: dict[str, object] = dict(progress.decision.fields)
+        for key, value in progress.extra.items():
+            if key == "last_error" and fields.get(key) is not None:
+                continue  # this cycle's own error is the more useful one
+            fields[key] = value
+        note = progress.decision.history
+        if progress.force_result is not None:
+            fields.update(progress.force_result.fields)
+            note = note or progress.force_result.history
+        if progress.seen_at is not None:
+            fields["last_seen_at"] = progress.seen_at
+        if not fields and note is None:
+            return None
+        history = None
+        if note is not None:
+            history = HistoryRecord(note.from_state, note.to_state, note.cause, note.message)
+        return NodeChange(
+            progress.node.uuid,
+            fields=fields,
+            history=history,
+            notification=progress.decision.notification,
+        )
+
+    async def _apply(
+        self, changes: Sequence[tuple[Node, NodeChange]], cycle: int
+    ) -> tuple[bool, list[str]]:
+        if not changes:
+            return True, []
+        store = self.store.store
+
+        def apply_batch() -> list[str]:
+            current = {node.uuid: node for node in store.list_nodes()}
+            now = self.wall()
+            kept: list[NodeChange] = []
+            dropped: list[str] = []
+            for snapshot, change in changes:
+                node = current.get(snapshot.uuid)
+                if node is None:
+                    continue
+                held_by_other = lock_is_held(node, now=now) and node.reservation != self.holder
+                if held_by_other or _fingerprint(node) != _fingerprint(snapshot):
+                    dropped.append(snapshot.name)
+                    continue
+                kept.append(change)
+            store.apply(kept, now=now)
+            return dropped
+
+        try:
+            dropped = await self.store.run(apply_batch)
+        except StoreError as exc:
+            log.error(  # noqa: TRY400 (one line: the store error says it all)
+                "pass %d: could not write the batch: %s", cycle, exc, extra={"cycle": cycle}
+            )
+            return False, []
+        for name in dropped:
+            log.info(
+                "node %s changed during pass %d; its result was not written",
+                name,
+                cycle,
+                extra={"node": name, "cycle": cycle},
+            )
+        return True, dropped
+
+    async def _write_meta(self, key: str, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, sort_keys=True)
+        try:
+            await self.store.run(self.store.store.set_meta, key, text)
+        except StoreError as exc:
+            log.error("could not record %s: %s", key, exc)  # noqa: TRY400
+
+
+def _upsert(store: Store, fields: dict[str, Any]) -> None:
+    store.upsert_node(**fields)
+
+
+async def _watch_signals(
+    service: SyncService,
+    cancel_scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    import signal
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if service.stopping.is_set():
+                log.warning("second %s: cancelling everything now", name)
+                cancel_scope.cancel()
+                return
+            log.info("%s received: shutting down", name)
+            service.stop()
+
+
+async def run_service(
+    config: AgentConfig,
+    store: Store | AsyncStore,
+    *,
+    bmc_opener: BmcOpener | None = None,
+    notifier: Notifier | None = None,
+    metrics: Any = None,
+    handle_signals: bool = True,
+    wall_clock: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[SyncService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The daemon: returns (normally) after SIGTERM/SIGINT or ``service.stop()``.
+
+    ``metrics`` is an :class:`agent.service_metrics`-style sink with ``observe_cycle`` and
+    an optional ``serve(task_status=...)`` coroutine that runs the HTTP endpoint.
+    """
+    astore = store if isinstance(store, AsyncStore) else AsyncStore(store)
+    if bmc_opener is None:
+        from agent.bmcs import ipmi_opener
+
+        ipmi = config.ipmi
+        bmc_opener = ipmi_opener(
+            retry_timeout=ipmi.retry_timeout,
+            retry_backoff=ipmi.retry_backoff,
+            retries=ipmi.retries,
+            max_timeout=ipmi.retry_max_timeout,
+        )
+    async with open_bmc_pool(
+        bmc_opener,
+        keepalive_interval=config.ipmi.keepalive_interval,
+        min_command_interval=config.conductor.min_command_interval,
+    ) as pool:
+        service = SyncService(
+            config, astore, pool, notifier=notifier, metrics=metrics, wall_clock=wall_clock
+        )
+        await service.upsert_static_nodes()
+        async with trio.open_nursery() as background:
+            if handle_signals:
+                await background.start(_watch_signals, service, background.cancel_scope)
+            if notifier is not None:
+                background.start_soon(_run_notifier, notifier)
+            serve = getattr(metrics, "serve", None)
+            if serve is not None:
+                await background.start(serve)
+            async with trio.open_nursery() as work:
+                await work.start(service.sync_loop)
+                await work.start(service.recovery_loop)
+                task_status.started(service)
+            background.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _run_notifier(notifier: Notifier) -> None:
+    try:
+        await notifier.run()
+    except Exception:
+        log.exception("the Nova notifier stopped; notifications stay queued in the store")
