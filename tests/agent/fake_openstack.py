@@ -173,7 +173,8 @@ class FakeOpenStack:
         self.body_limit = BODY_LIMIT
         self.train_404 = False  # Nova 20.x: whole-request 404 when every event failed
         # Faults.
-        self.nova_statuses: list[int] = []  # answer the next Nova requests with these
+        # Answer the next Nova requests with these statuses (None: answer normally).
+        self.nova_statuses: list[int | None] = []
         self.nova_down_status: int | None = None  # answer every Nova request with this
         self.nova_hang = False
         self.keystone_statuses: list[int] = []
@@ -302,10 +303,11 @@ class FakeOpenStack:
         route = re.fullmatch(r"/v2\.1(?:/([^/]+))?/os-server-external-events", rest)
         if request.method != "POST" or route is None:
             return _fault(404, "The resource could not be found.")
+        self.nova_posts += 1
         if self.nova_hang:
             await trio.sleep_forever()
-        if self.nova_statuses:
-            status = self.nova_statuses.pop(0)
+        status = self.nova_statuses.pop(0) if self.nova_statuses else None
+        if status is not None:
             return _fault(status, f"injected {status}")
         if self.nova_down_status is not None:
             return _fault(self.nova_down_status, "injected outage")
@@ -542,7 +544,6 @@ class FakeOpenStack:
     def _external_events(
         self, request: Request, endpoint: Endpoint, url_project: str | None
     ) -> tuple[int, dict[str, str], bytes]:
-        self.nova_posts += 1
         if len(request.body) > self.body_limit:
             return _fault(413, "Request is too large.")
         token = self.tokens.get(request.headers.get("x-auth-token", ""))

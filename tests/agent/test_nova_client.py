@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -128,8 +129,11 @@ async def test_hang_times_out(cloud: FakeOpenStack, http: httpx.AsyncClient) -> 
 
 async def test_nova_gone_is_transient(cloud: FakeOpenStack, http: httpx.AsyncClient) -> None:
     server = cloud.add_instance()
-    nova = client_for(cloud, http, endpoint_override="http://127.0.0.1:1/v2.1")
-    with pytest.raises(ServiceUnavailableError, match="Nova at http://127.0.0.1:1/v2.1"):
+    with socket.socket() as probe:  # a port nothing listens on (bound, then released)
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    nova = client_for(cloud, http, endpoint_override=f"http://127.0.0.1:{closed_port}/v2.1")
+    with pytest.raises(ServiceUnavailableError, match=f"Nova at http://127.0.0.1:{closed_port}"):
         await nova.send(events_for([server]))
 
 
