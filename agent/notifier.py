@@ -85,6 +85,7 @@ class Notifier:
         self._nova = NovaClient(config, self._keystone)
         self._http: httpx.AsyncClient | None = None
         self._wakeup = trio.Event()
+        self._draining = trio.Lock()  # run() and a direct drain_once() never overlap
         self._not_before = 0.0  # after a whole-request failure, no request before this
         self._reported: str | None = None  # the failure kind last reported to the operator
         self._unexpected_failures = 0
@@ -125,7 +126,7 @@ class Notifier:
         """One round: send every due row (up to a few batches) and record the verdicts."""
         if not self._config.send_power_notifications:
             return DeliveryReport()
-        async with self._client():
+        async with self._draining, self._client():
             return await self._drain()
 
     # -- internals -----------------------------------------------------------------------
