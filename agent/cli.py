@@ -18,6 +18,8 @@ from agent.errors import AgentError
 
 # Command modules, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "agent.cmd_node",
+    "agent.cmd_status",
     "agent.cmd_bmc",
     "agent.cmd_sim",
 )
@@ -26,7 +28,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="powersync",
-        description="Keep the recorded power state of bare-metal nodes and their BMCs in agreement.",
+        description=(
+            "Keep the recorded power state of bare-metal nodes and their BMCs in agreement."
+        ),
     )
     parser.add_argument(
         "--config",
@@ -44,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     elif not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

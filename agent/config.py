@@ -409,9 +409,11 @@ def parse_node(
     address = section.optional_string("bmc_address")
     if address is None:
         raise ConfigError(f"{where}: bmc_address is required")
+    if name != name.strip() or not name.isprintable() or _looks_like_uuid(name):
+        raise section.fail("name", "must be printable, without outer spaces, not a UUID", name)
     username = table.get("bmc_username")
-    if not isinstance(username, str):
-        raise ConfigError(f"{where}: bmc_username is required (a string)")
+    if not isinstance(username, str) or not username:
+        raise ConfigError(f"{where}: bmc_username is required (a non-empty string)")
     if len(username.encode()) > MAX_USERNAME_BYTES:
         raise section.fail("bmc_username", f"must be at most {MAX_USERNAME_BYTES} bytes", username)
     instance_uuid = section.optional_string("instance_uuid")
@@ -435,6 +437,30 @@ def parse_node(
         instance_uuid=instance_uuid,
         session_mode=section.optional_choice("session_mode", SESSION_MODES),
     )
+
+
+def _looks_like_uuid(text: str) -> bool:
+    # The store finds nodes by name or UUID, so a name must never parse as a UUID.
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def node_inventory(node: StaticNode, defaults: IpmiConfig) -> dict[str, Any]:
+    """Keyword arguments for ``Store.add_node``/``upsert_node``; unset choices take [ipmi]'s."""
+    return {
+        "name": node.name,
+        "bmc_address": node.bmc_address,
+        "bmc_port": node.bmc_port,
+        "bmc_username": node.bmc_username,
+        "bmc_password": node.bmc_password,
+        "cipher_suites": node.cipher_suites or defaults.cipher_suites,
+        "privilege": node.privilege or defaults.privilege,
+        "instance_uuid": node.instance_uuid,
+        "session_mode": node.session_mode,
+    }
 
 
 _HOSTNAME = re.compile(

@@ -1,0 +1,491 @@
+"""``powersync node add|list|show|set|delete|import``: the node inventory in the store.
+
+The store is the one named by the configuration's ``[store]``. Passwords come from a file
+(mode 0600) or an environment variable, never from the command line, and are never shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from agent.config import (
+    PRIVILEGES,
+    SESSION_MODES,
+    AgentConfig,
+    load_config,
+    node_inventory,
+    parse_node,
+)
+from agent.config_reader import validate_cipher_suites
+from agent.errors import AgentError, NodeError
+from agent.inventory import FORMATS, ImportRow, read_inventory
+from agent.secrets import read_secret_env, read_secret_file
+from store import (
+    DuplicateNode,
+    HistoryRecord,
+    InvalidNode,
+    Node,
+    NodeChange,
+    NodeLocked,
+    NodeNotFound,
+    Store,
+    StoreError,
+    open_store,
+)
+
+OPERATOR = "operator"  # history cause for edits made here
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared with cmd_status
+
+
+def open_configured_store(config: AgentConfig, *, create: bool) -> Store:
+    """The store named by ``[store]``; for read-only commands a missing store is an error."""
+    path = config.store.path
+    if not create and not os.path.exists(path):
+        raise AgentError(
+            f"store {path} does not exist yet ([store] path in {config.source}); "
+            "add nodes with `powersync node add` or `powersync node import`"
+        )
+    try:
+        return open_store(path, config.store.backend)
+    except StoreError as exc:
+        raise AgentError(f"store {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def store_errors(subject: str) -> Iterator[None]:
+    """Turn the store's exceptions into one-line agent errors about ``subject``."""
+    try:
+        yield
+    except NodeNotFound:
+        raise NodeError(f"{subject}: no such node") from None
+    except NodeLocked as exc:
+        raise NodeError(f"{subject}: {exc}") from None
+    except (DuplicateNode, InvalidNode) as exc:
+        raise NodeError(f"{subject}: {exc}") from None
+    except StoreError as exc:
+        raise AgentError(f"store: {exc}") from None
+
+
+def format_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(timestamp))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    for row in (headers, *rows):
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def password_from_args(args: argparse.Namespace) -> str | None:
+    if getattr(args, "password_file", None):
+        return read_secret_file(args.password_file, what="BMC password")
+    if getattr(args, "password_env", None):
+        return read_secret_env(args.password_env, what="BMC password")
+    return None
+
+
+def _add_password_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument(
+        "--password-file", metavar="FILE", help="file (mode 0600) holding the password"
+    )
+    group.add_argument("--password-env", metavar="VAR", help="environment variable holding it")
+
+
+def _split_suites(text: str) -> list[object]:
+    parts = text.replace(";", ",").replace(" ", ",").split(",")
+    return [int(part) if part.isdigit() else part for part in parts if part]
+
+
+# --------------------------------------------------------------------------------------------
+# add
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    table: dict[str, Any] = {
+        "name": args.name,
+        "bmc_address": args.address,
+        "bmc_port": args.port,
+        "bmc_username": args.username,
+    }
+    if args.cipher_suites is not None:
+        table["cipher_suites"] = _split_suites(args.cipher_suites)
+    for key in ("privilege", "instance_uuid", "session_mode"):
+        if getattr(args, key) is not None:
+            table[key] = getattr(args, key)
+    node = parse_node(
+        table,
+        where=f"node add {args.name}",
+        base_dir=os.curdir,
+        environ=os.environ,
+        literal_password_ok=False,
+        default_password=password_from_args(args),
+    )
+    with open_configured_store(config, create=True) as store, store_errors(f"node {node.name}"):
+        try:
+            added = store.add_node(**node_inventory(node, config.ipmi))
+        except DuplicateNode:
+            raise NodeError(
+                f"node {node.name} already exists (change it with `powersync node set`)"
+            ) from None
+    if args.json:
+        print_json(added.masked())
+    else:
+        print(f"added node {added.name} ({added.uuid})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# list and show
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_configured_store(config, create=False) as store, store_errors("node list"):
+        nodes = store.list_nodes(
+            maintenance=args.maintenance, fault=args.fault, has_instance=args.has_instance
+        )
+    if args.json:
+        print_json([node.masked() for node in nodes])
+        return 0
+    rows = [
+        (
+            node.name,
+            node.power_state or "unknown",
+            _yes_no(node.maintenance),
+            node.fault or "-",
+            f"{node.bmc_address}:{node.bmc_port}",
+        )
+        for node in nodes
+    ]
+    print_table(("NAME", "POWER STATE", "MAINTENANCE", "FAULT", "BMC"), rows)
+    return 0
+
+
+_SHOWN_FIELDS = (
+    "name",
+    "uuid",
+    "power_state",
+    "target_power_state",
+    "maintenance",
+    "maintenance_reason",
+    "fault",
+    "last_error",
+    "sync_failures",
+    "last_seen_at",
+    "instance_uuid",
+    "bmc_address",
+    "bmc_port",
+    "bmc_username",
+    "bmc_password",
+    "cipher_suites",
+    "privilege",
+    "session_mode",
+    "reservation",
+    "reservation_expires_at",
+    "created_at",
+    "updated_at",
+)
+_TIME_FIELDS = frozenset({"last_seen_at", "reservation_expires_at", "created_at", "updated_at"})
+
+
+def _display(key: str, value: object) -> str:
+    if key in _TIME_FIELDS:
+        return format_time(value if isinstance(value, float | int) else None)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return _yes_no(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_configured_store(config, create=False) as store, store_errors(f"node {args.node}"):
+        node = store.get_node(args.node)
+        history = store.history(node.uuid, limit=args.history) if args.history else []
+    values = node.masked()
+    if args.json:
+        values["history"] = [
+            {
+                "at": entry.at,
+                "from_state": entry.from_state,
+                "to_state": entry.to_state,
+                "cause": entry.cause,
+                "message": entry.message,
+            }
+            for entry in history
+        ]
+        print_json(values)
+        return 0
+    width = max(len(key) for key in _SHOWN_FIELDS) + 1
+    for key in _SHOWN_FIELDS:
+        print(f"{key + ':':<{width}} {_display(key, values.get(key))}")
+    if history:
+        print("history (newest first):")
+        for entry in history:
+            change = f"{entry.from_state or 'unknown'} -> {entry.to_state or 'unknown'}"
+            line = f"  {format_time(entry.at)}  {entry.cause:<11} {change}"
+            print(f"{line}  {entry.message}".rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# set and delete
+
+
+def _inventory_changes(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    simple = {
+        "new_name": "name",
+        "address": "bmc_address",
+        "port": "bmc_port",
+        "username": "bmc_username",
+        "privilege": "privilege",
+        "instance_uuid": "instance_uuid",
+    }
+    for option, field in simple.items():
+        if getattr(args, option) is not None:
+            fields[field] = getattr(args, option)
+    if args.no_instance:
+        fields["instance_uuid"] = None
+    if args.session_mode is not None:
+        fields["session_mode"] = None if args.session_mode == "default" else args.session_mode
+    if args.cipher_suites is not None:
+        try:
+            fields["cipher_suites"] = validate_cipher_suites(_split_suites(args.cipher_suites))
+        except ValueError as exc:
+            raise NodeError(f"node {args.node}: --cipher-suites {exc}") from None
+    password = password_from_args(args)
+    if password is not None:
+        fields["bmc_password"] = password
+    return fields
+
+
+def _maintenance_change(args: argparse.Namespace, node: Node) -> NodeChange | None:
+    if args.maintenance is None:
+        if args.reason is None:
+            return None
+        if not node.maintenance:
+            raise NodeError(f"node {node.name}: --reason needs --maintenance on")
+        fields: dict[str, object] = {"maintenance_reason": args.reason}
+        message = f"maintenance reason: {args.reason}"
+    elif args.maintenance == "on":
+        fields = {"maintenance": True, "maintenance_reason": args.reason}
+        message = "maintenance on" + (f": {args.reason}" if args.reason else "")
+    else:
+        if args.reason is not None:
+            raise NodeError(f"node {node.name}: --reason goes with --maintenance on")
+        # Like Ironic's "maintenance unset": the fault and the failure count go too, so the
+        # next sync starts afresh.
+        fields = {
+            "maintenance": False,
+            "maintenance_reason": None,
+            "fault": None,
+            "sync_failures": 0,
+        }
+        message = "maintenance off" + (f" (fault {node.fault!r} cleared)" if node.fault else "")
+    record = HistoryRecord(node.power_state, node.power_state, OPERATOR, message)
+    return NodeChange(node.uuid, fields=fields, history=record)
+
+
+def _cmd_set(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    fields = _inventory_changes(args)
+    with open_configured_store(config, create=False) as store, store_errors(f"node {args.node}"):
+        node = store.get_node(args.node)
+        change = _maintenance_change(args, node)
+        if not fields and change is None:
+            raise NodeError(
+                f"node {node.name}: nothing to change (see `powersync node set --help`)"
+            )
+        if fields:
+            node = store.update_node(node.uuid, **fields)
+        if change is not None:
+            store.apply([change])
+            node = store.get_node(node.uuid)
+    if args.json:
+        print_json(node.masked())
+    else:
+        state = f"maintenance: {_yes_no(node.maintenance)}"
+        if node.maintenance_reason:
+            state += f" ({node.maintenance_reason})"
+        print(f"updated node {node.name}; {state}")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_configured_store(config, create=False) as store, store_errors(f"node {args.node}"):
+        node = store.get_node(args.node)
+        try:
+            store.delete_node(node.uuid)
+        except NodeLocked:
+            until = format_time(node.reservation_expires_at)
+            raise NodeError(
+                f"node {node.name} is locked by {node.reservation} (until {until}); not deleted. "
+                "Try again when its power action or sync has finished"
+            ) from None
+    print(f"deleted node {node.name} ({node.uuid})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# import
+
+
+def _import_one(store: Store, row: ImportRow, config: AgentConfig, dry_run: bool) -> str:
+    """Upsert one row; returns "added", "updated" or "unchanged"."""
+    assert row.node is not None
+    wanted = node_inventory(row.node, config.ipmi)
+    try:
+        existing: Node | None = store.get_node(row.node.name)
+    except NodeNotFound:
+        existing = None
+    if existing is not None and all(getattr(existing, key) == wanted[key] for key in wanted):
+        return "unchanged"
+    if dry_run:
+        return "added" if existing is None else "updated"
+    node = store.upsert_node(**wanted)
+    if existing is not None:
+        return "updated"
+    if row.power_state is not None or row.maintenance:
+        fields: dict[str, object] = {"power_state": row.power_state}
+        if row.maintenance:
+            fields |= {"maintenance": True, "maintenance_reason": row.maintenance_reason}
+        message = "imported from " + row.where.split(": ", 1)[0]
+        record = HistoryRecord(None, row.power_state, OPERATOR, message)
+        store.apply([NodeChange(node.uuid, fields=fields, history=record)])
+    return "added"
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    rows = read_inventory(
+        args.file, file_format=args.format, default_password=password_from_args(args)
+    )
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    with open_configured_store(config, create=not args.dry_run) as store:
+        for row in rows:
+            if row.skipped is not None:
+                counts["skipped"] += 1
+                print(f"powersync: {row.where}: skipped: {row.skipped}", file=sys.stderr)
+                continue
+            if row.node is not None and row.node.name in seen:
+                errors.append(
+                    f"{row.where}: name {row.node.name!r} is already used by {seen[row.node.name]}"
+                )
+                continue
+            if row.node is None:
+                errors.append(row.error or f"{row.where}: invalid")
+                continue
+            seen[row.node.name] = row.where.split(": ", 1)[1]
+            try:
+                counts[_import_one(store, row, config, args.dry_run)] += 1
+            except StoreError as exc:
+                errors.append(f"{row.where}: {exc}")
+    counts["failed"] = len(errors)
+    for message in errors:
+        print(f"powersync: {message}", file=sys.stderr)
+    if args.json:
+        print_json({"file": args.file, "dry_run": args.dry_run, **counts, "errors": errors})
+    else:
+        summary = ", ".join(f"{count} {what}" for what, count in counts.items())
+        print(f"{args.file}: {summary}" + (" (dry run: nothing written)" if args.dry_run else ""))
+    return 1 if errors else 0
+
+
+# --------------------------------------------------------------------------------------------
+# the parser
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = subparsers.add_parser("node", help="manage the node inventory", description=__doc__)
+    actions = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", help="add a node")
+    add.add_argument("name")
+    add.add_argument("--address", required=True, help="BMC IP address or host name")
+    add.add_argument("--port", type=int, default=623, help="BMC UDP port (default 623)")
+    add.add_argument("--username", required=True, help="BMC user name")
+    _add_password_options(add, required=True)
+    _add_node_options(add)
+    add.add_argument("--json", action="store_true", help="print the node as JSON")
+    add.set_defaults(handler=_cmd_add)
+
+    listing = actions.add_parser("list", help="list nodes")
+    listing.add_argument("--maintenance", action=argparse.BooleanOptionalAction, default=None)
+    listing.add_argument("--fault", help='only nodes with this fault, e.g. "power failure"')
+    listing.add_argument("--has-instance", action=argparse.BooleanOptionalAction, default=None)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_cmd_list)
+
+    show = actions.add_parser("show", help="show one node and its recent history")
+    show.add_argument("node", help="name or UUID")
+    show.add_argument("--history", type=int, default=10, metavar="N", help="history rows (10)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_cmd_show)
+
+    change = actions.add_parser("set", help="change a node's fields or maintenance")
+    change.add_argument("node", help="name or UUID")
+    change.add_argument("--name", dest="new_name", help="rename the node")
+    change.add_argument("--address")
+    change.add_argument("--port", type=int)
+    change.add_argument("--username")
+    _add_password_options(change, required=False)
+    _add_node_options(change, session_default=True)
+    change.add_argument("--no-instance", action="store_true", help="clear the instance UUID")
+    change.add_argument("--maintenance", choices=("on", "off"))
+    change.add_argument("--reason", help="maintenance reason (with --maintenance on)")
+    change.add_argument("--json", action="store_true")
+    change.set_defaults(handler=_cmd_set)
+
+    delete = actions.add_parser("delete", help="delete a node (refused while it is locked)")
+    delete.add_argument("node", help="name or UUID")
+    delete.set_defaults(handler=_cmd_delete)
+
+    load = actions.add_parser("import", help="add or update nodes from a TOML, CSV or JSON file")
+    load.add_argument("file")
+    load.add_argument("--format", choices=FORMATS, help="default: from the file extension")
+    _add_password_options(load, required=False)
+    load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
+    load.add_argument("--json", action="store_true", help="print the summary as JSON")
+    load.set_defaults(handler=_cmd_import)
+
+
+def _add_node_options(parser: argparse.ArgumentParser, *, session_default: bool = False) -> None:
+    parser.add_argument("--cipher-suites", metavar="LIST", help='preference order, e.g. "17,3"')
+    parser.add_argument("--privilege", choices=PRIVILEGES)
+    parser.add_argument("--instance-uuid", metavar="UUID", help="the Nova instance on this node")
+    modes = (*SESSION_MODES, "default") if session_default else SESSION_MODES
+    parser.add_argument("--session-mode", choices=modes, help="default: [ipmi] session_mode")

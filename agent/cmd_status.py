@@ -1,0 +1,138 @@
+"""``powersync status [--json]``: the fleet at a glance, read from the store.
+
+Nodes by power state, nodes in maintenance with their reasons, faults, the last sync cycle
+(the service writes it to the store's meta key ``last_cycle``) and the Nova notification
+outbox. Works while the daemon runs (it only reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from agent.cmd_node import format_time, open_configured_store, print_json, store_errors
+from agent.config import AgentConfig, load_config
+from store import Node
+
+LAST_CYCLE_KEY = "last_cycle"
+# A last cycle older than this many intervals means the daemon is not syncing.
+STALE_INTERVALS = 3
+_CYCLE_KEYS = ("started_at", "duration", "nodes", "ok", "failed", "changed", "forced")
+
+
+def _last_cycle(raw: str | None, config: AgentConfig, now: float) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        cycle = json.loads(raw)
+    except json.JSONDecodeError:
+        return {"unreadable": True}
+    if not isinstance(cycle, dict):
+        return {"unreadable": True}
+    summary: dict[str, Any] = {key: cycle.get(key) for key in _CYCLE_KEYS}
+    started = cycle.get("started_at")
+    if isinstance(started, int | float):
+        summary["age"] = max(0.0, now - started)
+        interval = config.conductor.sync_power_state_interval
+        summary["stale"] = interval > 0 and summary["age"] > STALE_INTERVALS * interval
+    return summary
+
+
+def collect(
+    nodes: list[Node], counts: dict[str, int], cycle: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The status document (what ``--json`` prints)."""
+    by_state = Counter(node.power_state or "unknown" for node in nodes)
+    faults = Counter(node.fault for node in nodes if node.fault)
+    return {
+        "nodes": len(nodes),
+        "power_states": dict(sorted(by_state.items())),
+        "maintenance": [
+            {"name": node.name, "reason": node.maintenance_reason, "fault": node.fault}
+            for node in nodes
+            if node.maintenance
+        ],
+        "faults": dict(sorted(faults.items())),
+        "locked": sum(1 for node in nodes if node.reservation is not None),
+        "last_cycle": cycle,
+        "notifications": {
+            key: counts.get(key, 0) for key in ("pending", "delivered", "dropped", "superseded")
+        },
+    }
+
+
+def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
+    print(f"store: {config.store.path} ({config.store.backend})")
+    states = ", ".join(f"{count} {state}" for state, count in status["power_states"].items())
+    print(f"nodes: {status['nodes']}" + (f" ({states})" if states else ""))
+    maintenance = status["maintenance"]
+    print(f"maintenance: {len(maintenance)}")
+    for entry in maintenance:
+        detail = entry["reason"] or "no reason given"
+        fault = f" [fault: {entry['fault']}]" if entry["fault"] else ""
+        print(f"  {entry['name']}: {detail}{fault}")
+    faults = ", ".join(f"{count} {fault}" for fault, count in status["faults"].items())
+    print(f"faults: {faults or 'none'}")
+    print(f"last cycle: {_cycle_text(status['last_cycle'], config)}")
+    notes = status["notifications"]
+    line = f"{notes['pending']} pending, {notes['delivered']} delivered, {notes['dropped']} dropped"
+    if not config.nova.send_power_notifications:
+        line += " (sending is off: [nova] send_power_notifications = false)"
+    print(f"notifications: {line}")
+
+
+def _cycle_text(cycle: dict[str, Any] | None, config: AgentConfig) -> str:
+    if cycle is None:
+        return "none recorded (is `powersync run` running?)"
+    if cycle.get("unreadable"):
+        return "unreadable record in the store"
+    parts = []
+    if isinstance(cycle.get("started_at"), int | float):
+        parts.append(f"{format_time(cycle['started_at'])} ({_ago(cycle['age'])} ago)")
+    if isinstance(cycle.get("duration"), int | float):
+        parts.append(f"took {cycle['duration']:.2f} s")
+    counts = [
+        f"{cycle[key]} {key}"
+        for key in ("ok", "failed", "changed", "forced")
+        if cycle[key] is not None
+    ]
+    if cycle.get("nodes") is not None:
+        parts.append(f"{cycle['nodes']} nodes: " + ", ".join(counts))
+    text = ", ".join(parts) or "recorded without details"
+    if cycle.get("stale"):
+        interval = config.conductor.sync_power_state_interval
+        text += f"; STALE: older than {STALE_INTERVALS} x {interval:g} s, is the agent running?"
+    return text
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_configured_store(config, create=False) as store, store_errors("status"):
+        nodes = store.list_nodes()
+        counts = store.notification_counts()
+        raw_cycle = store.get_meta(LAST_CYCLE_KEY)
+    status = collect(nodes, counts, _last_cycle(raw_cycle, config, time.time()))
+    if args.json:
+        print_json(status)
+    else:
+        _print_text(status, config)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "status", help="fleet summary from the store", description=__doc__
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_cmd_status)

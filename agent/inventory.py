@@ -1,0 +1,255 @@
+"""Reading node inventories for ``powersync node import``.
+
+Formats (chosen by extension, or ``--format``):
+
+- TOML: ``[[nodes]]`` tables with the keys of agent.toml's ``[[nodes]]`` (the simulator's
+  ``--write-inventory`` file, or an agent.toml whose other sections are ignored);
+- CSV: a header row naming the same keys (``name,bmc_address,bmc_port,bmc_username,
+  bmc_password_file,...``); ``cipher_suites`` cells are written ``17 3`` or ``17;3``;
+- JSON: the output of ``openstack baremetal node list --long -f json`` (or a list of
+  ``baremetal node show -f json`` objects): Name, UUID, Instance UUID, Power State,
+  Maintenance, Maintenance Reason and Driver Info's ``ipmi_*`` keys. Ironic masks
+  ``ipmi_password`` as ``******``; the password then comes from ``--password-file``/``-env``.
+
+Problems with the whole file raise ConfigError; problems with one entry become that row's
+error, naming the file and the row, so the other rows can still be imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from agent.config import NODE_KEYS, StaticNode, parse_node
+from agent.config_reader import file_is_private, parse_toml
+from agent.errors import ConfigError
+
+FORMATS: Final = ("toml", "csv", "json")
+IRONIC_MASK: Final = "******"
+# Ironic's ipmi_priv_level words; CALLBACK cannot control power.
+_IRONIC_PRIVILEGES: Final = {
+    "ADMINISTRATOR": "administrator",
+    "OPERATOR": "operator",
+    "USER": "user",
+}
+_AGENT_SECTIONS: Final = ("conductor", "ipmi", "store", "nova", "metrics", "logging")
+_POWER_STATES: Final = ("power on", "power off", "rebooting", "soft power off", "error")
+
+
+@attrs.frozen
+class ImportRow:
+    """One entry of an inventory file: a node to upsert, or why it cannot be."""
+
+    where: str  # "inventory.csv: row 4 (sim-0003)"
+    node: StaticNode | None = None
+    error: str | None = None
+    skipped: str | None = None  # not an error: e.g. an Ironic node with another driver
+    # Only Ironic's JSON carries state; it is applied to nodes the import adds.
+    power_state: str | None = None
+    maintenance: bool = False
+    maintenance_reason: str | None = None
+
+
+def detect_format(path: str) -> str:
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension in FORMATS:
+        return extension
+    raise ConfigError(f"{path}: cannot tell the format from the name; give --format toml|csv|json")
+
+
+def read_inventory(
+    path: str,
+    *,
+    file_format: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    default_password: str | None = None,
+) -> list[ImportRow]:
+    """Every entry of the file at ``path``; ConfigError if the file as a whole is unusable."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    kind = file_format or detect_format(path)
+    try:
+        with open(path, "rb") as handle:
+            private = file_is_private(handle.fileno())
+            text = handle.read().decode("utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read inventory: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    reader = _Reader(path, env, private, default_password)
+    if kind == "toml":
+        return reader.toml(text)
+    if kind == "csv":
+        return reader.csv(text)
+    if kind == "json":
+        return reader.json(text)
+    raise ConfigError(f"{path}: unknown inventory format {kind!r} (use toml, csv or json)")
+
+
+class _Reader:
+    def __init__(
+        self, path: str, environ: Mapping[str, str], private: bool, default_password: str | None
+    ) -> None:
+        self.path = path
+        self.base_dir = os.path.dirname(path) or os.curdir
+        self.environ = environ
+        self.private = private
+        self.default_password = default_password
+
+    def row(self, table: dict[str, Any], where: str, **state: Any) -> ImportRow:
+        has_password = any(key in table for key in ("bmc_password", "bmc_password_file"))
+        if not has_password and "bmc_password_env" not in table and self.default_password is None:
+            return ImportRow(
+                where,
+                error=f"{where}: no password: give bmc_password_file or bmc_password_env, "
+                "or --password-file / --password-env for the whole file",
+            )
+        try:
+            node = parse_node(
+                table,
+                where=where,
+                base_dir=self.base_dir,
+                environ=self.environ,
+                literal_password_ok=self.private,
+                default_password=self.default_password,
+            )
+        except ConfigError as exc:
+            return ImportRow(where, error=str(exc))
+        return ImportRow(where, node=node, **state)
+
+    # ---- TOML ------------------------------------------------------------------------------
+
+    def toml(self, text: str) -> list[ImportRow]:
+        document = parse_toml(text, self.path)
+        for key in document:
+            if key != "nodes" and key not in _AGENT_SECTIONS:
+                raise ConfigError(f"{self.path}: unknown key {key!r} (expected [[nodes]] tables)")
+        nodes = document.get("nodes")
+        if not isinstance(nodes, list) or not all(isinstance(item, dict) for item in nodes):
+            raise ConfigError(f"{self.path}: no [[nodes]] tables found")
+        rows = []
+        for index, table in enumerate(nodes, start=1):
+            name = table.get("name")
+            label = f" ({name})" if isinstance(name, str) and name else ""
+            rows.append(self.row(table, f"{self.path}: [[nodes]] #{index}{label}"))
+        return rows
+
+    # ---- CSV -------------------------------------------------------------------------------
+
+    def csv(self, text: str) -> list[ImportRow]:
+        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+        header = [column.strip() for column in reader.fieldnames or []]
+        if not header:
+            raise ConfigError(f"{self.path}: empty CSV file (the first row must name the columns)")
+        for column in header:
+            if column not in NODE_KEYS:
+                raise ConfigError(
+                    f"{self.path}: row 1: unknown column {column!r} (known: {', '.join(NODE_KEYS)})"
+                )
+        for required in ("name", "bmc_address", "bmc_username"):
+            if required not in header:
+                raise ConfigError(f"{self.path}: row 1: the header has no {required!r} column")
+        reader.fieldnames = header
+        rows = []
+        for record in reader:
+            line = reader.line_num
+            if None in record:
+                rows.append(
+                    ImportRow(
+                        f"{self.path}: row {line}",
+                        error=f"{self.path}: row {line}: more cells than columns",
+                    )
+                )
+                continue
+            table = {key: _csv_value(key, value) for key, value in record.items() if value}
+            if not table:
+                continue  # blank line
+            name = table.get("name")
+            label = f" ({name})" if isinstance(name, str) else ""
+            rows.append(self.row(table, f"{self.path}: row {line}{label}"))
+        return rows
+
+    # ---- Ironic JSON -----------------------------------------------------------------------
+
+    def json(self, text: str) -> list[ImportRow]:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{self.path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        if isinstance(document, dict):
+            document = [document]  # one `baremetal node show -f json`
+        if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
+            raise ConfigError(
+                f"{self.path}: expected the JSON list that "
+                "`openstack baremetal node list --long -f json` prints"
+            )
+        return [self.ironic_row(index, item) for index, item in enumerate(document, start=1)]
+
+    def ironic_row(self, index: int, raw: dict[str, Any]) -> ImportRow:
+        # The CLI's column titles ("Driver Info") and the API's names (driver_info) both occur.
+        item = {str(key).strip().lower().replace(" ", "_"): value for key, value in raw.items()}
+        node_uuid = item.get("uuid")
+        name = item.get("name") or (f"node-{node_uuid}" if node_uuid else None)
+        where = f"{self.path}: node #{index}" + (f" ({name})" if name else "")
+        info = item.get("driver_info")
+        if not isinstance(info, dict):
+            return ImportRow(where, error=f"{where}: no Driver Info (list with --long)")
+        if not info.get("ipmi_address"):
+            driver = item.get("driver") or "unknown"
+            return ImportRow(where, skipped=f"not an IPMI node (driver {driver}, no ipmi_address)")
+        table: dict[str, Any] = {
+            "name": name,
+            "bmc_address": info.get("ipmi_address"),
+            "bmc_username": info.get("ipmi_username"),
+        }
+        if info.get("ipmi_port") is not None:
+            table["bmc_port"] = _int_or_text(info["ipmi_port"])
+        password = info.get("ipmi_password")
+        if password and password != IRONIC_MASK:
+            table["bmc_password"] = password
+        elif self.default_password is None:
+            # The same fix applies to every row, so say it once and import nothing.
+            raise ConfigError(
+                f"{where}: ipmi_password is masked in this file; "
+                "give --password-file or --password-env"
+            )
+        suite = info.get("ipmi_cipher_suite")
+        if suite is not None:
+            table["cipher_suites"] = [_int_or_text(suite)]
+        privilege = info.get("ipmi_priv_level")
+        if privilege is not None:
+            table["privilege"] = _IRONIC_PRIVILEGES.get(str(privilege).upper(), privilege)
+        if item.get("instance_uuid"):
+            table["instance_uuid"] = item["instance_uuid"]
+        power_state = item.get("power_state")
+        maintenance = item.get("maintenance")
+        if isinstance(maintenance, str):
+            maintenance = maintenance.lower() == "true"
+        return self.row(
+            table,
+            where,
+            power_state=power_state if power_state in _POWER_STATES else None,
+            maintenance=bool(maintenance),
+            maintenance_reason=item.get("maintenance_reason") or None,
+        )
+
+
+def _int_or_text(value: object) -> object:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+def _csv_value(key: str, value: str) -> object:
+    value = value.strip()
+    if key == "bmc_port":
+        return _int_or_text(value)
+    if key == "cipher_suites":
+        parts = value.replace(";", " ").replace(",", " ").replace("|", " ").split()
+        return [_int_or_text(part) for part in parts]
+    return value
