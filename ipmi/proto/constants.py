@@ -18,12 +18,13 @@ class Privilege(enum.IntEnum):
 
     @classmethod
     def from_name(cls, name: str) -> Privilege:
-        """``"administrator"`` -> ADMINISTRATOR; ValueError for anything unknown."""
+        """``"administrator"`` -> ADMINISTRATOR; only user, operator and administrator are
+        accepted (ValueError otherwise)."""
         try:
             level = cls[name.strip().upper()]
         except KeyError:
             raise ValueError(f"unknown privilege level {name!r}") from None
-        if level in (cls.HIGHEST, cls.OEM):
+        if level not in (cls.USER, cls.OPERATOR, cls.ADMINISTRATOR):
             raise ValueError(f"privilege level {name!r} cannot be requested")
         return level
 

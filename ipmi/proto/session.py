@@ -1,0 +1,623 @@
+"""``ClientSession``: the client side of an RMCP+ session as a pure state machine.
+
+Bytes in, events and bytes out; no sockets, no clocks. The transport sends what this returns,
+feeds every received datagram to :meth:`ClientSession.receive`, and owns all timing: on a
+timeout during login it calls :meth:`begin_login` again (a lost RAKP exchange restarts the
+handshake from scratch, never resends RAKP1/3); on a timeout of an established request it
+calls :meth:`retransmit` (same rqSeq, new session sequence number) or :meth:`forget`.
+
+Login flow (round trips)::
+
+    [Get Channel Auth Capabilities]   IPMI 1.5 sessionless probe (probe_auth_capabilities)
+    Open Session Request/Response     suite fallback: next suite on refusal or mismatch
+    RAKP1 / RAKP2                     BMC's key exchange code verified (password)
+    RAKP3 / RAKP4                     BMC's integrity check value verified (SIK)
+    [Set Session Privilege Level]     when the privilege is above USER
+    -> LoginComplete
+
+Rules enforced here:
+
+- Only cipher suites 3 and 17 are offered; the algorithms in the Open Session Response must
+  be exactly those requested (anything else falls back to the next suite, and
+  NegotiationError once all are used up). "none" algorithms are never accepted.
+- The Open Session Request asks for the configured privilege, never "highest" (0): ipmi_sim
+  echoes 0 back for "highest" and then refuses the privilege.
+- After login every datagram must be authenticated, for our session id, and pass its
+  integrity check *before* anything in its payload is parsed or its sequence number is
+  recorded. Failures are dropped and counted in :attr:`ClientSession.drops`; nobody who
+  lacks the keys can disturb a session. An authenticated packet that is unencrypted,
+  undecryptable or not a valid IPMI message came from a BMC that holds the keys but broke
+  the protocol: that poisons the session (state POISONED, SessionLostError).
+- Inbound replay window: a sequence number above the highest seen is accepted; one up to
+  ``replay_window - 1`` below it is accepted once; anything else is a dropped replay.
+- Outbound session sequence numbers start at 1 and never repeat; exhausting them poisons the
+  session (log in again) rather than wrapping.
+- Responses are matched on (request NetFn | 1, cmd, rqSeq); a response matching nothing
+  outstanding (a late duplicate, an answer to a retransmitted request) is dropped as stale.
+
+Exceptions from :meth:`receive`: AuthenticationError (RAKP2 code or RAKP4 value mismatch,
+unauthorized name), NegotiationError (every suite refused, privilege refused, session
+refused), SessionLostError (poisoned). Malformed datagrams never raise: they are drops.
+Invalid constructor arguments (user name over 16 bytes, password over 20) raise ValueError.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Never
+
+import attrs
+
+from ipmi.errors import (
+    AuthenticationError,
+    IpmiError,
+    MalformedPacketError,
+    NegotiationError,
+    SessionLostError,
+)
+from ipmi.proto import messages as msg
+from ipmi.proto import wire
+from ipmi.proto.constants import (
+    MAX_PASSWORD_LENGTH,
+    MAX_USERNAME_LENGTH,
+    PayloadType,
+    Privilege,
+    RmcpPlusStatus,
+    status_name,
+)
+from ipmi.proto.crypto import (
+    CipherSuite,
+    SessionCrypto,
+    codes_match,
+    rakp2_key_exchange_code,
+    rakp3_key_exchange_code,
+    rakp4_integrity_check_value,
+    session_integrity_key,
+)
+from ipmi.proto.crypto import cipher_suites as validated_suites
+
+MAX_SEQUENCE = 0xFFFFFFFF
+RQ_SEQ_MODULO = 64
+
+# Open Session statuses that mean "not this suite": try the next one.
+_SUITE_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_PAYLOAD_TYPE,
+        RmcpPlusStatus.INVALID_AUTH_ALGORITHM,
+        RmcpPlusStatus.INVALID_INTEGRITY_ALGORITHM,
+        RmcpPlusStatus.NO_MATCHING_AUTH_PAYLOAD,
+        RmcpPlusStatus.NO_MATCHING_INTEGRITY_PAYLOAD,
+        RmcpPlusStatus.INVALID_CONFIDENTIALITY_ALGORITHM,
+        RmcpPlusStatus.NO_CIPHER_SUITE_MATCH,
+    }
+)
+_PRIVILEGE_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_ROLE,
+        RmcpPlusStatus.UNAUTHORIZED_ROLE,
+        RmcpPlusStatus.INSUFFICIENT_RESOURCES_FOR_ROLE,
+    }
+)
+_CREDENTIALS_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_NAME_LENGTH,
+        RmcpPlusStatus.UNAUTHORIZED_NAME,
+        RmcpPlusStatus.UNAUTHORIZED_GUID,
+        RmcpPlusStatus.INVALID_INTEGRITY_CHECK_VALUE,
+    }
+)
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAIT_AUTH_CAP = "await-auth-cap"
+    AWAIT_OPEN = "await-open"
+    AWAIT_RAKP2 = "await-rakp2"
+    AWAIT_RAKP4 = "await-rakp4"
+    AWAIT_PRIV = "await-priv"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+    POISONED = "poisoned"
+
+
+LOGIN_STATES = frozenset(
+    {State.AWAIT_AUTH_CAP, State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4, State.AWAIT_PRIV}
+)
+
+
+@attrs.frozen
+class LoginStep:
+    """Send ``datagram`` next (login is still in progress)."""
+
+    datagram: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+
+
+@attrs.frozen
+class LoginComplete:
+    suite: int
+    privilege: Privilege
+
+
+@attrs.frozen
+class Response:
+    request_id: int
+    netfn: int  # the response NetFn (request NetFn + 1)
+    cmd: int
+    completion_code: int
+    data: bytes
+
+
+Event = LoginStep | LoginComplete | Response
+
+
+@attrs.define
+class _Pending:
+    netfn: int
+    cmd: int
+    rq_seq: int
+    message: bytes
+
+
+class ClientSession:
+    """One RMCP+ session with one BMC, client side. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        username: bytes,
+        password: bytes,
+        privilege: Privilege = Privilege.ADMINISTRATOR,
+        cipher_suites: Sequence[int] = (17, 3),
+        entropy: Callable[[int], bytes],
+        kg: bytes | None = None,
+        probe_auth_capabilities: bool = True,
+        replay_window: int = 32,
+    ) -> None:
+        if len(username) > MAX_USERNAME_LENGTH:
+            raise ValueError("IPMI user names are at most 16 bytes")
+        if len(password) > MAX_PASSWORD_LENGTH:
+            raise ValueError("IPMI 2.0 passwords are at most 20 bytes")
+        if kg is not None and not 0 < len(kg) <= 32:
+            raise ValueError("K_G must be 1 to 32 bytes")
+        privilege = Privilege(privilege)
+        if privilege not in (Privilege.USER, Privilege.OPERATOR, Privilege.ADMINISTRATOR):
+            raise ValueError("privilege must be user, operator or administrator")
+        if not 1 <= replay_window <= 64:
+            raise ValueError("replay window must be 1..64")
+        self._suites: tuple[CipherSuite, ...] = validated_suites(cipher_suites)
+        self._username = bytes(username)
+        self._password = bytes(password)
+        self._kg = bytes(kg) if kg is not None else None
+        self._entropy = entropy
+        self._probe = probe_auth_capabilities
+        self._window = replay_window
+        self.privilege = privilege
+        self.drops: Counter[str] = Counter()
+        self.state = State.IDLE
+        self.suite: CipherSuite | None = None
+        self.console_session_id = 0
+        self.bmc_session_id = 0
+        self.bmc_kg_set = False  # from the capabilities probe, for a clearer error message
+        self._tag = 0
+        self._rq_seq = 0
+        self._next_request_id = 1
+        self._reset_login_state()
+
+    def __repr__(self) -> str:
+        suite = self.suite.id if self.suite else None
+        return f"<ClientSession {self.state.value} suite={suite} user={self._username!r}>"
+
+    def _reset_login_state(self) -> None:
+        self._suite_index = 0
+        self._console_random = b""
+        self._bmc_random = b""
+        self._bmc_guid = b""
+        self._sik = b""
+        self._crypto: SessionCrypto | None = None
+        self._out_seq = 1
+        self._highest_in: int | None = None
+        self._seen_mask = 0
+        self._pending: dict[int, _Pending] = {}
+        self._probe_rq_seq = -1
+        self._priv_request_id = 0
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def role(self) -> int:
+        """The RAKP role byte: privilege with name-only lookup."""
+        return int(self.privilege) | msg.NAME_ONLY_LOOKUP
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def begin_login(self) -> bytes:
+        """(Re)start the handshake from scratch and return the first datagram."""
+        self._reset_login_state()
+        self.suite = None
+        self.bmc_session_id = 0
+        self.console_session_id = self._new_console_session_id()
+        self._console_random = self._random(16)
+        if self._probe:
+            self.state = State.AWAIT_AUTH_CAP
+            self._probe_rq_seq = self._take_rq_seq()
+            request = msg.GetChannelAuthCapabilitiesRequest(int(self.privilege))
+            message = wire.IpmiRequest(
+                request.NETFN, request.CMD, self._probe_rq_seq, request.encode()
+            ).encode()
+            return wire.V15Packet(message).encode()
+        return self._open_session_request()
+
+    def receive(self, datagram: bytes) -> Event | None:
+        """Feed one received datagram; an event, or None when it was dropped (counted)."""
+        state = self.state
+        if state is State.ESTABLISHED or state is State.AWAIT_PRIV:
+            return self._receive_in_session(datagram)
+        if state is State.AWAIT_AUTH_CAP:
+            return self._receive_auth_cap(datagram)
+        if state in (State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4):
+            return self._receive_setup(datagram)
+        return self._drop("closed")
+
+    def request(self, netfn: int, cmd: int, data: bytes = b"") -> tuple[int, bytes]:
+        """Queue a request: (request_id, datagram to send)."""
+        if self.state is not State.ESTABLISHED:
+            raise SessionLostError(f"no established session (state {self.state.value})")
+        return self._request(netfn, cmd, data)
+
+    def retransmit(self, request_id: int) -> bytes:
+        """The same request (same rqSeq) under a new session sequence number."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            raise IpmiError(f"request {request_id} is not outstanding")
+        return self._seal(pending.message)
+
+    def forget(self, request_id: int) -> None:
+        """Stop waiting for a request; a late answer is then dropped as stale."""
+        self._pending.pop(request_id, None)
+
+    def close(self) -> bytes:
+        """The Close Session datagram (no answer is needed); the state becomes CLOSED."""
+        if self._crypto is None or self.state in (State.CLOSED, State.IDLE):
+            self.state = State.CLOSED
+            raise SessionLostError("no session to close")
+        # Also from POISONED: the keys still work, and it frees the BMC's session slot.
+        request = msg.CloseSessionRequest(self.bmc_session_id)
+        try:
+            _, datagram = self._request(request.NETFN, request.CMD, request.encode())
+        finally:
+            self._pending.clear()
+            self.state = State.CLOSED
+        return datagram
+
+    # --- login ---------------------------------------------------------------------------
+
+    def _receive_auth_cap(self, datagram: bytes) -> Event | None:
+        try:
+            packet = wire.V15Packet.decode(datagram)
+            response = wire.IpmiResponse.decode(packet.message)
+        except MalformedPacketError:
+            return self._drop("malformed")
+        if (response.netfn, response.cmd, response.rq_seq) != (
+            msg.GetChannelAuthCapabilitiesResponse.NETFN,
+            msg.GetChannelAuthCapabilitiesResponse.CMD,
+            self._probe_rq_seq,
+        ):
+            return self._drop("stale")
+        if response.completion_code == 0:
+            try:
+                caps = msg.GetChannelAuthCapabilitiesResponse.decode(response.data)
+            except MalformedPacketError:
+                return self._drop("malformed")
+            if caps.auth_types & 0x80 and not caps.extended_capabilities & 0x02:
+                raise NegotiationError("BMC does not support IPMI 2.0 (RMCP+) on this channel")
+            self.bmc_kg_set = caps.kg_set
+        # A refused probe is only advisory: RMCP+ login is attempted anyway.
+        return LoginStep(self._open_session_request())
+
+    def _open_session_request(self) -> bytes:
+        suite = self._suites[self._suite_index]
+        self.state = State.AWAIT_OPEN
+        request = msg.OpenSessionRequest(
+            tag=self._next_tag(),
+            privilege=int(self.privilege),
+            console_session_id=self.console_session_id,
+            auth=suite.auth,
+            integrity=suite.integrity,
+            confidentiality=suite.confidentiality,
+        )
+        return wire.encode_v2(PayloadType.OPEN_SESSION_REQUEST, request.encode())
+
+    def _receive_setup(self, datagram: bytes) -> Event | None:
+        try:
+            packet = wire.decode_v2(datagram)
+        except MalformedPacketError:
+            return self._drop("malformed")
+        if packet.authenticated or packet.encrypted or packet.session_id != 0:
+            return self._drop("unexpected")
+        expected = {
+            State.AWAIT_OPEN: PayloadType.OPEN_SESSION_RESPONSE,
+            State.AWAIT_RAKP2: PayloadType.RAKP2,
+            State.AWAIT_RAKP4: PayloadType.RAKP4,
+        }[self.state]
+        if packet.payload_type != expected:
+            return self._drop("unexpected")
+        try:
+            if self.state is State.AWAIT_OPEN:
+                return self._receive_open(msg.OpenSessionResponse.decode(packet.payload))
+            if self.state is State.AWAIT_RAKP2:
+                return self._receive_rakp2(msg.Rakp2.decode(packet.payload))
+            return self._receive_rakp4(msg.Rakp4.decode(packet.payload))
+        except MalformedPacketError:
+            return self._drop("malformed")
+
+    def _is_ours(self, tag: int, console_session_id: int, status: int) -> bool:
+        if tag != self._tag:
+            return False
+        # Error answers may carry no session id; a successful one must carry ours.
+        return console_session_id == self.console_session_id or (
+            status != 0 and console_session_id == 0
+        )
+
+    def _receive_open(self, response: msg.OpenSessionResponse) -> Event | None:
+        if not self._is_ours(response.tag, response.console_session_id, response.status):
+            return self._drop("stale")
+        suite = self._suites[self._suite_index]
+        if response.status in _SUITE_REFUSED:
+            return self._next_suite(f"BMC refused cipher suite {suite.id}")
+        if response.status in _PRIVILEGE_REFUSED:
+            raise NegotiationError(
+                f"BMC refused privilege {self.privilege.name.lower()}: "
+                f"{status_name(response.status)}"
+            )
+        if response.status != RmcpPlusStatus.NO_ERRORS:
+            raise NegotiationError(f"BMC refused the session: {status_name(response.status)}")
+        answered = (response.auth, response.integrity, response.confidentiality)
+        if answered != suite.algorithms:
+            # e.g. a BMC that answers suite 3 whatever was asked: never take what was not
+            # requested (it could be a "none" algorithm).
+            return self._next_suite(
+                f"BMC answered algorithms {answered} to a request for cipher suite {suite.id}"
+            )
+        if response.bmc_session_id == 0:
+            return self._drop("malformed")
+        self.suite = suite
+        self.bmc_session_id = response.bmc_session_id
+        self.state = State.AWAIT_RAKP2
+        rakp1 = msg.Rakp1(
+            self._next_tag(), self.bmc_session_id, self._console_random, self.role, self._username
+        )
+        return LoginStep(wire.encode_v2(PayloadType.RAKP1, rakp1.encode()))
+
+    def _next_suite(self, reason: str) -> Event:
+        self._suite_index += 1
+        if self._suite_index >= len(self._suites):
+            tried = ", ".join(str(suite.id) for suite in self._suites)
+            raise NegotiationError(f"no acceptable cipher suite (tried {tried}): {reason}")
+        return LoginStep(self._open_session_request())
+
+    def _receive_rakp2(self, rakp2: msg.Rakp2) -> Event | None:
+        if not self._is_ours(rakp2.tag, rakp2.console_session_id, rakp2.status):
+            return self._drop("stale")
+        if rakp2.status != RmcpPlusStatus.NO_ERRORS:
+            raise self._status_error("RAKP2", rakp2.status)
+        suite = self._require_suite()
+        expected = rakp2_key_exchange_code(
+            suite,
+            self._password,
+            console_session_id=self.console_session_id,
+            bmc_session_id=self.bmc_session_id,
+            console_random=self._console_random,
+            bmc_random=rakp2.bmc_random,
+            bmc_guid=rakp2.bmc_guid,
+            role=self.role,
+            username=self._username,
+        )
+        if not codes_match(expected, rakp2.key_exchange_code):
+            raise AuthenticationError(
+                "BMC's RAKP2 key exchange code does not verify: wrong password for this user"
+            )
+        self._bmc_random = rakp2.bmc_random
+        self._bmc_guid = rakp2.bmc_guid
+        self._sik = session_integrity_key(
+            suite,
+            self._kg if self._kg is not None else self._password,
+            console_random=self._console_random,
+            bmc_random=self._bmc_random,
+            role=self.role,
+            username=self._username,
+        )
+        code = rakp3_key_exchange_code(
+            suite,
+            self._password,
+            bmc_random=self._bmc_random,
+            console_session_id=self.console_session_id,
+            role=self.role,
+            username=self._username,
+        )
+        rakp3 = msg.Rakp3(self._next_tag(), 0, self.bmc_session_id, code)
+        self.state = State.AWAIT_RAKP4
+        return LoginStep(wire.encode_v2(PayloadType.RAKP3, rakp3.encode()))
+
+    def _receive_rakp4(self, rakp4: msg.Rakp4) -> Event | None:
+        if not self._is_ours(rakp4.tag, rakp4.console_session_id, rakp4.status):
+            return self._drop("stale")
+        if rakp4.status != RmcpPlusStatus.NO_ERRORS:
+            raise self._status_error("RAKP4", rakp4.status)
+        suite = self._require_suite()
+        expected = rakp4_integrity_check_value(
+            suite,
+            self._sik,
+            console_random=self._console_random,
+            bmc_session_id=self.bmc_session_id,
+            bmc_guid=self._bmc_guid,
+        )
+        if not codes_match(expected, rakp4.integrity_check_value):
+            hint = "" if self._kg is not None or not self.bmc_kg_set else " (the BMC has a K_G)"
+            raise AuthenticationError(
+                f"BMC's RAKP4 integrity check value does not verify: wrong K_G{hint}"
+            )
+        self._crypto = SessionCrypto(suite, self._sik, self._entropy)
+        if self.privilege <= Privilege.USER:
+            self.state = State.ESTABLISHED
+            return LoginComplete(suite.id, self.privilege)
+        # RMCP+ sessions start at USER level; raise to the requested one.
+        self.state = State.AWAIT_PRIV
+        request = msg.SetSessionPrivilegeLevelRequest(int(self.privilege))
+        self._priv_request_id, datagram = self._request(
+            request.NETFN, request.CMD, request.encode()
+        )
+        return LoginStep(datagram)
+
+    def _status_error(self, message: str, status: int) -> IpmiError:
+        text = f"BMC answered {message} with {status_name(status)}"
+        if status in _CREDENTIALS_REFUSED:
+            return AuthenticationError(text)
+        return NegotiationError(text)
+
+    def _require_suite(self) -> CipherSuite:
+        if self.suite is None:  # unreachable by construction; keeps the types honest
+            raise SessionLostError("login state lost its cipher suite")
+        return self.suite
+
+    # --- established session -------------------------------------------------------------
+
+    def _receive_in_session(self, datagram: bytes) -> Event | None:
+        crypto = self._crypto
+        if crypto is None:
+            return self._drop("unexpected")
+        if not wire.is_v2(datagram):
+            return self._drop("unauthenticated")  # IPMI 1.5 or ASF: never part of a session
+        try:
+            packet = wire.decode_v2(datagram, crypto.suite.integrity_length)
+        except MalformedPacketError:
+            return self._drop("malformed")
+        if not packet.authenticated:
+            return self._drop("unauthenticated")
+        if packet.session_id != self.console_session_id:
+            return self._drop("wrong-session")
+        if not codes_match(crypto.mac(packet.signed), packet.auth_code):
+            return self._drop("integrity")
+        if not self._accept_sequence(packet.sequence):
+            return self._drop("replay")
+        if packet.payload_type != PayloadType.IPMI:
+            return self._drop("unexpected")
+        # From here on the packet provably comes from the BMC: a violation poisons.
+        if not packet.encrypted:
+            self._poison("BMC sent an unencrypted payload in an encrypted session")
+        try:
+            response = wire.IpmiResponse.decode(crypto.decrypt(packet.payload))
+        except MalformedPacketError as error:
+            self._poison(f"BMC sent an authenticated but invalid message ({error})")
+        request_id = self._match(response)
+        if request_id is None:
+            return self._drop("stale")
+        if request_id == self._priv_request_id and self.state is State.AWAIT_PRIV:
+            return self._receive_privilege(response)
+        return Response(
+            request_id, response.netfn, response.cmd, response.completion_code, response.data
+        )
+
+    def _receive_privilege(self, response: wire.IpmiResponse) -> Event:
+        if response.completion_code != 0:
+            raise NegotiationError(
+                f"BMC refused privilege {self.privilege.name.lower()} "
+                f"(completion code 0x{response.completion_code:02x})"
+            )
+        try:
+            granted = msg.SetSessionPrivilegeLevelResponse.decode(response.data).privilege
+        except MalformedPacketError:
+            granted = -1
+        if granted != self.privilege:
+            raise NegotiationError(
+                f"BMC granted privilege {granted} instead of {self.privilege.name.lower()}"
+            )
+        self.state = State.ESTABLISHED
+        return LoginComplete(self._require_suite().id, self.privilege)
+
+    def _match(self, response: wire.IpmiResponse) -> int | None:
+        for request_id, pending in self._pending.items():
+            if (
+                pending.rq_seq == response.rq_seq
+                and pending.netfn | 1 == response.netfn
+                and pending.cmd == response.cmd
+            ):
+                del self._pending[request_id]
+                return request_id
+        return None
+
+    def _accept_sequence(self, sequence: int) -> bool:
+        """Sliding replay window over the BMC's session sequence numbers."""
+        highest = self._highest_in
+        if highest is None or sequence > highest:
+            shift = sequence - highest if highest is not None else self._window
+            if shift >= self._window:
+                self._seen_mask = 1
+            else:
+                self._seen_mask = ((self._seen_mask << shift) | 1) & ((1 << self._window) - 1)
+            self._highest_in = sequence
+            return True
+        behind = highest - sequence
+        if behind >= self._window or self._seen_mask >> behind & 1:
+            return False
+        self._seen_mask |= 1 << behind
+        return True
+
+    def _request(self, netfn: int, cmd: int, data: bytes) -> tuple[int, bytes]:
+        in_use = {pending.rq_seq for pending in self._pending.values()}
+        if len(in_use) >= RQ_SEQ_MODULO:
+            raise IpmiError("64 requests outstanding: no free rqSeq")
+        rq_seq = self._take_rq_seq()
+        while rq_seq in in_use:
+            rq_seq = self._take_rq_seq()
+        message = wire.IpmiRequest(netfn, cmd, rq_seq, data).encode()
+        datagram = self._seal(message)
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self._pending[request_id] = _Pending(netfn, cmd, rq_seq, message)
+        return request_id, datagram
+
+    def _seal(self, message: bytes) -> bytes:
+        if self._crypto is None:
+            raise SessionLostError(f"no established session (state {self.state.value})")
+        sequence = self._out_seq
+        if sequence > MAX_SEQUENCE:
+            self._poison("outbound session sequence numbers exhausted; log in again")
+        self._out_seq = sequence + 1
+        return self._crypto.seal(PayloadType.IPMI, self.bmc_session_id, sequence, message)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _poison(self, reason: str) -> Never:
+        self.state = State.POISONED
+        self._pending.clear()
+        raise SessionLostError(reason)
+
+    def _drop(self, reason: str) -> Event | None:
+        """Count a dropped datagram; returns None so callers can `return self._drop(...)`."""
+        self.drops[reason] += 1
+        return None
+
+    def _next_tag(self) -> int:
+        self._tag = (self._tag + 1) & 0xFF
+        return self._tag
+
+    def _take_rq_seq(self) -> int:
+        self._rq_seq = (self._rq_seq + 1) % RQ_SEQ_MODULO
+        return self._rq_seq
+
+    def _random(self, count: int) -> bytes:
+        value = self._entropy(count)
+        if len(value) != count:
+            raise ValueError("entropy source returned the wrong number of bytes")
+        return value
+
+    def _new_console_session_id(self) -> int:
+        for _ in range(8):
+            session_id = int.from_bytes(self._random(4), "little")
+            if session_id not in (0, self.console_session_id):
+                return session_id
+        raise ValueError("entropy source keeps returning the same session id")
