@@ -15,3 +15,40 @@ IpmiError                   root of everything this package raises
 └── SessionLostError        the session is gone (dropped by the BMC and one re-login failed,
                             or poisoned by a protocol violation); a new one must be opened
 """
+
+from ipmi.client import (
+    BmcSession,
+    ChassisStatus,
+    RetryPolicy,
+    SessionStatistics,
+    open_bmc,
+)
+from ipmi.errors import (
+    AuthenticationError,
+    CompletionCodeError,
+    IntegrityCheckError,
+    IpmiError,
+    MalformedPacketError,
+    NegotiationError,
+    NoResponseError,
+    SessionLostError,
+)
+from ipmi.transport import DatagramEndpoint, connect_udp
+
+__all__ = [
+    "AuthenticationError",
+    "BmcSession",
+    "ChassisStatus",
+    "CompletionCodeError",
+    "DatagramEndpoint",
+    "IntegrityCheckError",
+    "IpmiError",
+    "MalformedPacketError",
+    "NegotiationError",
+    "NoResponseError",
+    "RetryPolicy",
+    "SessionLostError",
+    "SessionStatistics",
+    "connect_udp",
+    "open_bmc",
+]

@@ -1,0 +1,464 @@
+"""The trio IPMI v2.0 client: ``open_bmc`` and :class:`BmcSession`.
+
+The protocol itself lives in the sans-I/O :class:`ipmi.proto.session.ClientSession`; this
+module gives it a socket, a clock, entropy and patience:
+
+- one connected UDP endpoint per session, and never more than one request in flight on it;
+- a per-request timeout with retransmission and backoff (:class:`RetryPolicy`), each
+  retransmission logged as a WARNING naming host:port, the attempt and the time spent;
+- a lost login step restarts the handshake from the beginning (RAKP 1 and 3 are never
+  resent: a BMC that has moved on would refuse them);
+- a session the BMC dropped (no answer on an established session, or a session the
+  machine declares lost) is re-established once, transparently, before an error is raised;
+- a wrong password raises :class:`AuthenticationError` at once and is never retried here
+  (BMCs lock users out);
+- overall deadlines are the caller's: wrap calls in ``trio.fail_after`` / ``move_on_after``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final
+
+import attrs
+import trio
+
+from ipmi.errors import (
+    AuthenticationError,
+    CompletionCodeError,
+    IpmiError,
+    MalformedPacketError,
+    NegotiationError,
+    NoResponseError,
+    SessionLostError,
+)
+from ipmi.proto.constants import ChassisAction, Privilege
+from ipmi.proto.messages import (
+    ChassisControlRequest,
+    GetChassisStatusRequest,
+    GetChassisStatusResponse,
+    GetDeviceIdRequest,
+)
+from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
+from ipmi.transport import Connector, DatagramEndpoint, connect_udp
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_CIPHER_SUITES: Final = frozenset({3, 17})
+POWER_ACTIONS: Final = {
+    "on": ChassisAction.POWER_UP,
+    "off": ChassisAction.POWER_DOWN,
+    "cycle": ChassisAction.POWER_CYCLE,
+    "reset": ChassisAction.HARD_RESET,
+    "soft": ChassisAction.SOFT_SHUTDOWN,
+}
+# How long Close Session waits for its answer on the way out: it is a courtesy to the BMC
+# (frees its session slot), never worth delaying the caller for.
+CLOSE_GRACE: Final = 0.25
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Per-request patience: wait ``first_timeout``, then ``backoff`` times longer each
+    retransmission (at most ``max_timeout``), ``retries`` retransmissions in all."""
+
+    first_timeout: float = 1.0
+    backoff: float = 2.0
+    max_timeout: float = 4.0
+    retries: int = 3
+
+    def __attrs_post_init__(self) -> None:
+        if not self.first_timeout > 0:
+            raise ValueError("first_timeout must be > 0")
+        if not self.backoff >= 1:
+            raise ValueError("backoff must be >= 1")
+        if not self.max_timeout >= self.first_timeout:
+            raise ValueError("max_timeout must be >= first_timeout")
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+
+    def timeouts(self) -> Iterator[float]:
+        """How long to wait after the first send and after each retransmission."""
+        timeout = self.first_timeout
+        for _ in range(self.retries + 1):
+            yield timeout
+            timeout = min(timeout * self.backoff, self.max_timeout)
+
+
+@attrs.frozen
+class SessionStatistics:
+    """Counters of one :class:`BmcSession` (across transparent re-logins)."""
+
+    sent: int = 0  # datagrams, retransmissions included
+    received: int = 0  # datagrams, dropped ones included
+    retransmits: int = 0  # requests sent again, plus login handshakes restarted
+    drops: int = 0  # received datagrams discarded (stale, duplicate, malformed, forged)
+    logins: int = 0  # completed logins
+    requests: int = 0  # answered requests
+    last_rtt: float | None = None  # seconds, last send -> answer of the last request
+    rtt_sum: float = 0.0  # seconds, over ``requests``
+
+    @property
+    def mean_rtt(self) -> float | None:
+        return self.rtt_sum / self.requests if self.requests else None
+
+
+@attrs.frozen
+class ChassisStatus:
+    """Get Chassis Status, decoded. ``power_on`` is what power sync needs."""
+
+    power_on: bool
+    power_overload: bool
+    interlock: bool
+    power_fault: bool
+    power_control_fault: bool
+    restore_policy: int  # 0 stay off, 1 restore previous, 2 always on, 3 unknown
+    last_power_event: int  # raw byte
+    misc_state: int  # raw byte
+    front_panel: int | None  # raw byte, when the BMC sends it
+
+    @classmethod
+    def from_response(cls, response: GetChassisStatusResponse) -> ChassisStatus:
+        return cls(
+            power_on=response.power_on,
+            power_overload=response.power_overload,
+            interlock=response.interlock,
+            power_fault=response.power_fault,
+            power_control_fault=response.power_control_fault,
+            restore_policy=response.restore_policy,
+            last_power_event=response.last_power_event,
+            misc_state=response.misc_state,
+            front_panel=response.front_panel,
+        )
+
+
+class _Counters:
+    __slots__ = (
+        "drops",
+        "last_rtt",
+        "logins",
+        "received",
+        "requests",
+        "retransmits",
+        "rtt_sum",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.sent = self.received = self.retransmits = self.drops = 0
+        self.logins = self.requests = 0
+        self.last_rtt: float | None = None
+        self.rtt_sum = 0.0
+
+
+class BmcSession:
+    """An authenticated RMCP+ session with one BMC. Get one from :func:`open_bmc`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        endpoint: DatagramEndpoint,
+        *,
+        machine: ClientSession,
+        retry: RetryPolicy,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._endpoint = endpoint
+        self._machine = machine  # one for the whole life of this object, across re-logins
+        self._retry = retry
+        self._lock = trio.Lock()
+        self._logged_in = False
+        self._counters = _Counters()
+        self._closed = False
+        self.cipher_suite: int | None = None  # negotiated at the last login
+
+    def __repr__(self) -> str:
+        return f"BmcSession({self.peer})"
+
+    @property
+    def peer(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    # ---- public operations -------------------------------------------------------------
+
+    async def get_power(self) -> bool:
+        """True when the chassis power is on."""
+        return (await self.chassis_status()).power_on
+
+    async def chassis_status(self) -> ChassisStatus:
+        data = await self._command(GetChassisStatusRequest(), "Get Chassis Status")
+        try:
+            return ChassisStatus.from_response(GetChassisStatusResponse.decode(data))
+        except MalformedPacketError as exc:
+            raise MalformedPacketError(f"{self.peer}: Get Chassis Status: {exc}") from exc
+
+    async def set_power(self, action: str) -> None:
+        """``"on"``, ``"off"``, ``"cycle"``, ``"reset"`` or ``"soft"`` (ACPI soft shutdown)."""
+        try:
+            code = POWER_ACTIONS[action]
+        except KeyError:
+            raise ValueError(f"unknown power action {action!r}") from None
+        await self._command(ChassisControlRequest(code), f"Chassis Control {action}")
+
+    async def keepalive(self) -> None:
+        """Get Device ID: keeps the session from idling out, and proves the BMC answers."""
+        await self._command(GetDeviceIdRequest(), "Get Device ID")
+
+    def statistics(self) -> SessionStatistics:
+        c = self._counters
+        return SessionStatistics(
+            sent=c.sent,
+            received=c.received,
+            retransmits=c.retransmits,
+            drops=c.drops + sum(self._machine.drops.values()),
+            logins=c.logins,
+            requests=c.requests,
+            last_rtt=c.last_rtt,
+            rtt_sum=c.rtt_sum,
+        )
+
+    # ---- request / response ------------------------------------------------------------
+
+    async def _command(self, message: object, what: str) -> bytes:
+        netfn: int = message.NETFN  # type: ignore[attr-defined]
+        cmd: int = message.CMD  # type: ignore[attr-defined]
+        data: bytes = message.encode()  # type: ignore[attr-defined]
+        async with self._lock:
+            if self._closed:
+                raise SessionLostError(f"{self.peer}: session is closed")
+            if not self._logged_in:
+                await self._login()
+            try:
+                response = await self._exchange(netfn, cmd, data, what)
+            except (NoResponseError, SessionLostError) as exc:
+                # The BMC may have rebooted or timed the session out: one new login, one
+                # more try, then the error is the caller's.
+                logger.warning("%s: session lost (%s); logging in again", self.peer, exc)
+                await self._login()
+                response = await self._exchange(netfn, cmd, data, what)
+        if response.completion_code != 0:
+            raise CompletionCodeError(
+                response.completion_code,
+                f"{self.peer}: {what} failed with completion code 0x{response.completion_code:02x}",
+            )
+        return bytes(response.data)
+
+    async def _exchange(self, netfn: int, cmd: int, data: bytes, what: str) -> Response:
+        machine = self._machine
+        try:
+            request_id, datagram = machine.request(netfn, cmd, data)
+        except SessionLostError as exc:
+            self._logged_in = False
+            raise SessionLostError(f"{self.peer}: {exc}") from exc
+        started = trio.current_time()
+        attempt = 0
+        for timeout in self._retry.timeouts():
+            attempt += 1
+            if attempt > 1:
+                datagram = machine.retransmit(request_id)
+                self._counters.retransmits += 1
+                logger.warning(
+                    "%s: no answer to %s, retransmission %d of %d after %.1f s",
+                    self.peer,
+                    what,
+                    attempt - 1,
+                    self._retry.retries,
+                    trio.current_time() - started,
+                )
+            sent_at = trio.current_time()
+            await self._send(datagram)
+            event = await self._next_event(
+                machine,
+                sent_at + timeout,
+                lambda e: isinstance(e, Response) and e.request_id == request_id,
+            )
+            if isinstance(event, Response):
+                rtt = trio.current_time() - sent_at
+                self._counters.requests += 1
+                self._counters.last_rtt = rtt
+                self._counters.rtt_sum += rtt
+                return event
+        machine.forget(request_id)
+        self._logged_in = False
+        raise NoResponseError(
+            f"{self.peer}: no answer to {what} after {attempt} attempts "
+            f"({trio.current_time() - started:.1f} s)"
+        )
+
+    async def _next_event(
+        self, machine: ClientSession, deadline: float, wanted: Callable[[object], bool]
+    ) -> object | None:
+        """Feed datagrams to ``machine`` until it yields a wanted event or the deadline passes."""
+        with trio.move_on_at(deadline):
+            while True:
+                datagram = await self._endpoint.receive()
+                self._counters.received += 1
+                try:
+                    event = machine.receive(datagram)
+                except MalformedPacketError:
+                    self._counters.drops += 1  # noise on the wire never ends a request
+                    continue
+                except SessionLostError as exc:
+                    self._logged_in = False
+                    raise SessionLostError(f"{self.peer}: {exc}") from exc
+                if event is None:
+                    continue  # the machine dropped it, and counted it
+                if wanted(event):
+                    return event
+                self._counters.drops += 1  # an answer nobody is waiting for any more
+        return None
+
+    async def _send(self, datagram: bytes) -> None:
+        self._counters.sent += 1
+        await self._endpoint.send(datagram)
+
+    # ---- login / logout ----------------------------------------------------------------
+
+    async def _login(self) -> None:
+        """Log in, restarting the whole handshake when a step goes unanswered."""
+        self._logged_in = False
+        started = trio.current_time()
+        attempt = 0
+        for timeout in self._retry.timeouts():
+            attempt += 1
+            if attempt > 1:
+                self._counters.retransmits += 1
+                logger.warning(
+                    "%s: login step unanswered, restarting the handshake (attempt %d of %d) "
+                    "after %.1f s",
+                    self.peer,
+                    attempt,
+                    self._retry.retries + 1,
+                    trio.current_time() - started,
+                )
+            try:
+                complete = await self._handshake(timeout)
+            except (AuthenticationError, NegotiationError, SessionLostError) as exc:
+                # Never retried: a wrong password tried again only locks the user out.
+                raise type(exc)(f"{self.peer}: {exc}") from exc
+            if complete is not None:
+                self._logged_in = True
+                self.cipher_suite = complete.suite
+                self._counters.logins += 1
+                return
+        raise NoResponseError(
+            f"{self.peer}: no answer to login after {attempt} attempts "
+            f"({trio.current_time() - started:.1f} s)"
+        )
+
+    async def _handshake(self, step_wait: float) -> LoginComplete | None:
+        """One run of the handshake; None when a step went unanswered for ``step_wait`` s."""
+        machine = self._machine
+        datagram = machine.begin_login()
+        while True:
+            await self._send(datagram)
+            event = await self._next_event(
+                machine,
+                trio.current_time() + step_wait,
+                lambda e: isinstance(e, (LoginStep, LoginComplete)),
+            )
+            if event is None:
+                return None
+            if isinstance(event, LoginComplete):
+                return event
+            assert isinstance(event, LoginStep)
+            datagram = event.datagram
+
+    async def aclose(self) -> None:
+        """Send Close Session once (never retransmitted) and release the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._logged_in:
+                return
+            self._logged_in = False
+            try:
+                datagram = self._machine.close()
+            except IpmiError:
+                return
+            # Shielded: a caller's cancelled scope must still free the BMC's session slot.
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+                await self._send(datagram)
+                # The answer needs no processing; waiting briefly for it keeps it from
+                # hitting a closed port (the BMC would get an ICMP error).
+                await self._endpoint.receive()
+                self._counters.received += 1
+        finally:
+            self._endpoint.close()
+
+
+def _entropy(count: int) -> bytes:
+    return os.urandom(count)
+
+
+def _check_arguments(
+    privilege: str, cipher_suites: Sequence[int], username: str, password: str
+) -> Privilege:
+    try:
+        level = Privilege.from_name(privilege)
+    except ValueError:
+        raise ValueError(
+            f"privilege must be user, operator or administrator, not {privilege!r}"
+        ) from None
+    if not cipher_suites:
+        raise ValueError("at least one cipher suite is needed")
+    for suite in cipher_suites:
+        if suite not in ALLOWED_CIPHER_SUITES:
+            raise ValueError(f"cipher suite {suite} is not supported (only 17 and 3)")
+    if not username:
+        raise ValueError("a user name is needed")
+    if not password:
+        raise ValueError("a password is needed")
+    return level
+
+
+def open_bmc(
+    host: str,
+    port: int = 623,
+    *,
+    username: str,
+    password: str,
+    privilege: str = "administrator",
+    cipher_suites: Sequence[int] = (17, 3),
+    retry: RetryPolicy | None = None,
+    kg: bytes | None = None,
+    connect: Connector | None = None,
+    entropy: Callable[[int], bytes] | None = None,
+) -> AbstractAsyncContextManager[BmcSession]:
+    """Log in to the BMC at ``host:port`` on enter; Close Session on exit.
+
+    ``connect`` (``async (host, port) -> DatagramEndpoint``) and ``entropy`` are for tests.
+    Raises NoResponseError, AuthenticationError (never retried), NegotiationError,
+    SessionLostError on login; every message names host:port and never the password.
+    """
+    level = _check_arguments(privilege, cipher_suites, username, password)
+    suites = tuple(cipher_suites)
+    policy = retry or RetryPolicy()
+
+    machine = ClientSession(
+        username=username.encode(),
+        password=password.encode(),
+        privilege=level,
+        cipher_suites=suites,
+        entropy=entropy or _entropy,
+        kg=kg,
+    )
+
+    @asynccontextmanager
+    async def session() -> AsyncIterator[BmcSession]:
+        endpoint = await (connect or connect_udp)(host, port)
+        bmc = BmcSession(host, port, endpoint, machine=machine, retry=policy)
+        try:
+            async with bmc._lock:
+                await bmc._login()
+            yield bmc
+        finally:
+            await bmc.aclose()
+
+    return session()

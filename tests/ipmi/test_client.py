@@ -1,0 +1,583 @@
+"""The trio client over a fake network, on trio's MockClock (virtual time, no real waiting).
+
+The BMC behind the fake network is the project's sans-I/O BMC (``ipmi.proto.server``); the
+network in between drops, duplicates, delays and reorders datagrams as each test scripts it.
+Times asserted here are MockClock times: they follow from the retry policy, not from the
+machine's speed. (The real-peer tests prove the client against BMCs we did not write.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from ipmi import (
+    AuthenticationError,
+    CompletionCodeError,
+    NegotiationError,
+    NoResponseError,
+    RetryPolicy,
+    open_bmc,
+)
+from ipmi.proto import wire
+from ipmi.proto.constants import ChassisAction, Command, NetFn, PayloadType
+from ipmi.proto.server import CC_NOT_IN_PRESENT_STATE, BmcProtocol, ServerPolicy
+
+PASSWORD = "correct horse"
+USERNAME = "admin"
+HOST, PORT = "192.0.2.10", 623  # never contacted: the fake network answers instead
+
+# ---- a BMC and a network we control ------------------------------------------------------
+
+
+class Chassis:
+    """The managed system behind the fake BMC: power, and what it was asked to do."""
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+        self.actions: list[int] = []
+
+    def chassis_power(self, now: float) -> bool:
+        return self.on
+
+    def chassis_control(self, action: int, now: float) -> int:
+        self.actions.append(action)
+        if action == ChassisAction.POWER_UP:
+            self.on = True
+        elif action in (ChassisAction.POWER_DOWN, ChassisAction.SOFT_SHUTDOWN):
+            self.on = False
+        elif action == ChassisAction.HARD_RESET and not self.on:
+            return CC_NOT_IN_PRESENT_STATE
+        return 0
+
+
+_COMMAND_LABELS = {
+    (NetFn.CHASSIS, Command.GET_CHASSIS_STATUS): "status",
+    (NetFn.CHASSIS, Command.CHASSIS_CONTROL): "control",
+    (NetFn.APP, Command.GET_DEVICE_ID): "device_id",
+    (NetFn.APP, Command.SET_SESSION_PRIVILEGE_LEVEL): "privilege",
+    (NetFn.APP, Command.CLOSE_SESSION): "close",
+    (NetFn.APP, Command.GET_CHANNEL_AUTH_CAPABILITIES): "auth_caps",
+}
+_PAYLOAD_LABELS = {
+    PayloadType.OPEN_SESSION_REQUEST: "open",
+    PayloadType.RAKP1: "rakp1",
+    PayloadType.RAKP3: "rakp3",
+}
+
+# A fate is the list of delays (seconds) with which a datagram is delivered:
+# () drops it, (0,) delivers it at once, (0, 0) duplicates it, (1.5,) delays it.
+Fate = tuple[float, ...]
+Rule = Callable[[str, str, int], Fate | None]  # (direction, label, nth of label) -> fate
+
+
+@attrs.define
+class Trace:
+    direction: str  # "to_bmc" | "to_client"
+    label: str
+    time: float
+    fate: Fate
+
+
+class FakeBmc:
+    """A BmcProtocol with a chassis, that can be rebooted (every session forgotten)."""
+
+    def __init__(
+        self,
+        *,
+        password: str = PASSWORD,
+        suites: Sequence[int] = (17, 3),
+        on: bool = False,
+        alive: bool = True,
+    ) -> None:
+        self.chassis = Chassis(on)
+        self.password = password.encode()
+        self.alive = alive
+        self.policy = ServerPolicy(cipher_suites=tuple(suites))
+        self.protocol = self._new_protocol()
+
+    def _new_protocol(self) -> BmcProtocol:
+        return BmcProtocol(
+            self.policy,
+            guid=bytes(range(16)),
+            system=self.chassis,
+            credentials=lambda name: self.password if name == USERNAME.encode() else None,
+            random_bytes=os.urandom,
+        )
+
+    def reboot(self) -> None:
+        self.protocol = self._new_protocol()
+
+    def label(self, datagram: bytes) -> str:
+        """What a client datagram is, read the way the BMC would (decrypting if needed)."""
+        try:
+            if not wire.is_v2(datagram):
+                return "v15"
+            session_id = int.from_bytes(datagram[6:10], "little")
+            if session_id == 0:
+                return _PAYLOAD_LABELS.get(datagram[5] & 0x3F, "other")
+            session = self.protocol.sessions.get(session_id)
+            if session is None or session.crypto is None:
+                return "unknown-session"
+            _, payload = session.crypto.open(datagram)
+            request = wire.IpmiRequest.decode(payload)
+            return _COMMAND_LABELS.get((request.netfn, request.cmd), "other")
+        except Exception:
+            return "garbage"
+
+
+class FakeNetwork:
+    """Carries datagrams between one client endpoint and a FakeBmc, as ``rule`` decides."""
+
+    def __init__(self, bmc: FakeBmc, nursery: trio.Nursery, rule: Rule | None = None) -> None:
+        self.bmc = bmc
+        self.rule = rule
+        self._nursery = nursery
+        self.trace: list[Trace] = []
+        self._counts: dict[tuple[str, str], int] = {}
+        self.endpoints: list[FakeEndpoint] = []
+
+    async def connect(self, host: str, port: int) -> FakeEndpoint:
+        endpoint = FakeEndpoint(self)
+        self.endpoints.append(endpoint)
+        return endpoint
+
+    def _fate(self, direction: str, label: str) -> Fate:
+        key = (direction, label)
+        nth = self._counts.get(key, 0) + 1
+        self._counts[key] = nth
+        fate = self.rule(direction, label, nth) if self.rule else None
+        fate = (0.0,) if fate is None else fate
+        self.trace.append(Trace(direction, label, trio.current_time(), fate))
+        return fate
+
+    def labels(self, direction: str = "to_bmc") -> list[str]:
+        return [t.label for t in self.trace if t.direction == direction]
+
+    def times(self, label: str, direction: str = "to_bmc") -> list[float]:
+        return [t.time for t in self.trace if t.direction == direction and t.label == label]
+
+    def from_client(self, endpoint: FakeEndpoint, datagram: bytes) -> None:
+        label = self.bmc.label(datagram)
+        for delay in self._fate("to_bmc", label):
+            self._later(delay, self._at_bmc, endpoint, datagram, label)
+
+    def _at_bmc(self, endpoint: FakeEndpoint, datagram: bytes, label: str) -> None:
+        if not self.bmc.alive:
+            return
+        answer = self.bmc.protocol.receive(datagram, trio.current_time())
+        if answer is None:
+            return
+        for delay in self._fate("to_client", label):
+            self._later(delay, endpoint.deliver, answer)
+
+    def _later(self, delay: float, function: Callable[..., None], *args: object) -> None:
+        if delay <= 0:
+            function(*args)
+            return
+
+        async def deliver() -> None:
+            await trio.sleep(delay)
+            function(*args)
+
+        self._nursery.start_soon(deliver)
+
+
+class FakeEndpoint:
+    def __init__(self, network: FakeNetwork) -> None:
+        self._network = network
+        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+        self.closed = False
+
+    async def send(self, datagram: bytes) -> None:
+        assert not self.closed, "send on a closed endpoint"
+        self._network.from_client(self, datagram)
+
+    async def receive(self) -> bytes:
+        return await self._receive.receive()
+
+    def deliver(self, datagram: bytes) -> None:
+        if not self.closed:
+            self._send.send_nowait(datagram)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FAST_RETRY = RetryPolicy(first_timeout=1.0, backoff=2.0, max_timeout=4.0, retries=3)
+
+
+def bmc_session(network: FakeNetwork, **kwargs: object):  # type: ignore[no-untyped-def]
+    options: dict[str, object] = {
+        "username": USERNAME,
+        "password": PASSWORD,
+        "retry": FAST_RETRY,
+        "connect": network.connect,
+    }
+    options.update(kwargs)
+    return open_bmc(HOST, PORT, **options)  # type: ignore[arg-type]
+
+
+def only(direction: str, label: str, nths: Sequence[int], fate: Fate) -> Rule:
+    """A rule that applies ``fate`` to the given occurrences of one kind of datagram."""
+
+    def rule(d: str, lbl: str, nth: int) -> Fate | None:
+        return fate if (d == direction and lbl == label and nth in nths) else None
+
+    return rule
+
+
+# ---- tests --------------------------------------------------------------------------------
+
+
+async def test_status_and_actions_over_a_clean_network(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=False)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network) as session:
+            assert await session.get_power() is False
+            await session.set_power("on")
+            assert bmc.chassis.on is True
+            assert await session.get_power() is True
+            status = await session.chassis_status()
+            assert status.power_on is True and status.power_fault is False
+            await session.keepalive()
+        stats = session.statistics()  # after Close Session
+        assert stats.logins == 1
+        assert stats.retransmits == 0
+        assert stats.requests == 4 + (1 if "privilege" in network.labels() else 0)
+        assert stats.sent == len(network.labels("to_bmc"))
+        assert stats.received == len(network.labels("to_client"))  # the close answer too
+        assert stats.drops == 0
+        assert network.labels().count("close") == 1
+        assert network.endpoints[0].closed
+        assert bmc.chassis.actions == [ChassisAction.POWER_UP]
+        assert bmc.protocol.session_count(trio.current_time()) == 0  # Close Session worked
+
+
+async def test_every_power_action_maps_to_its_chassis_control(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery, bmc_session(FakeNetwork(bmc, nursery)) as session:
+        for action in ("reset", "cycle", "soft", "on", "off"):
+            await session.set_power(action)
+        with pytest.raises(ValueError, match="unknown power action"):
+            await session.set_power("explode")
+    assert bmc.chassis.actions == [
+        ChassisAction.HARD_RESET,
+        ChassisAction.POWER_CYCLE,
+        ChassisAction.SOFT_SHUTDOWN,
+        ChassisAction.POWER_UP,
+        ChassisAction.POWER_DOWN,
+    ]
+
+
+async def test_completion_code_error_carries_the_code(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=False)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network) as session:
+            with pytest.raises(CompletionCodeError) as caught:
+                await session.set_power("reset")  # refused while off
+            assert caught.value.code == CC_NOT_IN_PRESENT_STATE
+            assert f"{HOST}:{PORT}" in str(caught.value)
+            assert await session.get_power() is False  # the session is still fine
+            assert session.statistics().logins == 1
+
+
+async def test_lost_requests_are_retransmitted_with_backoff(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    bmc = FakeBmc(on=True)
+    caplog.set_level(logging.WARNING, logger="ipmi.client")
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3), ()))
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+            stats = session.statistics()
+    assert stats.retransmits == 3
+    assert stats.logins == 1
+    sends = network.times("status")
+    assert [round(t - sends[0], 6) for t in sends] == [0.0, 1.0, 3.0, 7.0]  # 1, 2, 4 s waits
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert all(f"{HOST}:{PORT}" in w for w in warnings)
+    assert "retransmission 1 of 3 after 1.0 s" in warnings[0]
+    assert "retransmission 3 of 3 after 7.0 s" in warnings[2]
+
+
+async def test_backoff_is_capped_by_max_timeout(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=True)
+    retry = RetryPolicy(first_timeout=0.5, backoff=3.0, max_timeout=2.0, retries=4)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3, 4), ()))
+        async with bmc_session(network, retry=retry) as session:
+            assert await session.get_power() is True
+    sends = network.times("status")
+    assert [round(b - a, 6) for a, b in itertools.pairwise(sends)] == [
+        0.5,
+        1.5,
+        2.0,
+        2.0,
+    ]
+
+
+async def test_duplicated_datagrams_are_dropped_and_counted(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=False)
+
+    def duplicate_everything(direction: str, label: str, nth: int) -> Fate:
+        return (0.0, 0.0)
+
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, duplicate_everything)
+        async with bmc_session(network) as session:
+            await session.set_power("cycle")
+            assert await session.get_power() is False
+            assert await session.get_power() is False
+            stats = session.statistics()
+    assert stats.logins == 1
+    assert stats.retransmits == 0
+    assert stats.drops > 0
+    assert bmc.chassis.actions == [ChassisAction.POWER_CYCLE]  # a duplicate never re-executes
+
+
+async def test_a_late_answer_never_answers_the_next_request(autojump_clock: object) -> None:
+    """Reordering: the answer to the first Get Chassis Status ("on") is delayed past the
+    retransmission and arrives while the next request (after power went off) waits."""
+    bmc = FakeBmc(on=True)
+
+    def delays(direction: str, label: str, nth: int) -> Fate | None:
+        if direction == "to_client" and label == "status":
+            return {1: (1.5,), 3: (0.3,)}.get(nth)
+        return None
+
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, delays)
+        async with bmc_session(network) as session:
+            started = trio.current_time()
+            assert await session.get_power() is True  # answered via the retransmission at 1 s
+            bmc.chassis.on = False
+            await trio.sleep(0.4)
+            # Sent at 1.4 s, answered at 1.7 s; the stale "on" lands at 1.5 s in between.
+            assert await session.get_power() is False
+            assert trio.current_time() - started == pytest.approx(1.7)
+            stats = session.statistics()
+    assert stats.retransmits == 1
+    assert stats.drops == 1
+
+
+async def test_reordered_answers_within_one_request(autojump_clock: object) -> None:
+    """The answer to the original arrives after the answer to its retransmission."""
+    bmc = FakeBmc(on=True)
+
+    def reorder(direction: str, label: str, nth: int) -> Fate | None:
+        if direction == "to_client" and label == "status":
+            return {1: (1.7,), 2: (0.2,)}.get(nth)
+        return None
+
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, reorder)
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+            await trio.sleep(1)
+            assert await session.get_power() is True
+            assert session.statistics().logins == 1
+
+
+async def test_a_lost_login_step_restarts_the_handshake(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "rakp3", (1,), ()))
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+            stats = session.statistics()
+    login = [label for label in network.labels() if label in ("open", "rakp1", "rakp3")]
+    # RAKP3 was lost; the client started over with a new Open Session, never a lone RAKP3.
+    assert login[:3] == ["open", "rakp1", "rakp3"]
+    assert login[3:] == ["open", "rakp1", "rakp3"]
+    assert stats.logins == 1
+    assert stats.retransmits == 1
+
+
+async def test_session_dropped_by_the_bmc_is_re_established_once(
+    autojump_clock: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    bmc = FakeBmc(on=True)
+    caplog.set_level(logging.WARNING, logger="ipmi.client")
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+            bmc.reboot()  # the BMC forgets the session (reboot / idle timeout)
+            bmc.chassis.on = False
+            assert await session.get_power() is False
+            stats = session.statistics()
+    assert stats.logins == 2
+    assert network.labels().count("open") == 2
+    assert any("logging in again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_dead_bmc_gives_no_response_error_after_one_re_login(
+    autojump_clock: object,
+) -> None:
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+            bmc.alive = False
+            with pytest.raises(NoResponseError) as caught:
+                await session.get_power()
+            assert f"{HOST}:{PORT}" in str(caught.value)
+            assert PASSWORD not in str(caught.value)
+    # One request (4 sends) + one re-login (4 handshake starts), and nothing more.
+    assert network.labels().count("v15") == 1 + 4  # each handshake starts with the probe
+    assert network.labels().count("status") == 1 + 4  # the first get_power, then 4 sends
+
+
+async def test_wrong_password_fails_at_once_and_is_never_retried(autojump_clock: object) -> None:
+    bmc = FakeBmc(password="the real one")
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        started = trio.current_time()
+        with pytest.raises(AuthenticationError) as caught:
+            async with bmc_session(network):
+                pytest.fail("logged in with a wrong password")
+        assert trio.current_time() == started  # no timeout waited, no second attempt
+    assert network.labels().count("rakp1") == 1
+    assert network.labels().count("rakp3") == 0
+    message = str(caught.value)
+    assert f"{HOST}:{PORT}" in message
+    assert PASSWORD not in message and "the real one" not in message
+    assert PASSWORD not in repr(caught.value)
+    assert network.endpoints[0].closed
+
+
+async def test_unknown_user_is_an_authentication_error(autojump_clock: object) -> None:
+    bmc = FakeBmc()
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        with pytest.raises(AuthenticationError):
+            async with bmc_session(network, username="intruder"):
+                pass
+    assert network.labels().count("rakp1") == 1
+
+
+async def test_falls_back_from_suite_17_to_3(autojump_clock: object) -> None:
+    bmc = FakeBmc(suites=(3,), on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network, cipher_suites=(17, 3)) as session:
+            assert await session.get_power() is True
+    assert network.labels().count("open") == 2  # 17 refused, then 3
+
+
+async def test_no_common_cipher_suite_is_a_negotiation_error(autojump_clock: object) -> None:
+    bmc = FakeBmc(suites=(3,))
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        with pytest.raises(NegotiationError) as caught:
+            async with bmc_session(network, cipher_suites=(17,)):
+                pass
+    assert f"{HOST}:{PORT}" in str(caught.value)
+
+
+async def test_deadline_comes_from_the_callers_cancel_scope(autojump_clock: object) -> None:
+    bmc = FakeBmc(alive=False)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        started = trio.current_time()
+        with trio.move_on_after(2.5) as scope:
+            async with bmc_session(network):
+                pytest.fail("logged in to a dead BMC")
+        assert scope.cancelled_caught
+        assert trio.current_time() - started == pytest.approx(2.5)
+        assert network.endpoints[0].closed
+
+
+async def test_close_session_is_sent_once_even_when_lost(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "close", (1,), ()))
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+        closed_at = trio.current_time()
+        await trio.sleep(30)  # nothing more is sent after the context has exited
+    assert network.labels().count("close") == 1
+    assert network.times("close")[0] <= closed_at
+    assert network.labels()[-1] == "close"
+
+
+async def test_close_session_is_sent_even_when_the_caller_is_cancelled(
+    autojump_clock: object,
+) -> None:
+    bmc = FakeBmc(on=True)
+
+    def slow_status(direction: str, label: str, nth: int) -> Fate | None:
+        return (10.0,) if (direction == "to_client" and label == "status") else None
+
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, slow_status)
+        with trio.move_on_after(0.5):
+            async with bmc_session(network) as session:
+                await session.get_power()
+    assert network.labels().count("close") == 1
+    assert bmc.protocol.session_count(trio.current_time()) == 0
+
+
+async def test_one_request_in_flight_per_session(autojump_clock: object) -> None:
+    bmc = FakeBmc(on=True)
+    in_flight = 0
+    most = 0
+
+    def watch(direction: str, label: str, nth: int) -> Fate | None:
+        nonlocal in_flight, most
+        if label == "status":
+            in_flight += 1 if direction == "to_bmc" else -1
+            most = max(most, in_flight)
+        return (0.3,) if direction == "to_client" else None
+
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, watch)
+        async with bmc_session(network) as session:
+            results: list[bool] = []
+
+            async def ask() -> None:
+                results.append(await session.get_power())
+
+            async with trio.open_nursery() as askers:
+                for _ in range(5):
+                    askers.start_soon(ask)
+    assert results == [True] * 5
+    assert most == 1
+
+
+async def test_suite_zero_and_unknown_suites_are_refused_before_any_datagram() -> None:
+    for suites in ((0,), (17, 0), (1,), ()):
+        with pytest.raises(ValueError):
+            open_bmc(HOST, PORT, username=USERNAME, password=PASSWORD, cipher_suites=suites)
+    with pytest.raises(ValueError):
+        open_bmc(HOST, PORT, username=USERNAME, password=PASSWORD, privilege="root")
+
+
+def test_retry_policy_timeouts_and_validation() -> None:
+    assert list(RetryPolicy().timeouts()) == [1.0, 2.0, 4.0, 4.0]
+    assert list(RetryPolicy(retries=0).timeouts()) == [1.0]
+    with pytest.raises(ValueError):
+        RetryPolicy(first_timeout=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(first_timeout=2.0, max_timeout=1.0)
+    with pytest.raises(ValueError):
+        RetryPolicy(retries=-1)
+
+
+def test_repr_and_errors_never_show_the_password() -> None:
+    context = open_bmc(HOST, PORT, username=USERNAME, password=PASSWORD)
+    assert PASSWORD not in repr(context)
