@@ -19,16 +19,19 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
-from store.errors import InvalidNode, StoreError
+from store.errors import DuplicateNode, InvalidNode, StoreError
 from store.model import (
+    INVENTORY_FIELDS,
     SETTABLE_FIELDS,
     HistoryEntry,
     Node,
     NodeChange,
     Notification,
+    new_node,
     parse_uuid,
     validate_fields,
     validate_history,
+    validate_inventory,
     validate_notification,
 )
 
@@ -129,6 +132,16 @@ class Store(abc.ABC):
         now: float | None = None,
     ) -> Node:
         """Add a node; DuplicateNode if the name exists, InvalidNode on a bad field."""
+
+    @abc.abstractmethod
+    def add_nodes(
+        self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
+    ) -> list[Node]:
+        """Add many nodes in one transaction (``node import``): all or none.
+
+        Each mapping has add_node's keyword arguments. InvalidNode names the entry and the
+        field; DuplicateNode if a name exists or repeats in the batch.
+        """
 
     @abc.abstractmethod
     def upsert_node(
@@ -304,3 +317,37 @@ def check_changes(changes: Sequence[NodeChange]) -> list[tuple[str, dict[str, ob
 
 def log_skipped_change(node_uuid: str) -> None:
     log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)
+
+
+_INVENTORY_DEFAULTS: dict[str, object] = {
+    "bmc_port": 623,
+    "cipher_suites": (17, 3),
+    "privilege": "administrator",
+    "instance_uuid": None,
+    "session_mode": None,
+}
+
+
+def prepare_new_nodes(specs: Sequence[Mapping[str, object]], now: float) -> list[Node]:
+    """Validate a batch of add_node() argument mappings into new Node records."""
+    nodes: list[Node] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(specs):
+        label = f"node {spec.get('name')!r}" if isinstance(spec.get("name"), str) else f"#{index}"
+        unknown = set(spec) - set(INVENTORY_FIELDS)
+        if unknown:
+            raise InvalidNode(f"{label}: {sorted(unknown)[0]}: is not a node inventory field")
+        values = {**_INVENTORY_DEFAULTS, **spec}
+        missing = [field for field in INVENTORY_FIELDS if field not in values]
+        if missing:
+            raise InvalidNode(f"{label}: {missing[0]}: is required")
+        try:
+            fields = validate_inventory(**values)
+        except InvalidNode as exc:
+            raise InvalidNode(f"{label}: {exc}") from None
+        node = new_node(fields, now=now)
+        if node.name in seen:
+            raise DuplicateNode(f"a node named {node.name!r} appears twice in the batch")
+        seen.add(node.name)
+        nodes.append(node)
+    return nodes

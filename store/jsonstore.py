@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,6 +35,7 @@ from store.base import (
     log_skipped_change,
     log_takeover,
     merge_fields,
+    prepare_new_nodes,
     resolve_now,
     warn_if_exposed,
 )
@@ -308,6 +309,20 @@ class JsonStore(Store):
             txn.state.nodes[node.uuid] = node
             txn.dirty = True
         return node
+
+    def add_nodes(
+        self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
+    ) -> list[Node]:
+        new = prepare_new_nodes(nodes, resolve_now(now))
+        with self._writing() as txn:
+            taken = {node.name for node in txn.state.nodes.values()}
+            for node in new:
+                if node.name in taken:
+                    raise DuplicateNode(f"a node named {node.name!r} already exists")
+            for node in new:
+                txn.state.nodes[node.uuid] = node
+            txn.dirty = bool(new)
+        return new
 
     def upsert_node(
         self,

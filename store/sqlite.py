@@ -34,6 +34,7 @@ from store.base import (
     log_skipped_change,
     log_takeover,
     merge_fields,
+    prepare_new_nodes,
     resolve_now,
     warn_if_exposed,
 )
@@ -287,6 +288,17 @@ class SqliteStore(Store):
                 raise DuplicateNode(f"a node named {node.name!r} already exists")
             self._insert(conn, node)
         return node
+
+    def add_nodes(
+        self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
+    ) -> list[Node]:
+        new = prepare_new_nodes(nodes, resolve_now(now))
+        with self._write() as conn:
+            for node in new:
+                if self._name_taken(conn, node.name):
+                    raise DuplicateNode(f"a node named {node.name!r} already exists")
+                self._insert(conn, node)
+        return new
 
     def upsert_node(
         self,

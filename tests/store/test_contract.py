@@ -552,3 +552,47 @@ def test_unknown_backend(tmp_path: Path) -> None:
 def test_directory_is_not_a_store(tmp_path: Path, backend: str) -> None:
     with pytest.raises(StoreError, match=str(tmp_path)):
         open_store(str(tmp_path), backend)
+
+
+def test_add_nodes_in_one_batch(store: Store) -> None:
+    specs: list[dict[str, object]] = [
+        {
+            "name": f"bulk-{i}",
+            "bmc_address": "127.0.0.1",
+            "bmc_port": 7000 + i,
+            "bmc_username": "admin",
+            "bmc_password": PASSWORD,
+        }
+        for i in range(3)
+    ]
+    specs[2]["instance_uuid"] = INSTANCE
+    added = store.add_nodes(specs, now=T0)
+    assert [n.name for n in store.list_nodes()] == ["bulk-0", "bulk-1", "bulk-2"]
+    assert store.get_node("bulk-2") == added[2]
+    assert added[0].cipher_suites == (17, 3) and added[2].instance_uuid == INSTANCE
+    assert len({n.uuid for n in added}) == 3
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "pattern"),
+    [
+        ({"name": "bulk-0"}, DuplicateNode, "bulk-0"),  # exists already
+        ({"name": "x-1"}, DuplicateNode, "x-1"),  # twice in the batch
+        ({"name": "x-2", "bmc_port": 0}, InvalidNode, r"^node 'x-2': bmc_port:"),
+        ({"name": "x-2", "bmc_username": None}, InvalidNode, "bmc_username"),
+        ({"name": "x-2", "colour": "red"}, InvalidNode, "colour"),
+        ({"name": "x-2", "bmc_password": PASSWORD * 2}, InvalidNode, "bmc_password"),
+    ],
+)
+def test_add_nodes_is_all_or_nothing(
+    store: Store, bad: dict[str, object], error: type[Exception], pattern: str
+) -> None:
+    add(store, "bulk-0")
+    base = {"bmc_address": "::1", "bmc_username": "admin", "bmc_password": "pw"}
+    batch = [{**base, "name": "x-1"}, {**base, "name": "x-3"}, {**base, **bad}]
+    with pytest.raises(error, match=pattern) as raised:
+        store.add_nodes(batch)
+    assert PASSWORD not in str(raised.value)
+    assert [n.name for n in store.list_nodes()] == ["bulk-0"]
+    with pytest.raises(InvalidNode, match="bmc_address: is required"):
+        store.add_nodes([{"name": "y", "bmc_username": "a", "bmc_password": ""}])

@@ -1,0 +1,107 @@
+"""Store measurements for docs/store.md (a script, not a test: nothing here asserts timing).
+
+    .venv/bin/python -m tests.store.bench_store [--nodes 10000] [--repeat 3] [--dir DIR]
+
+For each backend: import N nodes in one batch, then time one sync cycle's observations for
+all N nodes written with one apply() batch, in two shapes:
+  steady   every node observed unchanged (power_state, last_seen_at, sync_failures)
+  storm    every node changed: fields + a history row + a Nova outbox row (site power event)
+and report the file size per 1,000 nodes (inventory only, and after the storms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import uuid
+
+from store import HistoryRecord, NodeChange, Store, open_store
+
+BACKENDS = ("sqlite", "json")
+
+
+def file_size(path: str) -> int:
+    return sum(
+        os.path.getsize(path + suffix)
+        for suffix in ("", "-wal", "-shm")
+        if os.path.exists(path + suffix)
+    )
+
+
+def timed(action: object) -> float:
+    start = time.perf_counter()
+    action()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def measure(backend: str, directory: str, count: int, repeat: int) -> dict[str, float]:
+    path = os.path.join(directory, f"bench.{backend}")
+    specs = [
+        {
+            "name": f"node-{i:05d}",
+            "bmc_address": "127.0.0.1",
+            "bmc_port": 20000 + i % 40000,
+            "bmc_username": "admin",
+            "bmc_password": "password-1234",
+            "instance_uuid": str(uuid.UUID(int=i + 1)),
+        }
+        for i in range(count)
+    ]
+    result: dict[str, float] = {}
+    store: Store
+    with open_store(path, backend) as store:
+        result["import_s"] = timed(lambda: store.add_nodes(specs))
+    result["inventory_bytes_per_1000"] = file_size(path) / count * 1000
+    with open_store(path, backend) as store:
+        uuids = [node.uuid for node in store.list_nodes()]
+        result["list_nodes_s"] = timed(store.list_nodes)
+        now = time.time()
+        steady = [
+            NodeChange(u, {"power_state": "power on", "last_seen_at": now, "sync_failures": 0})
+            for u in uuids
+        ]
+        result["apply_steady_s"] = statistics.median(
+            timed(lambda: store.apply(steady)) for _ in range(repeat)
+        )
+        storms = []
+        for round_number in range(repeat):
+            state = "power off" if round_number % 2 == 0 else "power on"
+            storm = [
+                NodeChange(
+                    u,
+                    {"power_state": state, "last_seen_at": now, "sync_failures": 0},
+                    HistoryRecord("power on", state, "sync", "hardware state changed"),
+                    state,
+                )
+                for u in uuids
+            ]
+            storms.append(timed(lambda storm=storm: store.apply(storm)))
+        result["apply_storm_s"] = statistics.median(storms)
+        result["due_notifications_s"] = timed(lambda: store.due_notifications(limit=count))
+    result["after_storms_bytes_per_1000"] = file_size(path) / count * 1000
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="where to create the files (default: tmp)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as directory:
+        for backend in BACKENDS:
+            result = measure(backend, directory, args.nodes, args.repeat)
+            print(
+                f"{backend:6} nodes={args.nodes} "
+                + " ".join(
+                    f"{key}={value:.3f}" if key.endswith("_s") else f"{key}={value:,.0f}"
+                    for key, value in result.items()
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
