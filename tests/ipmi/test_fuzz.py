@@ -9,9 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipmi.errors import MalformedPacketError
+from ipmi.errors import (
+    AuthenticationError,
+    MalformedPacketError,
+    NegotiationError,
+    SessionLostError,
+)
 from ipmi.proto import crypto, messages, wire
+from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
 from tests.ipmi import vectors as v
+from tests.ipmi.tinybmc import TinyBmc, deterministic_entropy
 
 DECODERS: list[Callable[[bytes], object]] = [
     wire.AsfPing.decode,
@@ -79,3 +86,57 @@ def datagrams(draw: st.DrawFn) -> bytes:
 def test_decoders_raise_only_malformed(decoder: Callable[[bytes], object], data: bytes) -> None:
     with contextlib.suppress(MalformedPacketError):
         decoder(data)
+
+
+# --- the session machine ------------------------------------------------------------------------
+
+SESSION_STATES = ["auth-cap", "open", "rakp2", "rakp4", "priv", "established", "closed", "poisoned"]
+
+
+def session_in(state: str) -> tuple[ClientSession, list[bytes]]:
+    """A session driven by the tiny BMC to ``state``; plus real BMC datagrams to mutate."""
+    bmc = TinyBmc()
+    session = ClientSession(
+        username=b"admin", password=b"password", entropy=deterministic_entropy(b"fuzz")
+    )
+    replies: list[bytes] = []
+    datagram = session.begin_login()
+    steps = SESSION_STATES.index(state)
+    for _ in range(min(steps, 5)):
+        reply = bmc.handle(datagram)
+        assert reply is not None
+        replies.append(reply)
+        event = session.receive(reply)
+        if isinstance(event, LoginStep):
+            datagram = event.datagram
+    if state in ("established", "closed", "poisoned"):
+        _, datagram = session.request(0x00, 0x01)
+        replies.append(bmc.handle(datagram) or b"")
+    if state == "closed":
+        session.close()
+    if state == "poisoned":
+        with contextlib.suppress(SessionLostError):
+            session.receive(bmc.respond(wire.IpmiRequest(0, 1, 1), 0, b"", plaintext=b"junk"))
+    expected = {"auth-cap": "await-auth-cap", "priv": "await-priv"}.get(state, state)
+    assert session.state.value in (expected, f"await-{expected}")
+    return session, replies
+
+
+@pytest.mark.parametrize("state", SESSION_STATES)
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_session_receive_never_raises_unexpectedly(state: str, data: st.DataObject) -> None:
+    session, replies = session_in(state)
+    for _ in range(data.draw(st.integers(1, 3))):
+        if replies and data.draw(st.booleans()):
+            raw = bytearray(data.draw(st.sampled_from(replies)))
+            for _ in range(data.draw(st.integers(0, 3))):
+                raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+            datagram = bytes(raw[: data.draw(st.integers(0, len(raw)))])
+        else:
+            datagram = data.draw(st.binary(max_size=120))
+        try:
+            event = session.receive(datagram)
+        except (AuthenticationError, NegotiationError, SessionLostError):
+            return  # documented outcomes that end the session
+        assert event is None or isinstance(event, LoginStep | LoginComplete | Response)
