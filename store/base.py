@@ -263,6 +263,13 @@ class Store(abc.ABC):
     def notification_counts(self) -> dict[str, int]:
         """Rows per status: pending, delivered, dropped, superseded (all keys present)."""
 
+    @abc.abstractmethod
+    def prune(self, *, before: float) -> dict[str, int]:
+        """Delete history rows and finished (not pending) outbox rows older than ``before``.
+
+        Pending notifications are never pruned. Returns {"history": n, "notifications": m}.
+        """
+
     # --- metadata -----------------------------------------------------------------------
 
     @abc.abstractmethod

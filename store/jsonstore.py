@@ -637,6 +637,23 @@ class JsonStore(Store):
                 counts[row.status] = counts.get(row.status, 0) + 1
         return counts
 
+    def prune(self, *, before: float) -> dict[str, int]:
+        with self._writing() as txn:
+            state = txn.state
+            history = [row for row in state.history if row["at"] >= before]
+            notifications = {
+                key: row
+                for key, row in state.notifications.items()
+                if row.status == "pending" or row.created_at >= before
+            }
+            removed = {
+                "history": len(state.history) - len(history),
+                "notifications": len(state.notifications) - len(notifications),
+            }
+            state.history, state.notifications = history, notifications
+            txn.dirty = any(removed.values())
+            return removed
+
     # --- meta ---------------------------------------------------------------------------
 
     def set_meta(self, key: str, value: str) -> None:

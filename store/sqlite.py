@@ -626,6 +626,15 @@ class SqliteStore(Store):
                 counts[status] = int(count)
         return counts
 
+    def prune(self, *, before: float) -> dict[str, int]:
+        with self._write() as conn:
+            history = conn.execute("DELETE FROM history WHERE at < ?", (float(before),))
+            notifications = conn.execute(
+                "DELETE FROM notifications WHERE status != 'pending' AND created_at < ?",
+                (float(before),),
+            )
+            return {"history": history.rowcount, "notifications": notifications.rowcount}
+
     # --- meta ---------------------------------------------------------------------------
 
     def set_meta(self, key: str, value: str) -> None:

@@ -596,3 +596,25 @@ def test_add_nodes_is_all_or_nothing(
     assert [n.name for n in store.list_nodes()] == ["bulk-0"]
     with pytest.raises(InvalidNode, match="bmc_address: is required"):
         store.add_nodes([{"name": "y", "bmc_username": "a", "bmc_password": ""}])
+
+
+def test_prune_keeps_recent_rows_and_every_pending_notification(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    other = add(store, "other", instance_uuid=INSTANCE_2)
+    record = HistoryRecord("power off", "power on", "sync")
+    store.apply([NodeChange(node.uuid, {}, record, "power on")], now=T0)  # superseded below
+    store.apply([NodeChange(other.uuid, {}, record, "power on")], now=T0)  # stays pending
+    store.apply([NodeChange(node.uuid, {}, record, "power off")], now=T0 + 100)
+    [old_pending, recent] = store.due_notifications(now=T0 + 100)
+    store.mark_delivered([recent.id])
+    assert store.prune(before=T0 + 50) == {"history": 2, "notifications": 1}
+    assert [h.at for h in store.history()] == [T0 + 100]
+    assert store.get_notification(old_pending.id).status == "pending"
+    assert store.get_notification(recent.id).status == "delivered"
+    assert store.notification_counts() == {
+        "pending": 1,
+        "delivered": 1,
+        "dropped": 0,
+        "superseded": 0,
+    }
+    assert store.prune(before=T0 + 50) == {"history": 0, "notifications": 0}
