@@ -59,8 +59,17 @@ class Token:
     catalog: tuple[Mapping[str, Any], ...] = attrs.field(repr=False)
 
 
+def _silence_header_traces() -> None:
+    """httpcore's DEBUG traces print response headers, X-Subject-Token (a live token)
+    included; keep that logger at INFO even when the agent runs with --debug."""
+    traces = logging.getLogger("httpcore")
+    if traces.getEffectiveLevel() < logging.INFO or traces.level == logging.NOTSET:
+        traces.setLevel(logging.INFO)
+
+
 def open_http_client(config: NovaConfig) -> httpx.AsyncClient:
     """One client for Keystone and Nova calls; deadlines come from trio cancel scopes."""
+    _silence_header_traces()
     verify: ssl.SSLContext | bool
     if config.insecure:
         verify = False

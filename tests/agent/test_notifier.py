@@ -337,3 +337,28 @@ async def test_restart_resumes_from_the_store_file(
     assert cloud.delivered(nodes[0].instance_uuid) == ["POWER_OFF", "POWER_ON"]
     for node in nodes[1:]:
         assert cloud.delivered(node.instance_uuid) == ["POWER_ON"]
+
+
+async def test_secrets_and_tokens_never_logged(
+    cloud: FakeOpenStack, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    nodes = add_nodes(store, cloud, 2)
+    power(store, nodes, "power off")
+    with caplog.at_level(logging.DEBUG):
+        notifier = notifier_for(cloud, store, password="nova-pass-1")
+        await notifier.drain_once()
+        cloud.revoke_tokens()
+        power(store, nodes, "power on")
+        assert (await notifier.drain_once()).delivered == 2  # after a 401 and a new token
+        cloud.nova_statuses = [503]
+        power(store, nodes, "power off")
+        await notifier.drain_once()
+        later = WallClock()
+        later.advance(100)
+        bad = notifier_for(cloud, store, later, password="wrong-nova-pass")
+        assert (await bad.drain_once()).deferred == 2
+    text = "\n".join(f"{r.getMessage()} {r.args!r} {r.exc_text}" for r in caplog.records)
+    assert len(cloud.tokens) == 2 and len(caplog.records) > 3
+    for secret in ["nova-pass-1", "wrong-nova-pass", *cloud.tokens]:
+        assert secret not in text
+    assert "rejected the [nova] credentials" in text
