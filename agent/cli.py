@@ -18,7 +18,10 @@ from agent.errors import AgentError
 
 # Command modules, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "agent.cmd_run",
+    "agent.cmd_sync",
     "agent.cmd_node",
+    "agent.cmd_power",
     "agent.cmd_status",
     "agent.cmd_bmc",
     "agent.cmd_sim",

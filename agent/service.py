@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -46,6 +46,7 @@ from agent.policy import (
     skip_reason,
 )
 from agent.storeio import AsyncStore
+from agent.sync_report import CycleReport, NodeResult
 from store import HistoryRecord, Node, NodeChange, Store, StoreError
 
 log = logging.getLogger("powersync.sync")
@@ -86,61 +87,13 @@ class Notifier(Protocol):
 
 
 class MetricsSink(Protocol):
-    def observe_cycle(self, report: CycleReport, nodes: Sequence[Node], pool: BmcPool) -> None: ...
-
-
-@attrs.frozen
-class NodeResult:
-    """What happened to one node in one cycle (the per-node line of ``sync --once``)."""
-
-    name: str
-    uuid: str
-    recorded: str | None
-    observed: str | None = None
-    action: str = "skip"
-    new_state: str | None = None
-    error: str | None = None
-    detail: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.frozen
-class CycleReport:
-    cycle: int
-    kind: str  # "sync" | "recovery"
-    started_at: float  # wall clock
-    duration: float
-    results: tuple[NodeResult, ...]
-    applied: bool = True
-    dropped: tuple[str, ...] = ()  # node names whose change was dropped (changed meanwhile)
-
-    def count(self, *actions: Action | str) -> int:
-        names = {a.value if isinstance(a, Action) else a for a in actions}
-        return sum(1 for result in self.results if result.action in names)
-
-    def summary(self) -> dict[str, Any]:
-        failed = self.count(
-            Action.READ_FAILED, Action.FORCE_FAILED, Action.MAINTENANCE, Action.STILL_FAILING
-        )
-        read_ok = sum(1 for r in self.results if r.observed is not None)
-        return {
-            "cycle": self.cycle,
-            "kind": self.kind,
-            "started_at": self.started_at,
-            "duration": round(self.duration, 6),
-            "nodes": len(self.results),
-            "ok": read_ok,
-            "failed": failed,
-            "changed": sum(1 for r in self.results if r.new_state != r.recorded and r.observed),
-            "forced": self.count(Action.FORCED),
-            "skipped": self.count("skip"),
-            "maintenance": self.count(Action.MAINTENANCE),
-            "recovered": self.count(Action.RECOVERED),
-            "applied": self.applied,
-            "dropped": len(self.dropped),
-        }
+    def observe_cycle(
+        self,
+        report: CycleReport,
+        nodes: Sequence[Node],
+        pool: BmcPool,
+        notification_counts: Mapping[str, int],
+    ) -> None: ...
 
 
 @attrs.define
@@ -193,6 +146,8 @@ class SyncService:
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
         self.last_report: CycleReport | None = None
+        self.nodes_total = 0  # nodes of the running pass (for progress display)
+        self.nodes_done = 0
         self._passes = 0
         self._active_scopes: set[trio.CancelScope] = set()
 
@@ -321,6 +276,8 @@ class SyncService:
                 view = attrs.evolve(node, target_power_state=None)
             progress.skipped = skip_reason(view, now=now)
 
+        self.nodes_total = len(work)
+        self.nodes_done = sum(1 for progress in work if progress.skipped is not None)
         with trio.CancelScope() as scope:
             self._active_scopes.add(scope)
             try:
@@ -376,10 +333,28 @@ class SyncService:
         if kind == "sync":
             self.last_report = report
             if self.metrics is not None:
-                self.metrics.observe_cycle(report, nodes, self.pool)
+                with trio.CancelScope(shield=True):
+                    await self._observe(report)
         return report
 
+    async def _observe(self, report: CycleReport) -> None:
+        assert self.metrics is not None
+        store = self.store.store
+        try:
+            nodes = await self.store.run(store.list_nodes)
+            counts = await self.store.run(store.notification_counts)
+        except StoreError as exc:
+            log.warning("metrics not updated: %s", exc)
+            return
+        self.metrics.observe_cycle(report, nodes, self.pool, counts)
+
     async def _one_node(self, progress: _Progress, cycle: int, kind: str) -> None:
+        try:
+            await self._one_node_inner(progress, cycle, kind)
+        finally:
+            self.nodes_done += 1
+
+    async def _one_node_inner(self, progress: _Progress, cycle: int, kind: str) -> None:
         delay = jitter_delay(progress.node.uuid, self.conductor.sync_jitter_window)
         if kind == "sync" and delay > 0:
             with trio.move_on_after(delay):
@@ -626,15 +601,15 @@ async def run_service(
     *,
     bmc_opener: BmcOpener | None = None,
     notifier: Notifier | None = None,
-    metrics: Any = None,
+    metrics: MetricsSink | None = None,
     handle_signals: bool = True,
     wall_clock: Callable[[], float] = time.time,
     task_status: trio.TaskStatus[SyncService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon: returns (normally) after SIGTERM/SIGINT or ``service.stop()``.
 
-    ``metrics`` is an :class:`agent.service_metrics`-style sink with ``observe_cycle`` and
-    an optional ``serve(task_status=...)`` coroutine that runs the HTTP endpoint.
+    ``metrics`` (e.g. :class:`agent.service_metrics.ServiceMetrics`) gets every cycle; if it
+    has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
     """
     astore = store if isinstance(store, AsyncStore) else AsyncStore(store)
     if bmc_opener is None:

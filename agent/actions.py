@@ -1,0 +1,261 @@
+"""Power actions on one node (``powersync power NODE on|off|cycle|reset|soft-off``).
+
+An action works while the daemon runs in another process: it takes the node's lock in the
+store (the sync skips locked nodes and nodes with a target set), sets target_power_state,
+sends the command over a fresh session, confirms the result by polling, records the result
+with its history row and the Nova notification (on/off only), and always releases the lock.
+
+Confirmation: hard actions (on, off, cycle, reset) act at once on a BMC, so without
+``--wait`` the result is checked for a couple of seconds; with ``--wait`` (and always for
+soft-off, which waits for the operating system) polling lasts up to ``--timeout``, by
+default ``power_state_change_timeout``. The record only ever says what the hardware said.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from agent.bmcs import BmcOpener, BmcSessionLike, describe_error
+from agent.config import AgentConfig
+from agent.errors import AgentError, NodeError
+from agent.policy import POWER_OFF, POWER_ON
+from agent.service import endpoint_for, holder_name
+from agent.storeio import AsyncStore
+from store import HistoryRecord, Node, NodeChange, NodeNotFound, StoreError
+
+ACTIONS = ("on", "off", "cycle", "reset", "soft-off")
+# The state each action ends in (Ironic: reboots target "power on", soft off "power off").
+TARGETS = {
+    "on": POWER_ON,
+    "off": POWER_OFF,
+    "cycle": POWER_ON,
+    "reset": POWER_ON,
+    "soft-off": POWER_OFF,
+}
+CLIENT_ACTIONS = {"on": "on", "off": "off", "cycle": "cycle", "reset": "reset", "soft-off": "soft"}
+QUICK_CONFIRM = 3.0  # seconds a hard action is given to show without --wait
+
+
+@attrs.frozen
+class ActionResult:
+    node: str
+    action: str
+    before: str | None  # the hardware state before the command
+    target: str
+    after: str | None  # the hardware state confirmed at the end
+    sent: bool  # False when the node already was in the target state
+    duration: float
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class StatusResult:
+    node: str
+    recorded: str | None
+    hardware: str | None
+    target: str | None
+    maintenance: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+
+def _word(on: bool) -> str:
+    return POWER_ON if on else POWER_OFF
+
+
+async def _get_node(store: AsyncStore, name: str) -> Node:
+    try:
+        return await store.run(store.store.get_node, name)
+    except NodeNotFound:
+        raise NodeError(f"node {name}: no such node") from None
+    except StoreError as exc:
+        raise AgentError(f"store: {exc}") from None
+
+
+async def power_status(
+    store: AsyncStore, name: str, *, config: AgentConfig, opener: BmcOpener, read_within: float
+) -> StatusResult:
+    """The recorded state and what the BMC says now (nothing is written)."""
+    node = await _get_node(store, name)
+    hardware = error = None
+    try:
+        with trio.fail_after(read_within):
+            async with opener(endpoint_for(node, config.ipmi)) as session:
+                hardware = _word(await session.get_power())
+    except trio.TooSlowError:
+        error = f"no answer within {read_within:g} s"
+    except Exception as exc:
+        error = describe_error(exc)
+    return StatusResult(
+        node.name, node.power_state, hardware, node.target_power_state, node.maintenance, error
+    )
+
+
+async def power_action(
+    store: AsyncStore,
+    name: str,
+    action: str,
+    *,
+    config: AgentConfig,
+    opener: BmcOpener,
+    wait: bool = False,
+    wait_limit: float | None = None,
+    holder: str | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> ActionResult:
+    """Run one power action under the node's lock; NodeError on any refusal or failure."""
+    if action not in TARGETS:
+        raise NodeError(f"unknown power action {action!r} (expected one of: {', '.join(ACTIONS)})")
+    target = TARGETS[action]
+    wait_for = wait_limit if wait_limit is not None else config.conductor.power_state_change_timeout
+    if not wait and action != "soft-off":
+        wait_for = min(wait_for, QUICK_CONFIRM)
+    holder = holder or holder_name("power")
+    node = await _get_node(store, name)
+    if node.maintenance:
+        reason = f" ({node.maintenance_reason})" if node.maintenance_reason else ""
+        raise NodeError(
+            f"node {node.name} is in maintenance{reason}; "
+            f"run `powersync node set {node.name} --maintenance off` first"
+        )
+    # The lock must outlive the whole action, whatever the configured TTL.
+    ttl = max(config.conductor.lock_ttl, wait_for + 60.0)
+    acquired = await store.run(
+        lambda: store.store.acquire_lock(node.uuid, holder, ttl=ttl, now=wall_clock())
+    )
+    if not acquired:
+        current = await _get_node(store, node.uuid)
+        who = current.reservation or "another process"
+        raise NodeError(f"node {node.name} is locked by {who}; try again later")
+    started = trio.current_time()
+    try:
+        await _apply(
+            store,
+            NodeChange(node.uuid, fields={"target_power_state": target, "last_error": None}),
+            wall_clock,
+        )
+        return await _act(
+            store, node, action, target, config, opener, wait_for, wall_clock, started
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.run(store.store.release_lock, node.uuid, holder)
+
+
+async def _act(
+    store: AsyncStore,
+    node: Node,
+    action: str,
+    target: str,
+    config: AgentConfig,
+    opener: BmcOpener,
+    wait_for: float,
+    wall_clock: Callable[[], float],
+    started: float,
+) -> ActionResult:
+    before: str | None = None
+    after: str | None = None
+    sent = False
+    try:
+        # Room for the login and the command on top of the confirmation time.
+        with trio.fail_after(wait_for + config.conductor.sync_node_timeout):
+            async with opener(endpoint_for(node, config.ipmi)) as session:
+                before = _word(await session.get_power())
+                command = CLIENT_ACTIONS[action]
+                if before == target and action in ("on", "off", "soft-off"):
+                    after = before  # already there: nothing to send (as Ironic does)
+                else:
+                    if before == POWER_OFF and action in ("cycle", "reset"):
+                        command = "on"  # a cycle or reset of an off node just powers it on
+                    await session.set_power(command)
+                    sent = True
+                    after = await _confirm(session, target, wait_for)
+    except trio.TooSlowError:
+        error = f"the BMC did not answer within {wait_for + config.conductor.sync_node_timeout:g} s"
+        await _record_failure(store, node, action, before, after, error, wall_clock)
+        raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
+    except Exception as exc:
+        error = describe_error(exc)
+        await _record_failure(store, node, action, before, after, error, wall_clock)
+        raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
+    duration = trio.current_time() - started
+    if after != target:
+        error = f"{target} not reached within {wait_for:g} s (hardware reports {after})" + (
+            "" if action == "soft-off" else "; use --wait for slow hardware"
+        )
+        await _record_failure(store, node, action, before, after, error, wall_clock)
+        raise NodeError(f"node {node.name}: power {action}: {error}")
+    message = (
+        f"{node.name}: already {target}; nothing sent"
+        if not sent
+        else f"{node.name}: power {action} done, now {target}"
+    )
+    change = NodeChange(
+        node.uuid,
+        fields={
+            "power_state": target,
+            "target_power_state": None,
+            "last_error": None,
+            "sync_failures": 0,
+            "last_seen_at": wall_clock(),
+        },
+        history=HistoryRecord(node.power_state, target, "action", f"powersync power {action}"),
+        notification=target if node.power_state != target or sent else None,
+    )
+    await _apply(store, change, wall_clock)
+    return ActionResult(node.name, action, before, target, after, sent, duration, message)
+
+
+async def _confirm(session: BmcSessionLike, target: str, wait_for: float) -> str | None:
+    """Poll the power state until ``target`` or ``wait_for`` seconds; the last state seen."""
+    seen: str | None = None
+    pause = 0.1
+    with trio.move_on_after(wait_for):
+        while True:
+            seen = _word(await session.get_power())
+            if seen == target:
+                return seen
+            await trio.sleep(pause)
+            pause = min(pause * 1.5, 2.0)
+    return seen
+
+
+async def _record_failure(
+    store: AsyncStore,
+    node: Node,
+    action: str,
+    before: str | None,
+    after: str | None,
+    error: str,
+    wall_clock: Callable[[], float],
+) -> None:
+    text = f"power {action} failed: {error}"
+    fields: dict[str, object] = {"target_power_state": None, "last_error": text}
+    state = after or before
+    if state is not None:
+        fields["power_state"] = state
+        fields["last_seen_at"] = wall_clock()
+    change = NodeChange(
+        node.uuid,
+        fields=fields,
+        history=HistoryRecord(node.power_state, state or node.power_state, "action", text),
+        notification=state if state is not None and state != node.power_state else None,
+    )
+    with trio.CancelScope(shield=True):
+        await _apply(store, change, wall_clock)
+
+
+async def _apply(store: AsyncStore, change: NodeChange, wall_clock: Callable[[], float]) -> None:
+    try:
+        await store.run(lambda: store.store.apply([change], now=wall_clock()))
+    except StoreError as exc:
+        raise AgentError(f"store: {exc}") from None
