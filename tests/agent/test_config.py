@@ -17,6 +17,7 @@ from agent.config import (
 )
 from agent.config_reader import split_listen, validate_cipher_suites
 from agent.errors import ConfigError
+from agent.nova_config import NovaConfig
 
 SECRET = "s3cret-Pa55"
 
@@ -388,3 +389,50 @@ def test_validate_cipher_suites() -> None:
     for bad in ([], [0], [17, 17], [2], ["17"], [True], "17"):
         with pytest.raises(ValueError):
             validate_cipher_suites(bad)
+
+
+# ---- the shipped example and docs ------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_file_is_the_default(tmp_path: Path) -> None:
+    example = (ROOT / "agent.toml.example").read_text()
+    config = load_text(tmp_path, example)
+    assert config.conductor == ConductorConfig()
+    assert config.ipmi == IpmiConfig()
+    assert config.store.backend == "sqlite"
+    assert config.store.path == os.path.join(str(tmp_path), "./powersync.sqlite")
+    assert config.metrics.listen is None
+    assert (config.logging.format, config.logging.level) == ("text", "info")
+    assert config.nova == NovaConfig()
+    assert config.nodes == ()
+
+
+def test_every_option_is_documented() -> None:
+    import attrs
+
+    from agent.config import NODE_KEYS, LoggingConfig, MetricsConfig, StoreConfig
+
+    example = (ROOT / "agent.toml.example").read_text()
+    reference = (ROOT / "docs" / "config.md").read_text()
+    classes = (ConductorConfig, IpmiConfig, StoreConfig, MetricsConfig, LoggingConfig, NovaConfig)
+    names = [field.name for cls in classes for field in attrs.fields(cls)]
+    names += [key for key in NODE_KEYS if key != "bmc_password"]
+    for name in names:
+        assert f"{name} =" in example, f"{name} missing from agent.toml.example"
+        assert f"`{name}`" in reference, f"{name} missing from docs/config.md"
+
+
+def test_node_name_and_username_rules(tmp_path: Path) -> None:
+    text = (
+        '[[nodes]]\nname = "4b3b9a57-0a53-4e5a-a1b7-1f4d0fb6f2c1"\nbmc_address = "127.0.0.1"\n'
+        'bmc_username = "a"\nbmc_password = "x"\n'
+    )
+    assert "name must be printable, without outer spaces, not a UUID" in config_error(
+        tmp_path, text
+    )
+    text = (
+        '[[nodes]]\nname = "n"\nbmc_address = "127.0.0.1"\nbmc_username = ""\nbmc_password = "x"\n'
+    )
+    assert "(n): bmc_username is required" in config_error(tmp_path, text)
