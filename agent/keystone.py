@@ -329,6 +329,12 @@ class KeystoneSession:
             try:
                 return await self._http.request(method, url, json=json, headers=headers)
             except httpx.TransportError as exc:
+                if _caused_by_certificate(exc):
+                    raise ServiceRefusedError(
+                        f"{service} at {url}: TLS certificate not trusted ({exc}); set [nova] "
+                        "cafile to the CA that signed it",
+                        kind="tls",
+                    ) from None
                 raise ServiceUnavailableError(
                     f"{service} at {url}: {type(exc).__name__}: {exc or 'connection failed'}"
                 ) from None
@@ -336,6 +342,15 @@ class KeystoneSession:
         raise ServiceUnavailableError(
             f"{service} at {url} did not answer within {self._config.timeout:g} s"
         )
+
+
+def _caused_by_certificate(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _parse_token_response(

@@ -14,8 +14,10 @@ Paths: Keystone lives under ``/identity`` and each compute endpoint under
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -147,9 +149,10 @@ def _fault(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
 class FakeOpenStack:
     """State and behaviour of the fake cloud; create it with :func:`open_fake_openstack`."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = 0
+        self.tls = tls
         self.wall_clock = time.time
         self.users = [User("u-1d2f", "ironic", "default", "Default", "nova-pass-1")]
         self.projects = [
@@ -190,7 +193,7 @@ class FakeOpenStack:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def auth_url(self) -> str:
@@ -245,8 +248,21 @@ class FakeOpenStack:
                     stream = await listener.accept()
                     connections.start_soon(self._connection, stream)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, raw: trio.SocketStream) -> None:
+        # The client may go away at any time (TLS peers often skip close_notify).
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._exchange(raw)
+
+    async def _exchange(self, raw: trio.SocketStream) -> None:
         buffer = b""
+        stream: trio.abc.Stream = raw
+        if self.tls is not None:
+            stream = trio.SSLStream(raw, self.tls, server_side=True)
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError:  # the client rejected our certificate
+                await raw.aclose()
+                return
         async with stream:
             while True:
                 while b"\r\n\r\n" not in buffer:
@@ -615,9 +631,12 @@ class FakeOpenStack:
 
 
 @asynccontextmanager
-async def open_fake_openstack(host: str = "127.0.0.1") -> AsyncIterator[FakeOpenStack]:
-    """Serve a :class:`FakeOpenStack` on an ephemeral loopback port until the block exits."""
-    cloud = FakeOpenStack(host)
+async def open_fake_openstack(
+    host: str = "127.0.0.1", *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[FakeOpenStack]:
+    """Serve a :class:`FakeOpenStack` on an ephemeral loopback port until the block exits
+    (over TLS when given a server context)."""
+    cloud = FakeOpenStack(host, tls)
     async with trio.open_nursery() as nursery:
         cloud._nursery = nursery
         await nursery.start(cloud._serve)
@@ -644,3 +663,50 @@ def nova_table(cloud: FakeOpenStack, **overrides: object) -> dict[str, object]:
     }
     table.update(overrides)
     return {key: value for key, value in table.items() if value is not None}
+
+
+def self_signed_tls(directory: str, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
+    """A server context with a fresh self-signed certificate for ``host`` (an IP address),
+    and the path of that certificate in PEM, to use as a client's CA file."""
+    import datetime as dt
+    import ipaddress
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-openstack")])
+    now = dt.datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "fake-openstack.pem")
+    key_path = os.path.join(directory, "fake-openstack.key")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path

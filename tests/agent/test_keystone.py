@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +21,13 @@ from agent.keystone import (
     token_url,
 )
 from agent.nova_config import NovaConfig, parse_nova_section
-from tests.agent.fake_openstack import Endpoint, FakeOpenStack, nova_table, open_fake_openstack
+from tests.agent.fake_openstack import (
+    Endpoint,
+    FakeOpenStack,
+    nova_table,
+    open_fake_openstack,
+    self_signed_tls,
+)
 
 
 @pytest.fixture
@@ -317,3 +324,19 @@ async def test_keystone_gone_is_unavailable(cloud: FakeOpenStack, http: httpx.As
         await session.token()
     await cloud.come_back()
     assert (await session.token()).project_id == cloud.projects[0].id
+
+
+async def test_tls_with_cafile_insecure_and_untrusted(tmp_path: Path) -> None:
+    server_context, ca_path = self_signed_tls(str(tmp_path))
+    async with open_fake_openstack(tls=server_context) as cloud:
+        assert cloud.auth_url.startswith("https://")
+        for overrides in ({"cafile": ca_path}, {"insecure": True}):
+            config = config_for(cloud, **overrides)
+            async with open_http_client(config) as http:
+                token = await KeystoneSession(config, http).token()
+            assert token.project_id == cloud.projects[0].id
+        config = config_for(cloud)  # the system CAs do not know our certificate
+        async with open_http_client(config) as http:
+            with pytest.raises(ServiceRefusedError, match="cafile") as caught:
+                await KeystoneSession(config, http).token()
+        assert caught.value.kind == "tls"
