@@ -116,7 +116,6 @@ class Store(abc.ABC):
 
     # --- inventory ----------------------------------------------------------------------
 
-    @abc.abstractmethod
     def add_node(
         self,
         *,
@@ -132,8 +131,21 @@ class Store(abc.ABC):
         now: float | None = None,
     ) -> Node:
         """Add a node; DuplicateNode if the name exists, InvalidNode on a bad field."""
+        fields = validate_inventory(
+            name=name,
+            bmc_address=bmc_address,
+            bmc_port=bmc_port,
+            bmc_username=bmc_username,
+            bmc_password=bmc_password,
+            cipher_suites=cipher_suites,
+            privilege=privilege,
+            instance_uuid=instance_uuid,
+            session_mode=session_mode,
+        )
+        node = new_node(fields, now=resolve_now(now))
+        self._insert_nodes([node])
+        return node
 
-    @abc.abstractmethod
     def add_nodes(
         self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
     ) -> list[Node]:
@@ -142,8 +154,11 @@ class Store(abc.ABC):
         Each mapping has add_node's keyword arguments. InvalidNode names the entry and the
         field; DuplicateNode if a name exists or repeats in the batch.
         """
+        new = prepare_new_nodes(nodes, resolve_now(now))
+        if new:
+            self._insert_nodes(new)
+        return new
 
-    @abc.abstractmethod
     def upsert_node(
         self,
         *,
@@ -162,6 +177,26 @@ class Store(abc.ABC):
 
         Power state, maintenance, reservation and counters of an existing node are kept.
         """
+        fields = validate_inventory(
+            name=name,
+            bmc_address=bmc_address,
+            bmc_port=bmc_port,
+            bmc_username=bmc_username,
+            bmc_password=bmc_password,
+            cipher_suites=cipher_suites,
+            privilege=privilege,
+            instance_uuid=instance_uuid,
+            session_mode=session_mode,
+        )
+        return self._upsert(fields, resolve_now(now))
+
+    @abc.abstractmethod
+    def _insert_nodes(self, nodes: Sequence[Node]) -> None:
+        """Insert validated new nodes in one transaction; DuplicateNode if a name is taken."""
+
+    @abc.abstractmethod
+    def _upsert(self, fields: Mapping[str, object], now: float) -> Node:
+        """Insert or update (by name) from validated inventory fields, in one transaction."""
 
     @abc.abstractmethod
     def get_node(self, name_or_uuid: str) -> Node:

@@ -12,11 +12,8 @@ whenever its identity (inode, size, mtime, ctime) changed on disk.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,17 +32,17 @@ from store.base import (
     log_skipped_change,
     log_takeover,
     merge_fields,
-    prepare_new_nodes,
     resolve_now,
     warn_if_exposed,
 )
-from store.errors import (
-    DuplicateNode,
-    NodeLocked,
-    NodeNotFound,
-    SchemaTooNew,
-    StoreCorrupt,
-    StoreError,
+from store.errors import DuplicateNode, NodeLocked, NodeNotFound, StoreError
+from store.jsonfile import (
+    JsonState,
+    Stamp,
+    file_stamp,
+    load_state,
+    remove_stale_temporaries,
+    save_state,
 )
 from store.model import (
     UPDATABLE_FIELDS,
@@ -54,97 +51,23 @@ from store.model import (
     NodeChange,
     Notification,
     new_node,
-    parse_uuid,
     validate_fields,
-    validate_inventory,
 )
-
-FORMAT = "powersync-store"
-CURRENT_VERSION = 1
-_HISTORY_KEYS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
-
-
-@attrs.define
-class _State:
-    """The parsed file. Mutated only inside a write transaction."""
-
-    nodes: dict[str, Node] = attrs.field(factory=dict)  # by uuid
-    history: list[dict[str, Any]] = attrs.field(factory=list)  # oldest first
-    notifications: dict[int, Notification] = attrs.field(factory=dict)  # by id, ascending
-    meta: dict[str, str] = attrs.field(factory=dict)
-    next_history_id: int = 1
-    next_notification_id: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": CURRENT_VERSION,
-            "nodes": [
-                attrs.asdict(node, recurse=False)
-                for node in sorted(self.nodes.values(), key=lambda n: n.name)
-            ],
-            "history": self.history,
-            "notifications": [attrs.asdict(n) for n in self.notifications.values()],
-            "meta": self.meta,
-            "next_ids": {
-                "history": self.next_history_id,
-                "notification": self.next_notification_id,
-            },
-        }
-
-    @classmethod
-    def from_json(cls, document: Any) -> _State:
-        """Rebuild the state; KeyError/TypeError/ValueError on a malformed document."""
-        state = cls()
-        for values in document["nodes"]:
-            values = dict(values)
-            values["cipher_suites"] = tuple(values["cipher_suites"])
-            node = Node(**values)
-            state.nodes[node.uuid] = node
-        for row in document["history"]:
-            state.history.append({key: row[key] for key in _HISTORY_KEYS})
-        for values in document["notifications"]:
-            notification = Notification(**values)
-            state.notifications[notification.id] = notification
-        state.meta = {str(k): str(v) for k, v in dict(document["meta"]).items()}
-        state.next_history_id = int(document["next_ids"]["history"])
-        state.next_notification_id = int(document["next_ids"]["notification"])
-        return state
-
-    def find(self, name_or_uuid: str) -> Node:
-        canonical = parse_uuid(name_or_uuid) if isinstance(name_or_uuid, str) else None
-        if canonical is not None:
-            node = self.nodes.get(canonical)
-            if node is not None:
-                return node
-        else:
-            for node in self.nodes.values():
-                if node.name == name_or_uuid:
-                    return node
-        raise NodeNotFound(f"no node named or with uuid {name_or_uuid!r}")
-
-    def name_taken(self, name: object) -> bool:
-        return any(node.name == name for node in self.nodes.values())
 
 
 @attrs.define
 class _Transaction:
-    state: _State
+    state: JsonState
     dirty: bool = False
-
-
-def _stamp(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 class JsonStore(Store):
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock_path = path + ".lock"
-        self._directory = os.path.dirname(os.path.abspath(path))
         self._lock = threading.RLock()
-        self._state: _State | None = None
-        self._stamp: tuple[int, int, int, int] | None = None
+        self._state: JsonState | None = None
+        self._stamp: Stamp | None = None
         if os.path.isdir(path):
             raise StoreError(f"store path {path} is a directory, not a file")
         try:
@@ -155,12 +78,12 @@ class JsonStore(Store):
             raise StoreError(f"cannot open store lock file {self.lock_path}: {exc}") from exc
         try:
             with self._flock(fcntl.LOCK_EX):
-                self._remove_stale_temporaries()
+                remove_stale_temporaries(path)
                 if os.path.exists(path):
                     warn_if_exposed(path)
                     self._current()
                 else:
-                    self._save(_State())
+                    self._save(JsonState())
         except BaseException:
             self.close()
             raise
@@ -177,88 +100,27 @@ class JsonStore(Store):
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _temporary_prefix(self) -> str:
-        return f".{os.path.basename(self.path)}."
-
-    def _remove_stale_temporaries(self) -> None:
-        # Only called under the exclusive lock: no writer is alive, leftovers are from a crash.
-        prefix = self._temporary_prefix()
-        with contextlib.suppress(OSError):
-            for entry in os.listdir(self._directory):
-                if entry.startswith(prefix) and entry.endswith(".tmp"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self._directory, entry))
-
-    def _current(self) -> _State:
+    def _current(self) -> JsonState:
         """The state on disk, parsed again only if the file changed since we last read it."""
         try:
-            stamp = _stamp(os.stat(self.path))
+            stamp = file_stamp(self.path)
         except FileNotFoundError:
             raise StoreError(f"store file {self.path} has disappeared") from None
         if self._state is not None and stamp == self._stamp:
             return self._state
-        self._state, self._stamp = self._load(), stamp
+        self._state, self._stamp = load_state(self.path), stamp
         return self._state
 
-    def _corrupt(self, problem: str) -> StoreCorrupt:
-        return StoreCorrupt(
-            f"store {self.path} is damaged ({problem}); restore it from a backup or move it aside"
-        )
-
-    def _load(self) -> _State:
+    def _save(self, state: JsonState) -> None:
         try:
-            with open(self.path, "rb") as file:
-                data = file.read()
-        except OSError as exc:
-            raise StoreError(f"cannot read store {self.path}: {exc.strerror}") from exc
-        if not data.strip():
-            raise self._corrupt("empty file")
-        try:
-            document = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._corrupt(f"not valid JSON: {exc}") from exc
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise StoreCorrupt(f"{self.path} is a JSON file but not a powersync store")
-        version = document.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise self._corrupt(f"invalid version {version!r}")
-        if version > CURRENT_VERSION:
-            raise SchemaTooNew(
-                f"store {self.path} has format version {version}, written by a newer powersync; "
-                f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
-            )
-        try:
-            return _State.from_json(document)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise self._corrupt(f"unexpected content: {exc!r}") from exc
-
-    def _save(self, state: _State) -> None:
-        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
-        fd, temporary = tempfile.mkstemp(
-            prefix=self._temporary_prefix(), suffix=".tmp", dir=self._directory
-        )
-        try:
-            with os.fdopen(fd, "wb") as file:  # mkstemp creates it 0600
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            self._state = None
-            if isinstance(exc, OSError):
-                raise StoreError(f"cannot write store {self.path}: {exc.strerror}") from exc
+            self._stamp = save_state(self.path, state)
+        except BaseException:
+            self._state = None  # the file is still the truth
             raise
-        directory = os.open(self._directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        self._state, self._stamp = state, _stamp(os.stat(self.path))
+        self._state = state
 
     @contextmanager
-    def _reading(self) -> Iterator[_State]:
+    def _reading(self) -> Iterator[JsonState]:
         with self._lock, self._flock(fcntl.LOCK_SH):
             yield self._current()
 
@@ -277,89 +139,27 @@ class JsonStore(Store):
 
     # --- inventory ----------------------------------------------------------------------
 
-    def add_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        now: float | None = None,
-    ) -> Node:
-        fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
-        )
-        node = new_node(fields, now=resolve_now(now))
-        with self._writing() as txn:
-            if txn.state.name_taken(node.name):
-                raise DuplicateNode(f"a node named {node.name!r} already exists")
-            txn.state.nodes[node.uuid] = node
-            txn.dirty = True
-        return node
-
-    def add_nodes(
-        self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
-    ) -> list[Node]:
-        new = prepare_new_nodes(nodes, resolve_now(now))
+    def _insert_nodes(self, nodes: Sequence[Node]) -> None:
         with self._writing() as txn:
             taken = {node.name for node in txn.state.nodes.values()}
-            for node in new:
+            for node in nodes:
                 if node.name in taken:
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
-            for node in new:
+            for node in nodes:
                 txn.state.nodes[node.uuid] = node
-            txn.dirty = bool(new)
-        return new
+            txn.dirty = True
 
-    def upsert_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        now: float | None = None,
-    ) -> Node:
-        fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
-        )
-        at = resolve_now(now)
+    def _upsert(self, fields: Mapping[str, object], now: float) -> Node:
         with self._writing() as txn:
             try:
-                existing = txn.state.find(name)
+                existing = txn.state.find(str(fields["name"]))
             except NodeNotFound:
-                node = new_node(fields, now=at)
+                node = new_node(fields, now=now)
             else:
                 changed = merge_fields(existing, fields)
                 if not changed:
                     return existing
-                node = attrs.evolve(existing, **changed, updated_at=at)  # type: ignore[arg-type]
+                node = attrs.evolve(existing, **changed, updated_at=now)  # type: ignore[arg-type]
             txn.state.nodes[node.uuid] = node
             txn.dirty = True
         return node
@@ -516,7 +316,7 @@ class JsonStore(Store):
             txn.dirty = True
 
     @staticmethod
-    def _enqueue(state: _State, outbox: list[tuple[str, str, str]], at: float) -> None:
+    def _enqueue(state: JsonState, outbox: list[tuple[str, str, str]], at: float) -> None:
         """Queue notifications; only the newest pending row of an instance stays pending."""
         if not outbox:
             return

@@ -34,7 +34,6 @@ from store.base import (
     log_skipped_change,
     log_takeover,
     merge_fields,
-    prepare_new_nodes,
     resolve_now,
     warn_if_exposed,
 )
@@ -55,7 +54,6 @@ from store.model import (
     new_node,
     parse_uuid,
     validate_fields,
-    validate_inventory,
 )
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
@@ -257,85 +255,24 @@ class SqliteStore(Store):
 
     # --- inventory ----------------------------------------------------------------------
 
-    def add_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        now: float | None = None,
-    ) -> Node:
-        fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
-        )
-        node = new_node(fields, now=resolve_now(now))
+    def _insert_nodes(self, nodes: Sequence[Node]) -> None:
         with self._write() as conn:
-            if self._name_taken(conn, node.name):
-                raise DuplicateNode(f"a node named {node.name!r} already exists")
-            self._insert(conn, node)
-        return node
-
-    def add_nodes(
-        self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
-    ) -> list[Node]:
-        new = prepare_new_nodes(nodes, resolve_now(now))
-        with self._write() as conn:
-            for node in new:
+            for node in nodes:
                 if self._name_taken(conn, node.name):
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
                 self._insert(conn, node)
-        return new
 
-    def upsert_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        now: float | None = None,
-    ) -> Node:
-        fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
-        )
-        at = resolve_now(now)
+    def _upsert(self, fields: Mapping[str, object], now: float) -> Node:
         with self._write() as conn:
             try:
-                existing = self._find(conn, name)
+                existing = self._find(conn, str(fields["name"]))
             except NodeNotFound:
-                node = new_node(fields, now=at)
+                node = new_node(fields, now=now)
                 self._insert(conn, node)
                 return node
             changed = merge_fields(existing, fields)
             if changed:
-                self._update(conn, existing.uuid, changed, at)
+                self._update(conn, existing.uuid, changed, now)
             return self._find(conn, existing.uuid)
 
     def get_node(self, name_or_uuid: str) -> Node:

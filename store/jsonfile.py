@@ -1,0 +1,179 @@
+"""The JSON store file: its format, how it is read, and how it is replaced atomically.
+
+Format (version 1)::
+
+    {"format": "powersync-store", "version": 1,
+     "nodes": [{...Node fields...}, ...],           sorted by name
+     "history": [{"id", "node_uuid", "at", "from_state", "to_state", "cause", "message"}],
+     "notifications": [{...Notification fields...}],
+     "meta": {"key": "value"},
+     "next_ids": {"history": n, "notification": m}}
+
+A write goes to a temporary file (mode 0600) in the same directory, is fsynced, renamed over
+the store and the directory is fsynced: a reader or a crash sees the old or the new version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import attrs
+
+from store.errors import NodeNotFound, SchemaTooNew, StoreCorrupt, StoreError
+from store.model import Node, Notification, parse_uuid
+
+Stamp = tuple[int, int, int, int]
+
+FORMAT = "powersync-store"
+CURRENT_VERSION = 1
+_HISTORY_KEYS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
+
+
+@attrs.define
+class JsonState:
+    """The parsed file. Mutated only inside a write transaction of the store."""
+
+    nodes: dict[str, Node] = attrs.field(factory=dict)  # by uuid
+    history: list[dict[str, Any]] = attrs.field(factory=list)  # oldest first
+    notifications: dict[int, Notification] = attrs.field(factory=dict)  # by id, ascending
+    meta: dict[str, str] = attrs.field(factory=dict)
+    next_history_id: int = 1
+    next_notification_id: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": CURRENT_VERSION,
+            "nodes": [
+                attrs.asdict(node, recurse=False)
+                for node in sorted(self.nodes.values(), key=lambda n: n.name)
+            ],
+            "history": self.history,
+            "notifications": [attrs.asdict(n) for n in self.notifications.values()],
+            "meta": self.meta,
+            "next_ids": {
+                "history": self.next_history_id,
+                "notification": self.next_notification_id,
+            },
+        }
+
+    @classmethod
+    def from_json(cls, document: Any) -> JsonState:
+        """Rebuild the state; KeyError/TypeError/ValueError on a malformed document."""
+        state = cls()
+        for values in document["nodes"]:
+            values = dict(values)
+            values["cipher_suites"] = tuple(values["cipher_suites"])
+            node = Node(**values)
+            state.nodes[node.uuid] = node
+        for row in document["history"]:
+            state.history.append({key: row[key] for key in _HISTORY_KEYS})
+        for values in document["notifications"]:
+            notification = Notification(**values)
+            state.notifications[notification.id] = notification
+        state.meta = {str(k): str(v) for k, v in dict(document["meta"]).items()}
+        state.next_history_id = int(document["next_ids"]["history"])
+        state.next_notification_id = int(document["next_ids"]["notification"])
+        return state
+
+    def find(self, name_or_uuid: str) -> Node:
+        canonical = parse_uuid(name_or_uuid) if isinstance(name_or_uuid, str) else None
+        if canonical is not None:
+            node = self.nodes.get(canonical)
+            if node is not None:
+                return node
+        else:
+            for node in self.nodes.values():
+                if node.name == name_or_uuid:
+                    return node
+        raise NodeNotFound(f"no node named or with uuid {name_or_uuid!r}")
+
+    def name_taken(self, name: object) -> bool:
+        return any(node.name == name for node in self.nodes.values())
+
+
+def file_stamp(path: str) -> Stamp:
+    """Identity of the file's current version: a rename changes the inode and the ctime."""
+    stat = os.stat(path)
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Delete temporaries a killed writer left. Call only under the exclusive lock."""
+    prefix = _temporary_prefix(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            if entry.startswith(prefix) and entry.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, entry))
+
+
+def _corrupt(path: str, problem: str) -> StoreCorrupt:
+    return StoreCorrupt(
+        f"store {path} is damaged ({problem}); restore it from a backup or move it aside"
+    )
+
+
+def load_state(path: str) -> JsonState:
+    """Parse the store file; StoreCorrupt / SchemaTooNew name the file."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise StoreError(f"cannot read store {path}: {exc.strerror}") from exc
+    if not data.strip():
+        raise _corrupt(path, "empty file")
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise StoreCorrupt(f"{path} is a JSON file but not a powersync store")
+    version = document.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise _corrupt(path, f"invalid version {version!r}")
+    if version > CURRENT_VERSION:
+        raise SchemaTooNew(
+            f"store {path} has format version {version}, written by a newer powersync; "
+            f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
+        )
+    try:
+        return JsonState.from_json(document)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _corrupt(path, f"unexpected content: {exc!r}") from exc
+
+
+def save_state(path: str, state: JsonState) -> Stamp:
+    """Replace the store file atomically and durably; returns the new file's stamp."""
+    data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:  # mkstemp creates it 0600
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise StoreError(f"cannot write store {path}: {exc.strerror}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return file_stamp(path)
