@@ -146,7 +146,7 @@ def run_contender(
 
 def count_datagrams(fleet: Fleet, contender: Contender, options: Options) -> int | None:
     """One extra, untimed pass under tcpdump: datagrams to and from the fleet's ports."""
-    if contender.counts_own_datagrams or not tcpdump_usable():
+    if not contender.tcpdump_datagrams or not tcpdump_usable():
         return None
     fleet.reset_power()
     first, last = fleet.endpoints[0].port, fleet.endpoints[-1].port
@@ -186,8 +186,8 @@ def bench_fleet(
         subset = SubFleet(fleet, min(args.power_off, fleet.size))
         off = Options(workers=args.workers, deadline=60.0, timeout=args.timeout, op="off")
         for contender in contenders:
-            if contender.name == "powersync-fresh" or subset.size > contender.max_nodes:
-                continue  # one powersync line is enough: an action logs in either way
+            if not contender.power_off or subset.size > contender.max_nodes:
+                continue
             runs.extend(run_contender(subset, contender, off, "clean", [], args.action_repeats))
         fleet.reset_power()
     return runs

@@ -8,13 +8,18 @@ fleet's known pattern), and where known the datagrams exchanged.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.fleets import PASSWORD, ROOT, USERNAME, Fleet
@@ -291,6 +296,60 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
     )
 
 
+_TEMPLATES: dict[tuple[str, int, int], str] = {}
+_TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="bench-agent-stores-"))
+atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
+
+
+def agent_store_template(fleet: Fleet) -> str:
+    """A SQLite store holding the fleet's nodes, made once per fleet (not measured)."""
+    key = (fleet.kind, fleet.endpoints[0].port, fleet.size)
+    if key not in _TEMPLATES:
+        path = _TEMPLATE_DIR / f"{fleet.kind}-{fleet.size}-{key[1]}.sqlite"
+        argv = [sys.executable, "-m", "bench.agent_pass", "--prepare", "--store", str(path)]
+        argv += [*fleet_args(fleet), "--cipher-suites", str(fleet.cipher_suite)]
+        done = subprocess.run(
+            argv, env=child_env(), capture_output=True, text=True, timeout=900, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"preparing the agent store failed: {done.stderr[-500:]}")
+        _TEMPLATES[key] = str(path)
+    return _TEMPLATES[key]
+
+
+def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
+    """The real agent's sync cycle (SyncService with a SQLite store); second cycle measured."""
+    name = "agent-longlived" if session_mode == "persistent" else "agent-fresh"
+    args = [
+        *fleet_args(fleet),
+        *("--store", agent_store_template(fleet), "--session-mode", session_mode),
+        *("--workers", str(options.workers), "--cycles", "2"),
+        *("--deadline", str(options.deadline), "--cipher-suites", str(fleet.cipher_suite)),
+    ]
+    result, report = python_child("bench.agent_pass", args, options)
+    if report is None:
+        return failed_child(name, fleet, result)
+    measured = report["cycles"][-1]
+    return PassResult(
+        contender=name,
+        nodes=fleet.size,
+        wall_s=measured["wall_s"],
+        cpu_s=measured["cpu_s"],
+        maxrss_kb=result.maxrss_kb,
+        powers=measured["powers"],
+        errors={k: v for k, v in measured["summary"].items() if k == "failed" and v},
+        extra={
+            "process_wall_s": result.wall_s,
+            "process_cpu_s": result.cpu_s,
+            "startup_cpu_s": report.get("startup_cpu_s"),
+            "first_cycle_wall_s": report["cycles"][0]["wall_s"],
+            "first_cycle_cpu_s": report["cycles"][0]["cpu_s"],
+            "summary": measured["summary"],
+            "pool": measured["pool"],
+        },
+    )
+
+
 Runner = Callable[[Fleet, Options], PassResult]
 
 
@@ -300,7 +359,8 @@ class Contender:
     run: Runner
     max_nodes: int  # larger fleets would take minutes per pass: skipped, and said so
     impaired: bool = True  # also run under latency / loss / dead-BMC conditions
-    counts_own_datagrams: bool = False
+    tcpdump_datagrams: bool = True  # count datagrams in an extra pass under tcpdump
+    power_off: bool = True
 
 
 CONTENDERS: tuple[Contender, ...] = (
@@ -308,13 +368,32 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("ipmitool-par8", lambda f, o: ipmitool_pass(f, o, 8), 1000),
     Contender("ipmipower", ipmipower_pass, 10000),
     Contender("pyghmi-par8", pyghmi_pass, 1000),
-    Contender("powersync-fresh", lambda f, o: powersync_pass(f, o, "fresh"), 10000, True, True),
+    Contender(
+        "powersync-fresh",
+        lambda f, o: powersync_pass(f, o, "fresh"),
+        10000,
+        tcpdump_datagrams=False,  # the client counts its own datagrams
+        power_off=False,  # an action logs in either way: one powersync line is enough
+    ),
     Contender(
         "powersync-longlived",
         lambda f, o: powersync_pass(f, o, "persistent"),
         10000,
-        True,
-        True,
+        tcpdump_datagrams=False,
+    ),
+    Contender(
+        "agent-fresh",
+        lambda f, o: agent_pass(f, o, "per-cycle"),
+        10000,
+        tcpdump_datagrams=False,  # a capture would mix in the first (login) cycle
+        power_off=False,
+    ),
+    Contender(
+        "agent-longlived",
+        lambda f, o: agent_pass(f, o, "persistent"),
+        10000,
+        tcpdump_datagrams=False,
+        power_off=False,
     ),
 )
 

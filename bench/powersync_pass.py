@@ -26,7 +26,11 @@ from typing import Any
 
 import trio
 
-from ipmi import IpmiError, RetryPolicy, open_bmc
+try:
+    from ipmi import IpmiError, RetryPolicy, open_bmc
+except ImportError:  # before the package exports its public names
+    from ipmi.client import RetryPolicy, open_bmc  # type: ignore[no-redef]
+    from ipmi.errors import IpmiError  # type: ignore[no-redef]
 
 STAT_FIELDS = ("sent", "received", "retransmits", "drops", "logins")
 
@@ -138,8 +142,10 @@ async def run_node(
                         life.deadline = trio.current_time() + args.deadline
             except IpmiError as exc:
                 error = type(exc).__name__
-        if session is not None:
-            cycle.add_stats(counted, stats_of(session))  # the Close Session datagram
+        if session is not None and args.mode == "fresh":
+            # a fresh session's Close Session belongs to its cycle; a long-lived one's to
+            # the process's teardown, after the last measured cycle
+            cycle.add_stats(counted, stats_of(session))
         if holding:
             limiter.release()
         if not finished:

@@ -176,20 +176,30 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     clean = [r for r in rows if r["condition"] == "clean" and r["op"] == "status"]
     contenders = sorted({r["contender"] for r in clean})
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = {name: f"C{i}" for i, name in enumerate(contenders)}
     for name in contenders:
-        points = sorted(
-            ((r["size"], r["wall_s"], r["fleet"]) for r in clean if r["contender"] == name),
-        )
-        if not points:
-            continue
-        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for kind, style in (("powersync_sim", "o-"), ("ipmi_sim", "s--")):
+            points = sorted(
+                (r["size"], r["wall_s"])
+                for r in clean
+                if r["contender"] == name and r["fleet"] == kind
+            )
+            if points:
+                left.plot(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    style,
+                    color=colours[name],
+                    label=f"{name} ({kind})",
+                    fillstyle="none" if kind == "ipmi_sim" else "full",
+                )
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("fleet size (BMCs)")
     left.set_ylabel("wall time of one status pass (s)")
     left.set_title("Cycle time vs fleet size (clean loopback)")
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
+    left.legend(fontsize=7)
     sizes = sorted({(r["fleet"], r["size"]) for r in clean})
     width = 0.8 / max(1, len(contenders))
     for offset, name in enumerate(contenders):
@@ -200,7 +210,7 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ]
             values.append(match[0]["cpu_per_node_ms"] if match else 0.0)
         positions = [i + offset * width for i in range(len(sizes))]
-        right.bar(positions, values, width=width, label=name)
+        right.bar(positions, values, width=width, label=name, color=colours[name])
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))])
     right.set_xticklabels([f"{fleet}\n{size}" for fleet, size in sizes], fontsize=8)
     right.set_yscale("log")

@@ -1,0 +1,160 @@
+"""Sync cycles of the real agent (``agent.service.SyncService``) in a child process.
+
+    BENCH_BMC_PASSWORD=... python -m bench.agent_pass --prepare --store T.sqlite \
+        --host 127.0.0.1 --port-base P --count N        # once: a store holding the fleet
+    BENCH_BMC_PASSWORD=... python -m bench.agent_pass --store T.sqlite ... \
+        --session-mode persistent|per-cycle --cycles 2 --workers 8
+
+Each run copies the prepared store, then runs ``--cycles`` sync cycles exactly as
+``powersync sync --once`` / the daemon do (store read, per-node deadline, policy, one batch
+write per cycle), with ``sync_jitter_window = 0`` so a cycle's time is its work, not its
+spreading. Prints one JSON line: per cycle the wall time, process CPU, the power state the
+agent recorded per node, and the cycle summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+CONFIG = """
+[conductor]
+sync_power_state_interval = 0
+sync_power_state_workers = {workers}
+sync_node_timeout = {deadline}
+sync_jitter_window = 0
+
+[ipmi]
+session_mode = "{session_mode}"
+cipher_suites = [{suites}]
+
+[store]
+backend = "sqlite"
+path = "{store}"
+
+[nova]
+send_power_notifications = false
+"""
+
+
+def cpu_now() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def node_name(index: int) -> str:
+    return f"bench-{index:05d}"
+
+
+def prepare(args: argparse.Namespace, password: str) -> None:
+    from store import open_store
+
+    with open_store(args.store) as store:
+        for index in range(args.count):
+            store.add_node(
+                name=node_name(index),
+                bmc_address=args.host,
+                bmc_port=args.port_base + index,
+                bmc_username=args.username,
+                bmc_password=password,
+                cipher_suites=tuple(args.cipher_suites),
+            )
+
+
+async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from agent.bmcs import ipmi_opener, open_bmc_pool
+    from agent.config import load_config
+    from agent.service import SyncService
+    from agent.storeio import AsyncStore
+    from store import POWER_ON, open_store
+
+    store_path = workdir / "agent.sqlite"
+    shutil.copyfile(args.store, store_path)
+    store_path.chmod(0o600)
+    config_path = workdir / "agent.toml"
+    config_path.write_text(
+        CONFIG.format(
+            workers=args.workers,
+            deadline=args.deadline,
+            session_mode=args.session_mode,
+            suites=", ".join(str(s) for s in args.cipher_suites),
+            store=store_path,
+        )
+    )
+    config = load_config(str(config_path), environ={})
+    ipmi = config.ipmi
+    opener = ipmi_opener(
+        retry_timeout=ipmi.retry_timeout,
+        retry_backoff=ipmi.retry_backoff,
+        retries=ipmi.retries,
+        max_timeout=ipmi.retry_max_timeout,
+    )
+    report: list[dict[str, Any]] = []
+    with open_store(str(store_path)) as store:
+        async with open_bmc_pool(opener, keepalive_interval=ipmi.keepalive_interval) as pool:
+            service = SyncService(config, AsyncStore(store), pool)
+            for number in range(args.cycles):
+                if number:
+                    await trio.sleep(args.pause)
+                cpu0, wall0 = cpu_now(), time.monotonic()
+                result = await service.run_cycle()
+                wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
+                recorded = {node.name: node.power_state for node in store.list_nodes()}
+                states = [recorded.get(node_name(i)) for i in range(args.count)]
+                counters = pool.counters
+                report.append(
+                    {
+                        "wall_s": wall,
+                        "cpu_s": cpu,
+                        "powers": [None if s is None else s == POWER_ON for s in states],
+                        "summary": result.summary(),
+                        "pool": {
+                            "requests": counters.requests,
+                            "logins": counters.logins,
+                            "retransmits": counters.retransmits,
+                            "failures": counters.failures,
+                        },
+                    }
+                )
+    return {"cycles": report}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--prepare", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port-base", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--username", default="admin")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--session-mode", choices=["persistent", "per-cycle"], default="persistent")
+    parser.add_argument("--cycles", type=int, default=2)
+    parser.add_argument("--pause", type=float, default=0.5)
+    parser.add_argument("--deadline", type=float, default=15.0)
+    parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
+    args = parser.parse_args()
+    password = os.environ["BENCH_BMC_PASSWORD"]
+    if args.prepare:
+        prepare(args, password)
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live session
+    startup_cpu = cpu_now()
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as workdir:
+        result = trio.run(cycles, args, Path(workdir))
+    result["startup_cpu_s"] = startup_cpu
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
