@@ -559,6 +559,46 @@ async def test_one_request_in_flight_per_session(autojump_clock: object) -> None
     assert most == 1
 
 
+async def test_noise_and_forgeries_on_the_wire_are_dropped(autojump_clock: object) -> None:
+    """Garbage, a foreign RMCP+ packet and a forged packet for our session (right header,
+    wrong integrity code) arrive before the real answer: all dropped, the request succeeds."""
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery)
+        async with bmc_session(network) as session:
+            endpoint = network.endpoints[0]
+            machine_session_id = next(iter(bmc.protocol.sessions.values())).console_session_id
+            forged = (
+                bytes((0x06, 0x00, 0xFF, 0x07, 0x06, 0xC0))
+                + machine_session_id.to_bytes(4, "little")
+                + (99).to_bytes(4, "little")
+                + (32).to_bytes(2, "little")
+                + bytes(32)
+                + bytes((0xFF, 0xFF, 0x02, 0x07))
+                + bytes(16)
+            )
+            for noise in (b"", b"\x06\x00\xff\x07", os.urandom(64), forged):
+                endpoint.deliver(noise)
+            assert await session.get_power() is True
+            stats = session.statistics()
+    assert stats.drops == 4
+    assert stats.logins == 1
+    assert stats.retransmits == 0
+
+
+async def test_real_udp_endpoint_to_a_closed_port_is_no_response() -> None:
+    """The real transport: ICMP port-unreachable is treated as silence, not as a crash."""
+    from tests.conftest import free_udp_ports
+
+    port = free_udp_ports(1)[0]
+    quick = RetryPolicy(first_timeout=0.05, backoff=1.0, max_timeout=0.05, retries=1)
+    with pytest.raises(NoResponseError) as caught:
+        async with open_bmc("127.0.0.1", port, username=USERNAME, password=PASSWORD, retry=quick):
+            pytest.fail("logged in to nothing")
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "2 attempts" in str(caught.value)
+
+
 async def test_suite_zero_and_unknown_suites_are_refused_before_any_datagram() -> None:
     for suites in ((0,), (17, 0), (1,), ()):
         with pytest.raises(ValueError):
