@@ -23,8 +23,8 @@ from typing import Any
 
 import attrs
 
-from store.errors import NodeNotFound, SchemaTooNew, StoreCorrupt, StoreError
-from store.model import Node, Notification, parse_uuid
+from store.errors import InvalidNode, NodeNotFound, SchemaTooNew, StoreCorrupt, StoreError
+from store.model import UPDATABLE_FIELDS, Node, Notification, parse_uuid, validate_fields
 
 Stamp = tuple[int, int, int, int]
 
@@ -65,10 +65,12 @@ class JsonState:
     def from_json(cls, document: Any) -> JsonState:
         """Rebuild the state; KeyError/TypeError/ValueError on a malformed document."""
         state = cls()
+        names: set[str] = set()
         for values in document["nodes"]:
             values = dict(values)
             values["cipher_suites"] = tuple(values["cipher_suites"])
             node = Node(**values)
+            _check_node(node, names)
             state.nodes[node.uuid] = node
         for row in document["history"]:
             state.history.append({key: row[key] for key in _HISTORY_KEYS})
@@ -94,6 +96,20 @@ class JsonState:
 
     def name_taken(self, name: object) -> bool:
         return any(node.name == name for node in self.nodes.values())
+
+
+def _check_node(node: Node, names: set[str]) -> None:
+    """A hand-edited file must hold the same values the store itself would accept."""
+    label = f"node {node.name!r}"
+    try:
+        validate_fields({f: getattr(node, f) for f in UPDATABLE_FIELDS}, UPDATABLE_FIELDS)
+    except InvalidNode as exc:
+        raise InvalidNode(f"{label}: {exc}") from None
+    if parse_uuid(node.uuid) != node.uuid:
+        raise InvalidNode(f"{label}: uuid: {node.uuid!r} is not a canonical UUID")
+    if node.name in names:
+        raise InvalidNode(f"{label}: name: appears twice")
+    names.add(node.name)
 
 
 def file_stamp(path: str) -> Stamp:
@@ -148,6 +164,8 @@ def load_state(path: str) -> JsonState:
         )
     try:
         return JsonState.from_json(document)
+    except InvalidNode as exc:
+        raise _corrupt(path, str(exc)) from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _corrupt(path, f"unexpected content: {exc!r}") from exc
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,8 @@ from store.model import (
     new_node,
     validate_fields,
 )
+
+BUSY_TIMEOUT = 10.0  # seconds to wait for another process's lock on the file
 
 
 @attrs.define
@@ -94,7 +97,22 @@ class JsonStore(Store):
     def _flock(self, operation: int) -> Iterator[None]:
         if self._lock_fd is None:
             raise StoreError(f"store {self.path} is closed")
-        fcntl.flock(self._lock_fd, operation)
+        # Poll rather than block, so a stuck process cannot hang us forever (like SQLite's
+        # busy timeout).
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, operation | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"store {self.path} is busy (another process has held {self.lock_path} "
+                        f"for more than {BUSY_TIMEOUT:g} s)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
         try:
             yield
         finally:

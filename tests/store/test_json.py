@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store import NodeChange, SchemaTooNew, StoreCorrupt, StoreError, open_store
+from store import NodeChange, SchemaTooNew, StoreCorrupt, StoreError, jsonstore, open_store
 from tests.store.helpers import INSTANCE, PASSWORD, T0, add
 
 
@@ -159,3 +160,46 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
         assert store.get_node("node-1").bmc_password == PASSWORD
         add(store, "node-2")
         assert len(store.list_nodes()) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("bmc_port", "623"), ("power_state", "on"), ("cipher_suites", [0]), ("name", "")],
+)
+def test_hand_edited_invalid_value_reported(tmp_path: Path, field: str, value: object) -> None:
+    path = tmp_path / "s.json"
+    with open_store(str(path), "json") as store:
+        add(store)
+    document = json.loads(path.read_text())
+    document["nodes"][0][field] = value
+    path.write_text(json.dumps(document))
+    with pytest.raises(StoreCorrupt, match=f"{path}.*{field}:"):
+        open_store(str(path), "json")
+
+
+def test_duplicate_names_in_file_reported(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    with open_store(str(path), "json") as store:
+        add(store, "a")
+        add(store, "b")
+    document = json.loads(path.read_text())
+    document["nodes"][1]["name"] = "a"
+    path.write_text(json.dumps(document))
+    with pytest.raises(StoreCorrupt, match=r"'a'.*twice"):
+        open_store(str(path), "json")
+
+
+def test_busy_lock_file_gives_up_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.json"
+    monkeypatch.setattr(jsonstore, "BUSY_TIMEOUT", 0.2)
+    with open_store(str(path), "json") as store:
+        add(store)
+        # Another process (here: another open file description) holds the lock.
+        with open(f"{path}.lock", "rb") as other:
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+            with pytest.raises(StoreError, match=f"{path} is busy"):
+                store.list_nodes()
+            fcntl.flock(other.fileno(), fcntl.LOCK_UN)
+        assert [n.name for n in store.list_nodes()] == ["node-1"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from store import NodeChange, SchemaTooNew, StoreCorrupt, open_store
+from store import NodeChange, SchemaTooNew, StoreCorrupt, StoreError, open_store
+from store import sqlite as sqlite_backend
 from store.schema import APPLICATION_ID, CURRENT_VERSION, create_v1
 from tests.store.helpers import INSTANCE, INSTANCE_2, PASSWORD, T0, add
 
@@ -219,3 +220,22 @@ def test_empty_file_becomes_a_store(tmp_path: Path) -> None:
         add(store)
     with open_store(str(path)) as store:
         assert store.get_node("node-1").bmc_password == PASSWORD
+
+
+def test_busy_database_gives_up_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite"
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT", 0.2)
+    with open_store(str(path)) as store:
+        node = add(store)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+        try:
+            with pytest.raises(StoreError, match=f"{path} is busy"):
+                store.acquire_lock(node.uuid, "me", ttl=5)
+            assert store.get_node(node.uuid).reservation is None  # readers are not blocked
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.acquire_lock(node.uuid, "me", ttl=5)
