@@ -362,29 +362,56 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 # import
 
 
-def _import_one(store: Store, row: ImportRow, config: AgentConfig, dry_run: bool) -> str:
-    """Upsert one row; returns "added", "updated" or "unchanged"."""
+def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: Any) -> str:
+    """Upsert one row; returns "added", "updated" or "unchanged".
+
+    With ``--dry-run`` nothing is written; ``store`` is None when a dry run has no store yet.
+    """
     assert row.node is not None
     wanted = node_inventory(row.node, config.ipmi)
-    try:
-        existing: Node | None = store.get_node(row.node.name)
-    except NodeNotFound:
-        existing = None
+    existing: Node | None = None
+    if store is not None:
+        with contextlib.suppress(NodeNotFound):
+            existing = store.get_node(row.node.name)
     if existing is not None and all(getattr(existing, key) == wanted[key] for key in wanted):
         return "unchanged"
-    if dry_run:
-        return "added" if existing is None else "updated"
+    outcome = "added" if existing is None else "updated"
+    if args.dry_run or store is None:
+        return outcome
     node = store.upsert_node(**wanted)
-    if existing is not None:
-        return "updated"
-    if row.power_state is not None or row.maintenance:
+    # State from Ironic's JSON goes only into new nodes: for known ones our observations win.
+    if existing is None and (row.power_state is not None or row.maintenance):
         fields: dict[str, object] = {"power_state": row.power_state}
         if row.maintenance:
             fields |= {"maintenance": True, "maintenance_reason": row.maintenance_reason}
-        message = "imported from " + row.where.split(": ", 1)[0]
-        record = HistoryRecord(None, row.power_state, OPERATOR, message)
+        record = HistoryRecord(None, row.power_state, OPERATOR, f"imported from {args.file}")
         store.apply([NodeChange(node.uuid, fields=fields, history=record)])
-    return "added"
+    return outcome
+
+
+def _import_rows(
+    rows: list[ImportRow], store: Store | None, config: AgentConfig, args: argparse.Namespace
+) -> tuple[dict[str, int], list[str]]:
+    counts = {"added": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
+    errors: list[str] = []
+    first_use: dict[str, str] = {}
+    for row in rows:
+        if row.skipped is not None:
+            counts["skipped"] += 1
+            print(f"powersync: {row.where}: skipped: {row.skipped}", file=sys.stderr)
+        elif row.node is None:
+            errors.append(row.error or f"{row.where}: invalid")
+        elif row.node.name in first_use:
+            used_by = first_use[row.node.name]
+            errors.append(f"{row.where}: name {row.node.name!r} is already used by {used_by}")
+        else:
+            first_use[row.node.name] = row.where.removeprefix(f"{args.file}: ")
+            try:
+                counts[_import_one(store, row, config, args)] += 1
+            except StoreError as exc:
+                errors.append(f"{row.where}: {exc}")
+    counts["failed"] = len(errors)
+    return counts, errors
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
@@ -392,29 +419,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
     rows = read_inventory(
         args.file, file_format=args.format, default_password=password_from_args(args)
     )
-    counts = {"added": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
-    errors: list[str] = []
-    seen: dict[str, str] = {}
-    with open_configured_store(config, create=not args.dry_run) as store:
-        for row in rows:
-            if row.skipped is not None:
-                counts["skipped"] += 1
-                print(f"powersync: {row.where}: skipped: {row.skipped}", file=sys.stderr)
-                continue
-            if row.node is not None and row.node.name in seen:
-                errors.append(
-                    f"{row.where}: name {row.node.name!r} is already used by {seen[row.node.name]}"
-                )
-                continue
-            if row.node is None:
-                errors.append(row.error or f"{row.where}: invalid")
-                continue
-            seen[row.node.name] = row.where.split(": ", 1)[1]
-            try:
-                counts[_import_one(store, row, config, args.dry_run)] += 1
-            except StoreError as exc:
-                errors.append(f"{row.where}: {exc}")
-    counts["failed"] = len(errors)
+    if args.dry_run and not os.path.exists(config.store.path):
+        counts, errors = _import_rows(rows, None, config, args)  # every valid row is new
+    else:
+        with open_configured_store(config, create=not args.dry_run) as store:
+            counts, errors = _import_rows(rows, store, config, args)
     for message in errors:
         print(f"powersync: {message}", file=sys.stderr)
     if args.json:

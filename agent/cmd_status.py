@@ -42,7 +42,7 @@ def _last_cycle(raw: str | None, config: AgentConfig, now: float) -> dict[str, A
 
 
 def collect(
-    nodes: list[Node], counts: dict[str, int], cycle: dict[str, Any] | None
+    nodes: list[Node], counts: dict[str, int], cycle: dict[str, Any] | None, now: float
 ) -> dict[str, Any]:
     """The status document (what ``--json`` prints)."""
     by_state = Counter(node.power_state or "unknown" for node in nodes)
@@ -56,7 +56,7 @@ def collect(
             if node.maintenance
         ],
         "faults": dict(sorted(faults.items())),
-        "locked": sum(1 for node in nodes if node.reservation is not None),
+        "locked": sum(1 for node in nodes if node.is_locked(now)),
         "last_cycle": cycle,
         "notifications": {
             key: counts.get(key, 0) for key in ("pending", "delivered", "dropped", "superseded")
@@ -122,7 +122,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         nodes = store.list_nodes()
         counts = store.notification_counts()
         raw_cycle = store.get_meta(LAST_CYCLE_KEY)
-    status = collect(nodes, counts, _last_cycle(raw_cycle, config, time.time()))
+    now = time.time()
+    status = collect(nodes, counts, _last_cycle(raw_cycle, config, now), now)
     if args.json:
         print_json(status)
     else:

@@ -200,12 +200,12 @@ def parse_config(
     sections = ("conductor", "ipmi", "store", "nova", "metrics", "logging", "nodes")
     reject_unknown(document, sections, f"{source}:", "section")
 
-    conductor = _parse_conductor(Section(document, "conductor", source))
-    ipmi = _parse_ipmi(Section(document, "ipmi", source))
-    store = _parse_store(Section(document, "store", source), base_dir)
-    metrics = _parse_metrics(Section(document, "metrics", source))
-    logging = _parse_logging(Section(document, "logging", source))
-    nova = _parse_nova(Section(document, "nova", source), source, base_dir, env, private)
+    conductor = _parse_conductor(Section.named(document, "conductor", source))
+    ipmi = _parse_ipmi(Section.named(document, "ipmi", source))
+    store = _parse_store(Section.named(document, "store", source), base_dir)
+    metrics = _parse_metrics(Section.named(document, "metrics", source))
+    logging = _parse_logging(Section.named(document, "logging", source))
+    nova = _parse_nova(Section.named(document, "nova", source), source, base_dir, env, private)
     nodes = _parse_nodes(document.get("nodes", []), source, base_dir, env, private)
     return AgentConfig(
         source=source,
@@ -401,7 +401,7 @@ def parse_node(
     a literal ``bmc_password`` is then refused. ``default_password`` is used when the table
     names no password at all (an import given ``--password-file``).
     """
-    section = Section.of(table, where + ":")
+    section = Section(table, where + ":")
     section.check_keys(NODE_KEYS)
     name = section.optional_string("name")
     if name is None:

@@ -55,21 +55,20 @@ def reject_unknown(table: Mapping[str, Any], known: Sequence[str], where: str, k
 
 
 class Section:
-    """One table of the document; reads typed values and remembers which keys were used."""
+    """One table; typed reads whose errors start with ``where`` (file and table)."""
 
-    def __init__(self, document: Mapping[str, Any], name: str, source: str) -> None:
-        self.where = f"{source}: [{name}]"
-        table = document.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{self.where} must be a table")
-        self.table: dict[str, Any] = table
+    def __init__(self, table: dict[str, Any], where: str) -> None:
+        self.table = table
+        self.where = where
 
     @classmethod
-    def of(cls, table: dict[str, Any], where: str) -> Section:
-        section = cls.__new__(cls)
-        section.where = where
-        section.table = table
-        return section
+    def named(cls, document: Mapping[str, Any], name: str, source: str) -> Section:
+        """The top-level table ``[name]`` of ``document`` (empty if absent)."""
+        where = f"{source}: [{name}]"
+        table = document.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        return cls(table, where)
 
     def fail(self, key: str, requirement: str, value: object) -> ConfigError:
         return ConfigError(f"{self.where} {key} {requirement} (got {value!r})")

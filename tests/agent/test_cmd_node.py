@@ -458,3 +458,12 @@ def test_real_subprocess(cli: Cli) -> None:
 
 def test_config_used_is_the_one_given(cli: Cli) -> None:
     assert load_config(str(cli.config)).store.path == str(cli.dir / "nodes.sqlite")
+
+
+def test_dry_run_without_a_store_creates_nothing(cli: Cli) -> None:
+    path = cli.dir / "fleet.csv"
+    path.write_text("name,bmc_address,bmc_username,bmc_password_file\nd1,127.0.0.1,a,bmc.pw\n")
+    status, out, _ = cli("node", "import", str(path), "--dry-run", "--json")
+    assert status == 0
+    assert json.loads(out)["added"] == 1
+    assert not (cli.dir / "nodes.sqlite").exists()

@@ -436,3 +436,11 @@ def test_node_name_and_username_rules(tmp_path: Path) -> None:
         '[[nodes]]\nname = "n"\nbmc_address = "127.0.0.1"\nbmc_username = ""\nbmc_password = "x"\n'
     )
     assert "(n): bmc_username is required" in config_error(tmp_path, text)
+
+
+def test_env_named_file_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "agent.toml", "")  # never a fallback for a named file
+    missing = str(tmp_path / "gone.toml")
+    with pytest.raises(ConfigError, match=r"gone\.toml: cannot read config file"):
+        load_config(environ={"POWERSYNC_CONFIG": missing})
