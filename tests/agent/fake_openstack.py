@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import attrs
@@ -30,39 +31,14 @@ import trio
 
 BODY_LIMIT = 114688  # oslo.middleware sizelimit default in Nova's pipeline
 MIN_VERSION = (2, 1)
-EVENT_NAMES_276 = {
-    "network-changed",
-    "network-vif-plugged",
-    "network-vif-unplugged",
-    "network-vif-deleted",
+_NETWORK_EVENTS = {"changed", "vif-plugged", "vif-unplugged", "vif-deleted"}
+EVENT_NAMES_276 = {f"network-{name}" for name in _NETWORK_EVENTS} | {
     "volume-extended",
     "power-update",
 }
 TAG_REQUIRED = {"volume-extended", "power-update"}
-STATUS_TEXT = {
-    200: "OK",
-    201: "Created",
-    207: "Multi-Status",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    406: "Not Acceptable",
-    413: "Request Entity Too Large",
-    415: "Unsupported Media Type",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-FAULT_NAMES = {
-    400: "badRequest",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "itemNotFound",
-    413: "overLimit",
-    415: "badMediaType",
-    503: "serviceUnavailable",
-}
+FAULT_NAMES = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound"}
+FAULT_NAMES |= {413: "overLimit", 415: "badMediaType", 503: "serviceUnavailable"}
 HEX_ID = re.compile(r"^[0-9a-fA-F-]{32,36}$")
 
 
@@ -289,7 +265,7 @@ class FakeOpenStack:
                 request = Request(method, target.split("?", 1)[0], headers, body)
                 self.requests.append(request)
                 status, response_headers, payload = await self._dispatch(request)
-                reply = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}"]
+                reply = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
                 response_headers = {**response_headers, "Content-Length": str(len(payload))}
                 reply += [f"{name}: {value}" for name, value in response_headers.items()]
                 await stream.send_all(("\r\n".join(reply) + "\r\n\r\n").encode("latin-1") + payload)
@@ -663,50 +639,3 @@ def nova_table(cloud: FakeOpenStack, **overrides: object) -> dict[str, object]:
     }
     table.update(overrides)
     return {key: value for key, value in table.items() if value is not None}
-
-
-def self_signed_tls(directory: str, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
-    """A server context with a fresh self-signed certificate for ``host`` (an IP address),
-    and the path of that certificate in PEM, to use as a client's CA file."""
-    import datetime as dt
-    import ipaddress
-    import os
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-openstack")])
-    now = dt.datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = os.path.join(directory, "fake-openstack.pem")
-    key_path = os.path.join(directory, "fake-openstack.key")
-    with open(cert_path, "wb") as handle:
-        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
-    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_path, key_path)
-    return context, cert_path

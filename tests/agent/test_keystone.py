@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.keystone import (
     KeystoneSession,
@@ -26,7 +34,6 @@ from tests.agent.fake_openstack import (
     FakeOpenStack,
     nova_table,
     open_fake_openstack,
-    self_signed_tls,
 )
 
 
@@ -340,3 +347,41 @@ async def test_tls_with_cafile_insecure_and_untrusted(tmp_path: Path) -> None:
             with pytest.raises(ServiceRefusedError, match="cafile") as caught:
                 await KeystoneSession(config, http).token()
         assert caught.value.kind == "tls"
+
+
+def self_signed_tls(directory: str, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, str]:
+    """A server context with a fresh self-signed certificate for ``host`` (an IP address),
+    and the path of that certificate in PEM, to use as a client's CA file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-openstack")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = os.path.join(directory, "fake-openstack.pem")
+    key_path = os.path.join(directory, "fake-openstack.key")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context, cert_path
