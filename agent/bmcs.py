@@ -28,6 +28,7 @@ import trio
 
 from agent.errors import AgentError
 from agent.policy import POWER_OFF, POWER_ON
+from ipmi import RetryPolicy, open_bmc
 
 log = logging.getLogger("powersync.bmc")
 
@@ -87,10 +88,7 @@ def ipmi_opener(
     max_timeout: float = 4.0,
 ) -> BmcOpener:
     """The production opener: ``ipmi.open_bmc`` with the configured retry policy."""
-    import importlib
-
-    ipmi: Any = importlib.import_module("ipmi")  # until ipmi exports open_bmc
-    retry = ipmi.RetryPolicy(
+    retry = RetryPolicy(
         first_timeout=retry_timeout,
         backoff=retry_backoff,
         max_timeout=max(max_timeout, retry_timeout),
@@ -98,7 +96,7 @@ def ipmi_opener(
     )
 
     def opener(endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSessionLike]:
-        context: AbstractAsyncContextManager[BmcSessionLike] = ipmi.open_bmc(
+        context: AbstractAsyncContextManager[BmcSessionLike] = open_bmc(
             endpoint.host,
             endpoint.port,
             username=endpoint.username,

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cmd_node",
     "agent.cmd_power",
     "agent.cmd_status",
+    "agent.cmd_demo",
     "agent.cmd_bmc",
     "agent.cmd_sim",
 )

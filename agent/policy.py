@@ -236,7 +236,7 @@ def _max_retries_exceeded(
         detail = f"hardware state {actual} kept differing from recorded state {recorded}"
     reason = (
         f"power sync failed {count} times in a row (max retries {settings.max_retries}); "
-        f"{detail}; recorded state set to {actual}"
+        f"{detail}; recorded state set to {actual or 'unknown'}"
     )
     fields: dict[str, object] = {
         "power_state": actual,

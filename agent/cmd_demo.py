@@ -1,0 +1,297 @@
+"""``powersync demo``: a simulated BMC fleet, the agent on a temporary store, and a story.
+
+Everything runs in this process on 127.0.0.1 with free UDP ports: the simulator
+(ipmi.sim) serves a few hundred real RMCP+ BMCs, the agent talks to them with its own IPMI
+client, and the store is a throw-away SQLite file. No root, no apt packages, no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import secrets
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import trio
+
+from agent.bmcs import BmcPool, ipmi_opener, open_bmc_pool
+from agent.config import AgentConfig, ConductorConfig, IpmiConfig
+from agent.errors import AgentError
+from agent.service import SyncService
+from agent.storeio import AsyncStore
+from agent.sync_report import CycleReport
+from store import Store, open_store
+
+DEMO_CONDUCTOR = ConductorConfig(
+    sync_power_state_interval=60.0,
+    sync_power_state_workers=8,
+    force_power_state_during_sync=True,
+    power_state_sync_max_retries=1,  # so a dead BMC reaches maintenance in two cycles
+    sync_node_timeout=2.5,
+    sync_jitter_window=0.0,
+    lock_ttl=30.0,
+)
+DEMO_IPMI = IpmiConfig(retry_timeout=0.3, retry_backoff=2.0, retry_max_timeout=1.0, retries=2)
+UUID_NAMESPACE = uuid.UUID("6f1c8a52-3d0e-4a6b-9a57-2b1f0c4e7d90")
+
+
+class Story:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.step = 0
+
+    def chapter(self, text: str) -> None:
+        self.step += 1
+        print(f"\n{self.step}. {text}", file=self.out)
+
+    def line(self, text: str) -> None:
+        print(f"   {text}", file=self.out)
+
+
+def _changed(report: CycleReport, action: str) -> list[Any]:
+    return [r for r in report.results if r.action == action]
+
+
+def _names(items: Sequence[Any], limit: int = 6) -> str:
+    names = [item.name for item in items]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _mismatches(store: Store, fleet: Any) -> int:
+    by_name = {node.name: node for node in store.list_nodes()}
+    wrong = 0
+    for bmc in fleet.bmcs:
+        node = by_name[bmc.name]
+        if node.maintenance:
+            continue
+        if node.power_state != ("power on" if bmc.power_on else "power off"):
+            wrong += 1
+    return wrong
+
+
+async def run_demo(
+    out: TextIO, *, nodes: int = 300, flips: int = 12, dead: int = 3, seed: int = 5
+) -> dict[str, Any]:
+    """The whole demo; returns the numbers it printed (tests check them)."""
+    from ipmi.sim import open_fleet
+
+    if nodes < flips * 2 + dead + 1:
+        raise AgentError(f"demo: --nodes must be at least {flips * 2 + dead + 1}")
+    story = Story(out)
+    rng = random.Random(seed)  # noqa: S311 (which BMCs to flip, not security)
+    password = secrets.token_urlsafe(12)[:16]
+    started = trio.current_time()
+    numbers: dict[str, Any] = {"nodes": nodes, "cycles": []}
+    with tempfile.TemporaryDirectory(prefix="powersync-demo-") as workdir:
+        store_path = str(Path(workdir) / "demo.sqlite")
+        async with open_fleet(nodes, host="127.0.0.1", port_base=0, password=password) as fleet:
+            for bmc in fleet.bmcs:
+                bmc.set_power(bmc.index % 4 != 0)
+            ports = [bmc.port for bmc in fleet.bmcs]
+            story.chapter(
+                f"Started {nodes} simulated IPMI v2.0 BMCs on 127.0.0.1 (UDP ports "
+                f"{min(ports)}-{max(ports)}), cipher suites 17 and 3; 3 in 4 machines are on."
+            )
+            with open_store(store_path) as store:
+                for bmc in fleet.bmcs:
+                    instance = None
+                    if bmc.index % 2 == 0:
+                        instance = str(uuid.uuid5(UUID_NAMESPACE, bmc.name))
+                    store.add_node(
+                        name=bmc.name,
+                        bmc_address=bmc.address,
+                        bmc_port=bmc.port,
+                        bmc_username="admin",
+                        bmc_password=password,
+                        instance_uuid=instance,
+                    )
+                story.line(
+                    f"Imported them into a temporary SQLite store ({store_path}); "
+                    "their recorded power state is unknown. Every other node has a Nova instance."
+                )
+                opener = ipmi_opener(
+                    retry_timeout=DEMO_IPMI.retry_timeout,
+                    retry_backoff=DEMO_IPMI.retry_backoff,
+                    retries=DEMO_IPMI.retries,
+                    max_timeout=DEMO_IPMI.retry_max_timeout,
+                )
+                async with open_bmc_pool(opener, keepalive_interval=25.0) as pool:
+                    await _story(story, store, fleet, pool, rng, flips, dead, numbers)
+                counts = store.notification_counts()
+        numbers["notifications"] = counts
+        numbers["duration"] = trio.current_time() - started
+    story.chapter("Summary")
+    for cycle in numbers["cycles"]:
+        story.line(
+            f"{cycle['kind']:8} {cycle['label']:36} {cycle['nodes']:4} nodes  "
+            f"{cycle['changed']:3} changed  {cycle['forced']:3} forced  "
+            f"{cycle['failed']:3} failed  {cycle['duration']:.2f} s"
+        )
+    story.line(
+        f"Nova outbox: {counts.get('pending', 0)} power-update events pending, "
+        f"{counts.get('superseded', 0)} superseded by newer ones (Nova is not configured in "
+        "the demo; `powersync run` with [nova] delivers them)."
+    )
+    story.line(f"Done in {numbers['duration']:.1f} s. The store and the simulator are gone.")
+    return numbers
+
+
+def _record(numbers: dict[str, Any], label: str, report: CycleReport) -> dict[str, Any]:
+    summary = dict(report.summary(), label=label)
+    numbers["cycles"].append(summary)
+    return summary
+
+
+async def _story(
+    story: Story,
+    store: Store,
+    fleet: Any,
+    pool: BmcPool,
+    rng: random.Random,
+    flips: int,
+    dead: int,
+    numbers: dict[str, Any],
+) -> None:
+    config = AgentConfig(source="<demo>", conductor=DEMO_CONDUCTOR, ipmi=DEMO_IPMI)
+    astore = AsyncStore(store)
+    forcing = SyncService(config, astore, pool, holder="demo:sync")
+    recording = SyncService(
+        attrs.evolve(
+            config,
+            conductor=attrs.evolve(DEMO_CONDUCTOR, force_power_state_during_sync=False),
+        ),
+        astore,
+        pool,
+        holder="demo:sync",
+    )
+
+    report = await forcing.run_cycle()
+    summary = _record(numbers, "first look", report)
+    on = sum(1 for r in report.results if r.new_state == "power on")
+    workers = DEMO_CONDUCTOR.sync_power_state_workers
+    story.chapter(
+        f"Sync cycle 1: read all {summary['nodes']} BMCs with {workers} workers "
+        f"in {summary['duration']:.2f} s and recorded their state: {on} on, "
+        f"{summary['nodes'] - on} off ({pool.counters.sessions_opened} sessions opened, "
+        "kept open for the next cycles)."
+    )
+
+    order = list(range(len(fleet.bmcs)))
+    rng.shuffle(order)
+    first, second = order[:flips], order[flips : 2 * flips]
+    dead_ones = order[2 * flips : 2 * flips + dead]
+    for index in first:
+        bmc = fleet.bmcs[index]
+        bmc.set_power(not bmc.power_on)
+    story.chapter(
+        f"Someone pressed the power button on {flips} machines behind the agent's back: "
+        + _names([fleet.bmcs[i] for i in first])
+        + "."
+    )
+    report = await forcing.run_cycle()
+    summary = _record(numbers, "force_power_state_during_sync=true", report)
+    forced = _changed(report, "forced")
+    story.line(
+        f"Sync cycle 2 (force_power_state_during_sync = true, Ironic's default) found "
+        f"{len(forced)} mismatches and drove the hardware back to the recorded state:"
+    )
+    for result in forced[:5]:
+        story.line(
+            f"  {result.name}: hardware was {result.observed}, set back to {result.recorded}"
+        )
+    story.line(f"Mismatches left between store and hardware: {_mismatches(store, fleet)}.")
+
+    for index in second:
+        bmc = fleet.bmcs[index]
+        bmc.set_power(not bmc.power_on)
+    report = await recording.run_cycle()
+    summary = _record(numbers, "force_power_state_during_sync=false", report)
+    recorded = _changed(report, "record-hardware")
+    story.chapter(
+        f"{flips} more machines flipped; with force_power_state_during_sync = false the "
+        f"agent instead recorded what the hardware says ({len(recorded)} nodes), and queued a "
+        "Nova power-update event for each one with an instance:"
+    )
+    for result in recorded[:5]:
+        story.line(f"  {result.name}: recorded {result.recorded} -> {result.new_state}")
+    story.line(f"Mismatches left between store and hardware: {_mismatches(store, fleet)}.")
+
+    fleet.set_faults(dead=frozenset(dead_ones))
+    names = _names([fleet.bmcs[i] for i in dead_ones])
+    story.chapter(f"{dead} BMCs stop answering ({names}).")
+    for attempt in (1, 2):
+        report = await forcing.run_cycle()
+        _record(numbers, f"dead BMCs, attempt {attempt}", report)
+        failed = [r for r in report.results if r.error]
+        story.line(
+            f"Cycle took {report.duration:.2f} s (each dead BMC costs one "
+            f"{DEMO_CONDUCTOR.sync_node_timeout:g} s deadline, in parallel; the others are "
+            "not held up): " + ", ".join(f"{r.name} {r.action}" for r in failed)
+        )
+    node = store.get_node(fleet.bmcs[dead_ones[0]].name)
+    story.line(
+        f"After power_state_sync_max_retries ({DEMO_CONDUCTOR.power_state_sync_max_retries}) "
+        f"{node.name} is in maintenance, fault {node.fault!r}, reason: {node.maintenance_reason}"
+    )
+
+    fleet.set_faults(dead=frozenset())
+    report = await forcing.run_recovery()
+    _record(numbers, "recovery", report)
+    recovered = _changed(report, "recovered")
+    story.chapter(
+        f"The BMCs answer again: the recovery pass read {len(recovered)} of them and cleared "
+        "their maintenance (an operator's maintenance would never be cleared)."
+    )
+    report = await forcing.run_cycle()
+    _record(numbers, "back to normal", report)
+    numbers["mismatches_left"] = _mismatches(store, fleet)
+    numbers["in_maintenance"] = len(store.list_nodes(maintenance=True))
+    story.line(
+        f"Final cycle: {report.summary()['ok']} of {len(report.results)} nodes read, "
+        f"{numbers['mismatches_left']} mismatches, {numbers['in_maintenance']} in maintenance."
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if not args.debug:
+        # The story is the output; the agent's own warnings would repeat it line by line.
+        logging.getLogger("powersync").setLevel(logging.CRITICAL)
+        logging.getLogger("ipmi").setLevel(logging.CRITICAL)
+    numbers = trio.run(
+        lambda: run_demo(sys.stdout, nodes=args.nodes, flips=args.flips, dead=args.dead)
+    )
+    return 0 if numbers["mismatches_left"] == 0 and numbers["in_maintenance"] == 0 else 1
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="simulated BMC fleet + the agent on a temporary store: watch it notice and fix",
+        description=(
+            "Start a few hundred simulated BMCs on 127.0.0.1, import them into a temporary "
+            "SQLite store, run sync cycles, flip machines out of band, kill some BMCs, and "
+            "show the agent noticing and correcting it all. Needs nothing but this package."
+        ),
+    )
+    parser.add_argument("--nodes", type=_count, default=300, help="simulated BMCs (default 300)")
+    parser.add_argument("--flips", type=_count, default=12, help="machines flipped per round")
+    parser.add_argument("--dead", type=_count, default=3, help="BMCs that stop answering")
+    parser.set_defaults(handler=_handle)
