@@ -87,6 +87,35 @@ class RmcpPlusStatus(enum.IntEnum):
     ILLEGAL_PARAMETER = 0x12
 
 
+# RMCP+ statuses meaning "not this suite" (the client tries its next one).
+SUITE_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_PAYLOAD_TYPE,
+        RmcpPlusStatus.INVALID_AUTH_ALGORITHM,
+        RmcpPlusStatus.INVALID_INTEGRITY_ALGORITHM,
+        RmcpPlusStatus.NO_MATCHING_AUTH_PAYLOAD,
+        RmcpPlusStatus.NO_MATCHING_INTEGRITY_PAYLOAD,
+        RmcpPlusStatus.INVALID_CONFIDENTIALITY_ALGORITHM,
+        RmcpPlusStatus.NO_CIPHER_SUITE_MATCH,
+    }
+)
+PRIVILEGE_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_ROLE,
+        RmcpPlusStatus.UNAUTHORIZED_ROLE,
+        RmcpPlusStatus.INSUFFICIENT_RESOURCES_FOR_ROLE,
+    }
+)
+CREDENTIALS_REFUSED = frozenset(
+    {
+        RmcpPlusStatus.INVALID_NAME_LENGTH,
+        RmcpPlusStatus.UNAUTHORIZED_NAME,
+        RmcpPlusStatus.UNAUTHORIZED_GUID,
+        RmcpPlusStatus.INVALID_INTEGRITY_CHECK_VALUE,
+    }
+)
+
+
 def status_name(code: int) -> str:
     """Readable name of an RMCP+ status code, for one-line error messages."""
     try:

@@ -15,25 +15,15 @@ Login flow (round trips)::
     [Set Session Privilege Level]     when the privilege is above USER
     -> LoginComplete
 
-Rules enforced here:
-
-- Only cipher suites 3 and 17 are offered; the algorithms in the Open Session Response must
-  be exactly those requested (anything else falls back to the next suite, and
-  NegotiationError once all are used up). "none" algorithms are never accepted.
-- The Open Session Request asks for the configured privilege, never "highest" (0): ipmi_sim
-  echoes 0 back for "highest" and then refuses the privilege.
-- After login every datagram must be authenticated, for our session id, and pass its
-  integrity check *before* anything in its payload is parsed or its sequence number is
-  recorded. Failures are dropped and counted in :attr:`ClientSession.drops`; nobody who
-  lacks the keys can disturb a session. An authenticated packet that is unencrypted,
-  undecryptable or not a valid IPMI message came from a BMC that holds the keys but broke
-  the protocol: that poisons the session (state POISONED, SessionLostError).
-- Inbound replay window: a sequence number above the highest seen is accepted; one up to
-  ``replay_window - 1`` below it is accepted once; anything else is a dropped replay.
-- Outbound session sequence numbers start at 1 and never repeat; exhausting them poisons the
-  session (log in again) rather than wrapping.
-- Responses are matched on (request NetFn | 1, cmd, rqSeq); a response matching nothing
-  outstanding (a late duplicate, an answer to a retransmitted request) is dropped as stale.
+Rules (details and reasons in docs/ipmi-protocol.md): only suites 3 and 17, and the Open
+Session answer must name exactly the requested algorithms (else the next suite); the Open
+Session Request asks for the configured privilege, never "highest"; RAKP2's code and RAKP4's
+value are verified; after login a datagram must be authenticated, for our session id, and
+pass its integrity check before its payload is parsed or its sequence number recorded, else
+it is dropped and counted in :attr:`ClientSession.drops`; an inbound replay window; outbound
+sequence numbers never repeat (exhaustion poisons); responses match on (NetFn | 1, cmd,
+rqSeq), anything else is a stale drop. An authenticated packet that is unencrypted or not a
+valid IPMI message comes from a key holder breaking the protocol: it poisons the session.
 
 Exceptions from :meth:`receive`: AuthenticationError (RAKP2 code or RAKP4 value mismatch,
 unauthorized name), NegotiationError (every suite refused, privilege refused, session
@@ -60,8 +50,11 @@ from ipmi.errors import (
 from ipmi.proto import messages as msg
 from ipmi.proto import wire
 from ipmi.proto.constants import (
+    CREDENTIALS_REFUSED,
     MAX_PASSWORD_LENGTH,
     MAX_USERNAME_LENGTH,
+    PRIVILEGE_REFUSED,
+    SUITE_REFUSED,
     PayloadType,
     Privilege,
     RmcpPlusStatus,
@@ -80,34 +73,6 @@ from ipmi.proto.crypto import cipher_suites as validated_suites
 
 MAX_SEQUENCE = 0xFFFFFFFF
 RQ_SEQ_MODULO = 64
-
-# Open Session statuses that mean "not this suite": try the next one.
-_SUITE_REFUSED = frozenset(
-    {
-        RmcpPlusStatus.INVALID_PAYLOAD_TYPE,
-        RmcpPlusStatus.INVALID_AUTH_ALGORITHM,
-        RmcpPlusStatus.INVALID_INTEGRITY_ALGORITHM,
-        RmcpPlusStatus.NO_MATCHING_AUTH_PAYLOAD,
-        RmcpPlusStatus.NO_MATCHING_INTEGRITY_PAYLOAD,
-        RmcpPlusStatus.INVALID_CONFIDENTIALITY_ALGORITHM,
-        RmcpPlusStatus.NO_CIPHER_SUITE_MATCH,
-    }
-)
-_PRIVILEGE_REFUSED = frozenset(
-    {
-        RmcpPlusStatus.INVALID_ROLE,
-        RmcpPlusStatus.UNAUTHORIZED_ROLE,
-        RmcpPlusStatus.INSUFFICIENT_RESOURCES_FOR_ROLE,
-    }
-)
-_CREDENTIALS_REFUSED = frozenset(
-    {
-        RmcpPlusStatus.INVALID_NAME_LENGTH,
-        RmcpPlusStatus.UNAUTHORIZED_NAME,
-        RmcpPlusStatus.UNAUTHORIZED_GUID,
-        RmcpPlusStatus.INVALID_INTEGRITY_CHECK_VALUE,
-    }
-)
 
 
 class State(enum.Enum):
@@ -270,6 +235,8 @@ class ClientSession:
 
     def retransmit(self, request_id: int) -> bytes:
         """The same request (same rqSeq) under a new session sequence number."""
+        if self.state not in (State.ESTABLISHED, State.AWAIT_PRIV):
+            raise SessionLostError(f"no established session (state {self.state.value})")
         pending = self._pending.get(request_id)
         if pending is None:
             raise IpmiError(f"request {request_id} is not outstanding")
@@ -366,9 +333,9 @@ class ClientSession:
         if not self._is_ours(response.tag, response.console_session_id, response.status):
             return self._drop("stale")
         suite = self._suites[self._suite_index]
-        if response.status in _SUITE_REFUSED:
+        if response.status in SUITE_REFUSED:
             return self._next_suite(f"BMC refused cipher suite {suite.id}")
-        if response.status in _PRIVILEGE_REFUSED:
+        if response.status in PRIVILEGE_REFUSED:
             raise NegotiationError(
                 f"BMC refused privilege {self.privilege.name.lower()}: "
                 f"{status_name(response.status)}"
@@ -474,7 +441,7 @@ class ClientSession:
 
     def _status_error(self, message: str, status: int) -> IpmiError:
         text = f"BMC answered {message} with {status_name(status)}"
-        if status in _CREDENTIALS_REFUSED:
+        if status in CREDENTIALS_REFUSED:
             return AuthenticationError(text)
         return NegotiationError(text)
 
