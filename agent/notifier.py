@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Rows read per round, in units of a request's batch size.
 _ROUND_BATCHES = 4
+# Another process (``powersync power NODE off``) can queue rows without waking us: look at
+# the outbox at least this often (seconds).
+POLL_INTERVAL = 10.0
 
 
 @attrs.frozen
@@ -76,8 +79,10 @@ class Notifier:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self._config = config
+        self._poll_interval = poll_interval
         self._store = store
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
@@ -103,7 +108,8 @@ class Notifier:
         self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver until cancelled: at once when woken, otherwise when the next row is due."""
+        """Deliver until cancelled: at once when woken, otherwise when the next row is due
+        (and at least every ``poll_interval`` seconds, for rows other processes queue)."""
         if not self._config.send_power_notifications:
             log.info("Nova notifications are off ([nova] send_power_notifications = false)")
             task_status.started()
@@ -161,6 +167,7 @@ class Notifier:
     async def _wait(self) -> None:
         next_at = await self._store.run(self._store.store.next_notification_at)
         delay = math.inf if next_at is None else max(0.0, next_at - self._clock())
+        delay = min(delay, self._poll_interval)
         with trio.move_on_after(delay):
             await self._wakeup.wait()
         blocked = self._not_before - self._clock()

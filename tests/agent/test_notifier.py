@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -362,3 +364,31 @@ async def test_secrets_and_tokens_never_logged(
     for secret in ["nova-pass-1", "wrong-nova-pass", *cloud.tokens]:
         assert secret not in text
     assert "rejected the [nova] credentials" in text
+
+
+async def test_rows_queued_by_another_process_are_picked_up(
+    cloud: FakeOpenStack, store: Store, store_path: tuple[str, str]
+) -> None:
+    path, backend = store_path
+    [node] = add_nodes(store, cloud, 1)
+    # `powersync power NODE off` in another process: it queues the row but cannot wake us.
+    script = (
+        "import sys\n"
+        "from store import HistoryRecord, NodeChange, open_store\n"
+        "with open_store(sys.argv[1], sys.argv[2]) as store:\n"
+        "    store.apply([NodeChange(sys.argv[3], fields={'power_state': 'power off'},\n"
+        "        history=HistoryRecord('power on', 'power off', 'action'),\n"
+        "        notification='power off')])\n"
+    )
+    notifier = Notifier(
+        config_for(cloud), AsyncStore(store), rng=random.Random(2), poll_interval=0.05
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(notifier.run)
+        await trio.run_process(
+            [sys.executable, "-c", script, path, backend, node.uuid],
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        await wait_until(lambda: cloud.delivered() != [])
+        nursery.cancel_scope.cancel()
+    assert cloud.delivered(node.instance_uuid) == ["POWER_OFF"]
