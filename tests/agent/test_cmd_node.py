@@ -467,3 +467,20 @@ def test_dry_run_without_a_store_creates_nothing(cli: Cli) -> None:
     assert status == 0
     assert json.loads(out)["added"] == 1
     assert not (cli.dir / "nodes.sqlite").exists()
+
+
+def test_closed_stdout_is_not_a_traceback(cli: Cli) -> None:
+    cli.add("n1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [*powersync_command(), "--config", str(cli.config), "node", "show", "n1", "--json"]
+    reader, writer = os.pipe()
+    os.close(reader)  # like `powersync ... | head` after head has exited
+    try:
+        result = subprocess.run(
+            command, stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60, env=env,
+            check=False,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    assert result.returncode == 141
+    assert result.stderr == ""
