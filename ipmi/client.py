@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Final
+from typing import ClassVar, Final, Protocol
 
 import attrs
 import trio
@@ -135,6 +135,15 @@ class ChassisStatus:
         )
 
 
+class _Request(Protocol):
+    """A request message of ``ipmi.proto.messages``."""
+
+    NETFN: ClassVar[int]
+    CMD: ClassVar[int]
+
+    def encode(self) -> bytes: ...
+
+
 class _Counters:
     __slots__ = (
         "drops",
@@ -224,10 +233,8 @@ class BmcSession:
 
     # ---- request / response ------------------------------------------------------------
 
-    async def _command(self, message: object, what: str) -> bytes:
-        netfn: int = message.NETFN  # type: ignore[attr-defined]
-        cmd: int = message.CMD  # type: ignore[attr-defined]
-        data: bytes = message.encode()  # type: ignore[attr-defined]
+    async def _command(self, message: _Request, what: str) -> bytes:
+        netfn, cmd, data = message.NETFN, message.CMD, message.encode()
         async with self._lock:
             if self._closed:
                 raise SessionLostError(f"{self.peer}: session is closed")
@@ -238,7 +245,8 @@ class BmcSession:
             except (NoResponseError, SessionLostError) as exc:
                 # The BMC may have rebooted or timed the session out: one new login, one
                 # more try, then the error is the caller's.
-                logger.warning("%s: session lost (%s); logging in again", self.peer, exc)
+                reason = str(exc).removeprefix(f"{self.peer}: ")
+                logger.warning("%s: session lost (%s); logging in again", self.peer, reason)
                 await self._login()
                 response = await self._exchange(netfn, cmd, data, what)
         if response.completion_code != 0:
@@ -257,33 +265,40 @@ class BmcSession:
             raise SessionLostError(f"{self.peer}: {exc}") from exc
         started = trio.current_time()
         attempt = 0
-        for timeout in self._retry.timeouts():
-            attempt += 1
-            if attempt > 1:
-                datagram = machine.retransmit(request_id)
-                self._counters.retransmits += 1
-                logger.warning(
-                    "%s: no answer to %s, retransmission %d of %d after %.1f s",
-                    self.peer,
-                    what,
-                    attempt - 1,
-                    self._retry.retries,
-                    trio.current_time() - started,
+        answered = False
+        try:
+            for timeout in self._retry.timeouts():
+                attempt += 1
+                if attempt > 1:
+                    datagram = machine.retransmit(request_id)
+                    self._counters.retransmits += 1
+                    logger.warning(
+                        "%s: no answer to %s, retransmission %d of %d after %.1f s",
+                        self.peer,
+                        what,
+                        attempt - 1,
+                        self._retry.retries,
+                        trio.current_time() - started,
+                    )
+                sent_at = trio.current_time()
+                await self._send(datagram)
+                event = await self._next_event(
+                    machine,
+                    sent_at + timeout,
+                    lambda e: isinstance(e, Response) and e.request_id == request_id,
                 )
-            sent_at = trio.current_time()
-            await self._send(datagram)
-            event = await self._next_event(
-                machine,
-                sent_at + timeout,
-                lambda e: isinstance(e, Response) and e.request_id == request_id,
-            )
-            if isinstance(event, Response):
-                rtt = trio.current_time() - sent_at
-                self._counters.requests += 1
-                self._counters.last_rtt = rtt
-                self._counters.rtt_sum += rtt
-                return event
-        machine.forget(request_id)
+                if isinstance(event, Response):
+                    answered = True
+                    rtt = trio.current_time() - sent_at
+                    self._counters.requests += 1
+                    self._counters.last_rtt = rtt
+                    self._counters.rtt_sum += rtt
+                    return event
+        finally:
+            if not answered:
+                # Given up or cancelled by the caller: a late answer is then dropped as
+                # stale, and the request never occupies an rqSeq again.
+                machine.forget(request_id)
         self._logged_in = False
         raise NoResponseError(
             f"{self.peer}: no answer to {what} after {attempt} attempts "

@@ -532,6 +532,25 @@ async def test_close_session_is_sent_even_when_the_caller_is_cancelled(
     assert bmc.protocol.session_count(trio.current_time()) == 0
 
 
+async def test_requests_cancelled_by_the_caller_leave_nothing_behind(
+    autojump_clock: object,
+) -> None:
+    """A per-node deadline that cancels a request mid-wait, many times over, must not use
+    up the session's 64 request sequence numbers (their answers are all lost)."""
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_client", "status", range(1, 71), ()))
+        async with bmc_session(network) as session:
+            for _ in range(70):
+                with trio.move_on_after(0.5) as scope:
+                    await session.get_power()
+                assert scope.cancelled_caught
+            assert await session.get_power() is True
+            stats = session.statistics()
+    assert stats.logins == 1
+    assert stats.requests == 1
+
+
 async def test_one_request_in_flight_per_session(autojump_clock: object) -> None:
     bmc = FakeBmc(on=True)
     in_flight = 0
