@@ -63,3 +63,22 @@ def test_real_rakp2_code_matches_the_spec_formula(name: str) -> None:
     )
     expected = hmac.new(recorded["password"].encode(), data, hashlib.sha1).digest()
     assert rakp2.key_exchange_code == expected
+
+
+def test_real_responses_decode() -> None:
+    recorded = transcript.load("ipmi_sim_suite3")
+    responses = [
+        event
+        for item in recorded["exchanges"]
+        for event in item["events"]
+        if isinstance(event, list) and event[0] == "response"
+    ]
+    statuses = [
+        m.GetChassisStatusResponse.decode(bytes.fromhex(r[4]))
+        for r in responses
+        if r[1:3] == [1, 1]
+    ]
+    assert [status.power_on for status in statuses] == [False, True]
+    device = m.GetDeviceIdResponse.decode(bytes.fromhex(responses[-1][4]))
+    assert (device.manufacturer_id, device.product_id) == (0x1291, 0x0F02)
+    assert device.ipmi_version == 0x02
