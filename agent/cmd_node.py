@@ -58,7 +58,8 @@ def open_configured_store(config: AgentConfig, *, create: bool) -> Store:
     try:
         return open_store(path, config.store.backend)
     except StoreError as exc:
-        raise AgentError(f"store {path}: {exc}") from None
+        message = str(exc)
+        raise AgentError(message if path in message else f"store {path}: {message}") from None
 
 
 @contextlib.contextmanager

@@ -165,3 +165,14 @@ def test_status_on_an_empty_store(
     assert main(["--config", str(config), "status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["nodes"] == 0 and status["power_states"] == {} and status["last_cycle"] is None
+
+
+def test_damaged_store_is_one_line(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, store_path = setup
+    store_path.write_bytes(b"this is not a database, it is a poem\n" * 10)
+    assert main(["--config", str(config), "status"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("powersync: ")
+    assert "fleet.sqlite" in err and "damaged" in err
