@@ -165,7 +165,11 @@ class Notifier:
         return report
 
     async def _wait(self) -> None:
-        next_at = await self._store.run(self._store.store.next_notification_at)
+        try:
+            next_at = await self._store.run(self._store.store.next_notification_at)
+        except Exception as exc:  # the drain reports store trouble; just poll again later
+            log.debug("Nova notifier: cannot read the next due time: %s", exc)
+            next_at = None
         delay = math.inf if next_at is None else max(0.0, next_at - self._clock())
         delay = min(delay, self._poll_interval)
         with trio.move_on_after(delay):

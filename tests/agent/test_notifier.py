@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ import trio
 from agent.notifier import Notifier
 from agent.nova_config import NovaConfig, parse_nova_section
 from agent.storeio import AsyncStore
-from store import HistoryRecord, Node, NodeChange, Store, open_store
+from store import HistoryRecord, Node, NodeChange, Store, StoreError, open_store
 from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack
 
 
@@ -392,3 +393,35 @@ async def test_rows_queued_by_another_process_are_picked_up(
         await wait_until(lambda: cloud.delivered() != [])
         nursery.cancel_scope.cancel()
     assert cloud.delivered(node.instance_uuid) == ["POWER_OFF"]
+
+
+class FlakyStore(AsyncStore):
+    """The first ``failures`` store calls raise, as a locked or full disk would."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        super().__init__(store)
+        self.failures = failures
+
+    async def run(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreError(f"database is locked (test {function.__name__})")
+        return await super().run(function, *args, **kwargs)
+
+
+async def test_store_trouble_backs_off_and_recovers(
+    cloud: FakeOpenStack, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    [node] = add_nodes(store, cloud, 1)
+    power(store, [node], "power on")
+    flaky = FlakyStore(store, failures=3)
+    config = config_for(cloud, retry_delay=0.02, retry_max_delay=0.1)
+    notifier = Notifier(config, flaky, rng=random.Random(3), poll_interval=0.05)
+    with caplog.at_level(logging.ERROR, logger="agent.notifier"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(notifier.run)
+            await wait_until(lambda: cloud.delivered() != [])
+            nursery.cancel_scope.cancel()
+    assert flaky.failures == 0
+    assert any("database is locked" in r.getMessage() for r in caplog.records)
+    assert cloud.delivered(node.instance_uuid) == ["POWER_ON"]
