@@ -8,16 +8,20 @@ machine's speed. (The real-peer tests prove the client against BMCs we did not w
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import random
 from collections.abc import Callable, Sequence
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ipmi import (
     AuthenticationError,
@@ -640,3 +644,43 @@ def test_retry_policy_timeouts_and_validation() -> None:
 def test_repr_and_errors_never_show_the_password() -> None:
     context = open_bmc(HOST, PORT, username=USERNAME, password=PASSWORD)
     assert PASSWORD not in repr(context)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.floats(0.0, 0.4),
+    duplicate=st.floats(0.0, 0.4),
+    delay=st.floats(0.0, 0.5),
+    truth=st.lists(st.booleans(), min_size=1, max_size=6),
+)
+def test_an_unreliable_network_never_yields_a_wrong_answer(
+    seed: int, loss: float, duplicate: float, delay: float, truth: list[bool]
+) -> None:
+    """Random loss, duplication, delay and reordering (virtual time): each get_power either
+    returns the power the BMC has at that moment, or raises NoResponseError. Nothing else."""
+    rng = random.Random(seed)
+
+    def chaos(direction: str, label: str, nth: int) -> Fate:
+        if rng.random() < loss:
+            return ()
+        delays = [rng.uniform(0, 3.0) if rng.random() < delay else 0.0]
+        if rng.random() < duplicate:
+            delays.append(rng.uniform(0, 3.0))
+        return tuple(delays)
+
+    async def main() -> None:
+        bmc = FakeBmc(on=False)
+        async with trio.open_nursery() as nursery:
+            network = FakeNetwork(bmc, nursery, chaos)
+            try:
+                async with bmc_session(network) as session:
+                    for on in truth:
+                        bmc.chassis.on = on  # out of band, between requests
+                        with contextlib.suppress(NoResponseError):
+                            assert await session.get_power() is on
+            except NoResponseError:
+                pass  # the login itself can be lost often enough
+            nursery.cancel_scope.cancel()  # datagrams still in flight
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
