@@ -219,12 +219,19 @@ class ClientSession:
     def receive(self, datagram: bytes) -> Event | None:
         """Feed one received datagram; an event, or None when it was dropped (counted)."""
         state = self.state
-        if state is State.ESTABLISHED or state is State.AWAIT_PRIV:
+        if state is State.ESTABLISHED:
             return self._receive_in_session(datagram)
-        if state is State.AWAIT_AUTH_CAP:
-            return self._receive_auth_cap(datagram)
-        if state in (State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4):
-            return self._receive_setup(datagram)
+        try:
+            if state is State.AWAIT_PRIV:
+                return self._receive_in_session(datagram)
+            if state is State.AWAIT_AUTH_CAP:
+                return self._receive_auth_cap(datagram)
+            if state in (State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4):
+                return self._receive_setup(datagram)
+        except (AuthenticationError, NegotiationError):
+            # A failed login cannot continue; close() still frees a half-open BMC session.
+            self.state = State.POISONED
+            raise
         return self._drop("closed")
 
     def request(self, netfn: int, cmd: int, data: bytes = b"") -> tuple[int, bytes]:

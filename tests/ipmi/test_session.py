@@ -121,6 +121,27 @@ def test_wrong_password() -> None:
     assert "S3cr3t" not in repr(session)
 
 
+def test_failed_login_leaves_a_dead_session() -> None:
+    session = make_session(password=b"other")
+    with pytest.raises(AuthenticationError):
+        login(session, TinyBmc())
+    assert session.state is State.POISONED
+    assert session.receive(b"\x06\x00\xff\x07") is None and session.drops == {"closed": 1}
+    with pytest.raises(SessionLostError):
+        session.request(0x00, 0x01)
+    with pytest.raises(SessionLostError):
+        session.close()  # no keys were agreed: nothing to close
+
+
+def test_privilege_refused_after_keys_exist_can_still_close() -> None:
+    session, bmc = make_session(), TinyBmc(privilege_cc=0x81)
+    with pytest.raises(NegotiationError, match="administrator"):
+        login(session, bmc)
+    assert session.state is State.POISONED
+    bmc.handle(session.close())
+    assert bmc.closed_session_ids == [bmc.bmc_session_id]
+
+
 def test_forged_rakp2_is_rejected() -> None:
     with pytest.raises(AuthenticationError, match="RAKP2"):
         login(make_session(), TinyBmc(forge_rakp2=True))
