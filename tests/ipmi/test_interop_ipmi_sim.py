@@ -173,7 +173,8 @@ async def test_user_privilege_reads_but_cannot_control(sim: IpmiSimBmc) -> None:
 
 
 async def test_a_rebooted_bmc_gets_a_new_session_transparently(sim: IpmiSimBmc) -> None:
-    quick = RetryPolicy(first_timeout=0.3, backoff=1.0, max_timeout=0.3, retries=1)
+    # Short, so the dead session is noticed quickly, yet roomy enough for a loaded machine.
+    quick = RetryPolicy(first_timeout=0.5, backoff=4.0, max_timeout=2.0, retries=1)
     async with _open(sim, retry=quick) as bmc:
         assert await bmc.get_power() is False
         await trio.to_thread.run_sync(sim.restart)  # forgets every session
