@@ -195,8 +195,22 @@ def parse_config(
     private: bool = True,
 ) -> AgentConfig:
     """Validate TOML text; ``private`` says whether the file is unreadable by other users."""
-    env: Mapping[str, str] = os.environ if environ is None else environ
     document = parse_toml(text, source)
+    return config_from_document(
+        document, source=source, base_dir=base_dir, environ=environ, private=private
+    )
+
+
+def config_from_document(
+    document: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: str = os.curdir,
+    environ: Mapping[str, str] | None = None,
+    private: bool = True,
+) -> AgentConfig:
+    """Validate an already parsed TOML document (a dict as tomllib returns it)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
     sections = ("conductor", "ipmi", "store", "nova", "metrics", "logging", "nodes")
     reject_unknown(document, sections, f"{source}:", "section")
 
@@ -302,7 +316,7 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
 def _parse_store(section: Section, base_dir: str) -> StoreConfig:
     section.check_keys(["backend", "path"])
     defaults = StoreConfig()
-    path = section.string("path", defaults.path)
+    path = section.path("path", defaults.path)
     return StoreConfig(
         backend=section.choice("backend", defaults.backend, STORE_BACKENDS),
         path=resolve_path(path, base_dir),
@@ -336,7 +350,7 @@ def _parse_nova(
     table = dict(section.table)
     for key in ("password_file", "application_credential_secret_file", "cafile"):
         if isinstance(table.get(key), str) and table[key]:
-            table[key] = resolve_path(table[key], base_dir)
+            table[key] = resolve_path(section.path(key, ""), base_dir)
     for key in ("password", "application_credential_secret"):
         if table.get(key) is not None and not private:
             raise ConfigError(
@@ -510,6 +524,8 @@ def _node_password(
                 "can read (chmod 600), or use bmc_password_file / bmc_password_env"
             )
         return value
+    if "\0" in value:
+        raise ConfigError(f"{section.where} {key} must not contain a NUL character")
     if key == "bmc_password_env":
         secret = environ.get(value)
         if not secret:

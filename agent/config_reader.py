@@ -7,6 +7,7 @@ table and the key, and shows the offending value (never for secrets).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import stat
@@ -80,6 +81,8 @@ class Section:
         value = self.table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(key, "must be a number", value)
+        if not math.isfinite(value):
+            raise self.fail(key, "must be a finite number", value)
         if minimum is not None and value < minimum:
             raise self.fail(key, f"must be a number >= {minimum:g}", value)
         return float(value)
@@ -120,6 +123,12 @@ class Section:
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.fail(key, "must be a non-empty string", value)
+        return value
+
+    def path(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        if "\0" in value:
+            raise self.fail(key, "must be a file path (it contains a NUL character)", value)
         return value
 
     def choice(self, key: str, default: str, choices: Sequence[str]) -> str:

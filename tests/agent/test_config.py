@@ -236,6 +236,10 @@ ERRORS = [
     ("[nova]\nsend_power_notification = true\n", "[nova] send_power_notification"),
     ("[nova]\nsend_power_notifications = true\n", "[nova] auth_url is required"),
     ("nodes = 3\n", "nodes must be an array of tables"),
+    ("[conductor]\nsync_power_state_interval = nan\n", "must be a finite number (got nan)"),
+    ("[ipmi]\nretry_timeout = inf\n", "[ipmi] retry_timeout must be a finite number (got inf)"),
+    ('[store]\npath = "a\\u0000b"\n', "[store] path must be a file path (it contains a NUL"),
+    ('[nova]\npassword_file = "a\\u0000b"\n', "[nova] password_file must be a file path"),
 ]
 
 
