@@ -140,3 +140,79 @@ def test_session_receive_never_raises_unexpectedly(state: str, data: st.DataObje
         except (AuthenticationError, NegotiationError, SessionLostError):
             return  # documented outcomes that end the session
         assert event is None or isinstance(event, LoginStep | LoginComplete | Response)
+
+
+# --- round trips of structured values -----------------------------------------------------------
+
+u8, u32 = st.integers(0, 255), st.integers(0, 0xFFFFFFFF)
+nibble = st.integers(0, 15)
+algorithm = st.integers(0, 0x3F)
+random16 = st.binary(min_size=16, max_size=16)
+MESSAGES = [
+    st.builds(messages.OpenSessionRequest, u8, nibble, u32, algorithm, algorithm, algorithm),
+    st.builds(
+        messages.OpenSessionResponse,
+        u8,
+        st.just(0),
+        nibble,
+        u32,
+        u32,
+        algorithm,
+        algorithm,
+        algorithm,
+    ),
+    st.builds(messages.OpenSessionResponse, u8, st.integers(1, 255), nibble, u32),
+    st.builds(messages.Rakp1, u8, u32, random16, u8, st.binary(max_size=16)),
+    st.builds(messages.Rakp2, u8, st.just(0), u32, random16, random16, st.binary(max_size=32)),
+    st.builds(messages.Rakp3, u8, u8, u32, st.binary(max_size=32)),
+    st.builds(messages.Rakp4, u8, st.just(0), u32, st.binary(max_size=16)),
+    st.builds(messages.GetChassisStatusResponse, u8, u8, u8, st.none() | u8),
+    st.builds(
+        messages.GetDeviceIdResponse,
+        u8,
+        u8,
+        u8,
+        u8,
+        u8,
+        u8,
+        st.integers(0, 0xFFFFF),
+        st.integers(0, 0xFFFF),
+        st.none() | st.binary(min_size=4, max_size=4),
+    ),
+    st.builds(
+        messages.GetChannelAuthCapabilitiesResponse, u8, u8, u8, u8, st.integers(0, 0xFFFFFF), u8
+    ),
+    st.builds(messages.CloseSessionRequest, st.integers(1, 0xFFFFFFFF)),
+    st.builds(
+        wire.IpmiRequest,
+        st.integers(0, 63),
+        u8,
+        st.integers(0, 63),
+        st.binary(max_size=40),
+        u8,
+        st.integers(0, 3),
+        u8,
+        st.integers(0, 3),
+    ),
+    st.builds(
+        wire.IpmiResponse,
+        st.integers(0, 63),
+        u8,
+        st.integers(0, 63),
+        u8,
+        st.binary(max_size=40),
+        u8,
+        st.integers(0, 3),
+        u8,
+        st.integers(0, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize("strategy", MESSAGES)
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_decode_inverts_encode(strategy: st.SearchStrategy[object], data: st.DataObject) -> None:
+    message = data.draw(strategy)
+    encoded = message.encode()  # type: ignore[attr-defined]
+    assert type(message).decode(encoded) == message  # type: ignore[attr-defined]
