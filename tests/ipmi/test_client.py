@@ -684,3 +684,23 @@ def test_an_unreliable_network_never_yields_a_wrong_answer(
             nursery.cancel_scope.cancel()  # datagrams still in flight
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_real_udp_over_ipv6_loopback_with_the_simulator() -> None:
+    """The real transport end to end (IPv6, suite 17) against the project's simulator; the
+    independent servers are in test_interop_*.py."""
+    from ipmi.sim import open_fleet
+
+    async with open_fleet(1, host="::1", password=PASSWORD, power_on=True) as fleet:
+        sim = fleet.bmcs[0]
+        async with open_bmc(sim.address, sim.port, username=USERNAME, password=PASSWORD) as s:
+            assert repr(s) == f"BmcSession([::1]:{sim.port})"
+            assert await s.get_power() is True
+            await s.set_power("off")
+            assert s.cipher_suite == 17
+        assert sim.power_on is False
+        stats = s.statistics()
+        # Auth Cap, Open, RAKP1, RAKP3, Set Priv, status, control, Close: one each way.
+        assert (stats.sent, stats.received, stats.logins) == (8, 8, 1)
+        assert sim.protocol is not None
+        assert sim.protocol.session_count(trio.current_time()) == 0  # Close Session arrived
