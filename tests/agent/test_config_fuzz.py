@@ -87,3 +87,46 @@ def test_any_document_gives_config_or_config_error(document: dict[str, Any]) -> 
         assert "\n" not in message
     else:
         assert isinstance(config, AgentConfig)
+
+
+ironic_info = st.dictionaries(
+    st.sampled_from(
+        ["ipmi_address", "ipmi_port", "ipmi_username", "ipmi_password", "ipmi_priv_level",
+         "ipmi_cipher_suite", "redfish_address"]
+    ),
+    values,
+    max_size=6,
+)  # fmt: skip
+ironic_node = st.dictionaries(
+    st.sampled_from(
+        ["UUID", "Name", "Instance UUID", "Power State", "Maintenance", "Maintenance Reason",
+         "Driver", "Driver Info", "driver_info", "name"]
+    ),
+    st.one_of(values, ironic_info),
+    max_size=8,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.lists(ironic_node, max_size=3), values), st.booleans())
+def test_any_ironic_json_gives_rows_or_config_error(document: object, with_password: bool) -> None:
+    import json
+    import os
+    import tempfile
+
+    from agent.inventory import read_inventory
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "nodes.json")
+        with open(path, "w") as handle:
+            json.dump(document, handle)
+        try:
+            rows = read_inventory(
+                path, environ={}, default_password="pw" if with_password else None
+            )
+        except ConfigError as exc:
+            assert str(exc).startswith(path) and "\n" not in str(exc)
+            return
+    for row in rows:
+        assert row.where.startswith(path)
+        assert (row.node is not None) + (row.error is not None) + (row.skipped is not None) == 1
