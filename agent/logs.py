@@ -76,6 +76,8 @@ class TextFormatter(logging.Formatter):
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         return line
 
 
@@ -93,6 +95,8 @@ class JsonFormatter(logging.Formatter):
             document.setdefault(key, _json_value(value))
         if record.exc_info:
             document["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            document["stack"] = self.formatStack(record.stack_info)
         return json.dumps(document, ensure_ascii=False)
 
 

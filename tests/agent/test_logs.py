@@ -106,3 +106,10 @@ def test_extra_fields_ignores_standard_attributes() -> None:
     assert extra_fields(record) == {}
     record.node = "n1"
     assert extra_fields(record) == {"node": "n1"}
+
+
+def test_stack_info_is_kept() -> None:
+    for log_format in ("text", "json"):
+        stream = capture(LoggingConfig(format=log_format, level="info"))
+        logging.getLogger("agent").info("where am I", stack_info=True)
+        assert "test_stack_info_is_kept" in stream.getvalue()
