@@ -484,3 +484,16 @@ def test_closed_stdout_is_not_a_traceback(cli: Cli) -> None:
         os.close(writer)
     assert result.returncode == 141
     assert result.stderr == ""
+
+
+def test_json_backend(cli: Cli) -> None:
+    cli.config.write_text('[store]\nbackend = "json"\npath = "nodes.json"\n')
+    cli.add("j1")
+    status, _, _ = cli("node", "set", "j1", "--maintenance", "on", "--reason", "test")
+    assert status == 0
+    status, out, _ = cli("node", "list", "--json")
+    assert [(n["name"], n["maintenance"]) for n in json.loads(out)] == [("j1", True)]
+    assert (cli.dir / "nodes.json").stat().st_mode & 0o077 == 0
+    status, out, _ = cli("status", "--json")
+    assert json.loads(out)["maintenance"] == [{"name": "j1", "reason": "test", "fault": None}]
+    assert cli("node", "delete", "j1")[0] == 0
