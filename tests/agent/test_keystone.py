@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -385,3 +386,19 @@ def self_signed_tls(directory: str, host: str = "127.0.0.1") -> tuple[ssl.SSLCon
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path
+
+
+async def test_concurrent_callers_authenticate_once(
+    cloud: FakeOpenStack, http: httpx.AsyncClient
+) -> None:
+    session = KeystoneSession(config_for(cloud), http)
+    tokens = []
+
+    async def fetch() -> None:
+        tokens.append(await session.token())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(fetch)
+    assert session.authentications == 1 and len({t.value for t in tokens}) == 1
+    assert len([r for r in cloud.requests if r.path.endswith("/auth/tokens")]) == 1

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.keystone import (
     KeystoneSession,
@@ -193,3 +195,23 @@ def test_chunks_respect_count_and_body_size() -> None:
         body = json.dumps({"events": [e.wire() for e in chunk]}).encode()
         assert len(body) <= 1000
     assert len(by_size) > 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=60), max_size=40),
+    max_events=st.integers(min_value=1, max_value=10),
+    max_body=st.integers(min_value=200, max_value=2000),
+)
+def test_chunking_keeps_order_and_limits(sizes: list[int], max_events: int, max_body: int) -> None:
+    # POWER_ON and POWER_OFF differ in length, so the events differ in size.
+    events = [
+        PowerEvent(i, f"00000000-0000-4000-8000-{i:012d}", "power on" if n % 2 else "power off")
+        for i, n in enumerate(sizes)
+    ]
+    chunks = list(chunk_events(events, max_events=max_events, max_body_bytes=max_body))
+    assert [e for chunk in chunks for e in chunk] == events
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= max_events
+        body = json.dumps({"events": [e.wire() for e in chunk]}).encode()
+        assert len(body) <= max_body or len(chunk) == 1
