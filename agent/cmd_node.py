@@ -374,8 +374,13 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
     if store is not None:
         with contextlib.suppress(NodeNotFound):
             existing = store.get_node(row.node.name)
-    if existing is not None and all(getattr(existing, key) == wanted[key] for key in wanted):
-        return "unchanged"
+    if existing is not None:
+        # What the file leaves out stays as it is (e.g. an instance set with `node set`).
+        for key in ("cipher_suites", "privilege", "instance_uuid", "session_mode"):
+            if getattr(row.node, key) is None:
+                wanted[key] = getattr(existing, key)
+        if all(getattr(existing, key) == wanted[key] for key in wanted):
+            return "unchanged"
     outcome = "added" if existing is None else "updated"
     if args.dry_run or store is None:
         return outcome

@@ -497,3 +497,18 @@ def test_json_backend(cli: Cli) -> None:
     status, out, _ = cli("status", "--json")
     assert json.loads(out)["maintenance"] == [{"name": "j1", "reason": "test", "fault": None}]
     assert cli("node", "delete", "j1")[0] == 0
+
+
+def test_import_keeps_fields_the_file_leaves_out(cli: Cli) -> None:
+    cli.add("k1", "--instance-uuid", INSTANCE, "--privilege", "operator", "--cipher-suites", "3")
+    path = cli.dir / "k.csv"
+    path.write_text("name,bmc_address,bmc_username,bmc_password_file\nk1,127.0.0.1,admin,bmc.pw\n")
+    status, out, _ = cli("node", "import", str(path))
+    assert status == 0 and "1 unchanged" in out
+    path.write_text("name,bmc_address,bmc_username,bmc_password_file\nk1,127.0.0.2,admin,bmc.pw\n")
+    status, out, _ = cli("node", "import", str(path))
+    assert status == 0 and "1 updated" in out
+    with cli.store() as store:
+        node = store.get_node("k1")
+    assert node.bmc_address == "127.0.0.2"
+    assert (node.instance_uuid, node.privilege, node.cipher_suites) == (INSTANCE, "operator", (3,))
