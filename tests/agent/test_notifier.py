@@ -425,3 +425,17 @@ async def test_store_trouble_backs_off_and_recovers(
     assert flaky.failures == 0
     assert any("database is locked" in r.getMessage() for r in caplog.records)
     assert cloud.delivered(node.instance_uuid) == ["POWER_ON"]
+
+
+async def test_nova_hanging_is_a_timeout_then_a_retry(cloud: FakeOpenStack, store: Store) -> None:
+    nodes = add_nodes(store, cloud, 2)
+    clock = WallClock()
+    notifier = notifier_for(cloud, store, clock, timeout=0.3)
+    power(store, nodes, "power off")
+    cloud.nova_hang = True
+    report = await notifier.drain_once()
+    assert report.deferred == 2 and "did not answer within 0.3 s" in str(report.error)
+    cloud.nova_hang = False
+    clock.advance(10)
+    assert (await notifier.drain_once()).delivered == 2
+    assert len(cloud.delivered()) == 2
