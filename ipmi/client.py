@@ -389,14 +389,14 @@ class BmcSession:
         if self._closed:
             return
         self._closed = True
+        self._logged_in = False
         try:
-            if not self._logged_in:
-                return
-            self._logged_in = False
             try:
+                # Also after a login that failed once the keys existed (e.g. privilege
+                # refused): the BMC holds a session for us until we close it.
                 datagram = self._machine.close()
             except IpmiError:
-                return
+                return  # no keys, no session on the BMC side
             # Shielded: a caller's cancelled scope must still free the BMC's session slot.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
                 await self._send(datagram)

@@ -493,6 +493,22 @@ async def test_no_common_cipher_suite_is_a_negotiation_error(autojump_clock: obj
     assert f"{HOST}:{PORT}" in str(caught.value)
 
 
+async def test_a_login_cut_short_after_the_keys_still_closes_the_bmc_session(
+    autojump_clock: object,
+) -> None:
+    """The caller's deadline hits while Set Session Privilege Level is unanswered: the BMC
+    already holds a session for us, and Close Session (with the fresh keys) frees it."""
+    bmc = FakeBmc()
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_client", "privilege", (1, 2, 3), ()))
+        with trio.move_on_after(0.5) as scope:
+            async with bmc_session(network):
+                pytest.fail("logged in without the privilege answer")
+        assert scope.cancelled_caught
+    assert network.labels()[-2:] == ["privilege", "close"]
+    assert bmc.protocol.session_count(trio.current_time()) == 0
+
+
 async def test_deadline_comes_from_the_callers_cancel_scope(autojump_clock: object) -> None:
     bmc = FakeBmc(alive=False)
     async with trio.open_nursery() as nursery:
