@@ -1,8 +1,9 @@
 """``powersync status [--json]``: the fleet at a glance, read from the store.
 
 Nodes by power state, nodes in maintenance with their reasons, faults, the last sync cycle
-(the service writes it to the store's meta key ``last_cycle``) and the Nova notification
-outbox. Works while the daemon runs (it only reads).
+and recovery pass (the service writes their summaries as JSON to the store's meta keys
+``last_cycle`` and ``last_recovery``) and the Nova notification outbox. Works while the daemon
+runs (it only reads).
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from agent.config import AgentConfig, load_config
 from store import Node
 
 LAST_CYCLE_KEY = "last_cycle"
+LAST_RECOVERY_KEY = "last_recovery"
 # A last cycle older than this many intervals means the daemon is not syncing.
 STALE_INTERVALS = 3
 _CYCLE_KEYS = ("started_at", "duration", "nodes", "ok", "failed", "changed", "forced")
+# Shown when the service recorded them (it may record more than the pinned keys).
+_OPTIONAL_KEYS = ("cycle", "skipped", "maintenance", "recovered")
+_COUNT_KEYS = ("ok", "failed", "changed", "forced", "skipped", "maintenance", "recovered")
 
 
-def _last_cycle(raw: str | None, config: AgentConfig, now: float) -> dict[str, Any] | None:
+def _last_pass(raw: str | None, interval: float, now: float) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
@@ -33,16 +38,20 @@ def _last_cycle(raw: str | None, config: AgentConfig, now: float) -> dict[str, A
     if not isinstance(cycle, dict):
         return {"unreadable": True}
     summary: dict[str, Any] = {key: cycle.get(key) for key in _CYCLE_KEYS}
+    summary |= {key: cycle[key] for key in _OPTIONAL_KEYS if cycle.get(key) is not None}
     started = cycle.get("started_at")
     if isinstance(started, int | float):
         summary["age"] = max(0.0, now - started)
-        interval = config.conductor.sync_power_state_interval
         summary["stale"] = interval > 0 and summary["age"] > STALE_INTERVALS * interval
     return summary
 
 
 def collect(
-    nodes: list[Node], counts: dict[str, int], cycle: dict[str, Any] | None, now: float
+    nodes: list[Node],
+    counts: dict[str, int],
+    cycle: dict[str, Any] | None,
+    now: float,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status document (what ``--json`` prints)."""
     by_state = Counter(node.power_state or "unknown" for node in nodes)
@@ -58,6 +67,7 @@ def collect(
         "faults": dict(sorted(faults.items())),
         "locked": sum(1 for node in nodes if node.is_locked(now)),
         "last_cycle": cycle,
+        "last_recovery": recovery,
         "notifications": {
             key: counts.get(key, 0) for key in ("pending", "delivered", "dropped", "superseded")
         },
@@ -76,7 +86,11 @@ def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
         print(f"  {entry['name']}: {detail}{fault}")
     faults = ", ".join(f"{count} {fault}" for fault, count in status["faults"].items())
     print(f"faults: {faults or 'none'}")
-    print(f"last cycle: {_cycle_text(status['last_cycle'], config)}")
+    interval = config.conductor.sync_power_state_interval
+    print(f"last cycle: {_pass_text(status['last_cycle'], interval)}")
+    if status["last_recovery"] is not None:
+        recovery_interval = config.conductor.power_failure_recovery_interval
+        print(f"last recovery: {_pass_text(status['last_recovery'], recovery_interval)}")
     notes = status["notifications"]
     line = f"{notes['pending']} pending, {notes['delivered']} delivered, {notes['dropped']} dropped"
     if not config.nova.send_power_notifications:
@@ -84,26 +98,22 @@ def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
     print(f"notifications: {line}")
 
 
-def _cycle_text(cycle: dict[str, Any] | None, config: AgentConfig) -> str:
+def _pass_text(cycle: dict[str, Any] | None, interval: float) -> str:
     if cycle is None:
         return "none recorded (is `powersync run` running?)"
     if cycle.get("unreadable"):
         return "unreadable record in the store"
     parts = []
     if isinstance(cycle.get("started_at"), int | float):
-        parts.append(f"{format_time(cycle['started_at'])} ({_ago(cycle['age'])} ago)")
+        number = f"#{cycle['cycle']} " if cycle.get("cycle") is not None else ""
+        parts.append(f"{number}{format_time(cycle['started_at'])} ({_ago(cycle['age'])} ago)")
     if isinstance(cycle.get("duration"), int | float):
         parts.append(f"took {cycle['duration']:.2f} s")
-    counts = [
-        f"{cycle[key]} {key}"
-        for key in ("ok", "failed", "changed", "forced")
-        if cycle[key] is not None
-    ]
+    counts = [f"{cycle[key]} {key}" for key in _COUNT_KEYS if cycle.get(key) is not None]
     if cycle.get("nodes") is not None:
         parts.append(f"{cycle['nodes']} nodes: " + ", ".join(counts))
     text = ", ".join(parts) or "recorded without details"
     if cycle.get("stale"):
-        interval = config.conductor.sync_power_state_interval
         text += f"; STALE: older than {STALE_INTERVALS} x {interval:g} s, is the agent running?"
     return text
 
@@ -122,8 +132,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         nodes = store.list_nodes()
         counts = store.notification_counts()
         raw_cycle = store.get_meta(LAST_CYCLE_KEY)
+        raw_recovery = store.get_meta(LAST_RECOVERY_KEY)
     now = time.time()
-    status = collect(nodes, counts, _last_cycle(raw_cycle, config, now), now)
+    conductor = config.conductor
+    cycle = _last_pass(raw_cycle, conductor.sync_power_state_interval, now)
+    recovery = _last_pass(raw_recovery, conductor.power_failure_recovery_interval, now)
+    status = collect(nodes, counts, cycle, now, recovery)
     if args.json:
         print_json(status)
     else:

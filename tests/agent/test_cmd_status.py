@@ -10,7 +10,7 @@ import pytest
 
 import agent.cli
 from agent.cli import main
-from agent.cmd_status import LAST_CYCLE_KEY
+from agent.cmd_status import LAST_CYCLE_KEY, LAST_RECOVERY_KEY
 from store import HistoryRecord, NodeChange, open_store
 
 INSTANCE_A = "7d8f1c1e-64c5-4b59-9d2b-0e4f1a1b2c3d"
@@ -84,6 +84,31 @@ def fill(store_path: Path, *, cycle_started: float | None) -> None:
                 "forced": 0,
             }
             store.set_meta(LAST_CYCLE_KEY, json.dumps(summary))
+
+
+def test_status_shows_the_service_summaries(
+    setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, store_path = setup
+    fill(store_path, cycle_started=None)
+    now = time.time()
+    # What agent/service.py writes (more than the pinned keys), for sync and recovery.
+    cycle = {"cycle": 12, "kind": "sync", "started_at": now - 5, "duration": 0.5, "nodes": 4,
+             "ok": 3, "failed": 1, "changed": 0, "forced": 0, "skipped": 2, "maintenance": 0,
+             "recovered": 0, "applied": 1, "dropped": 0}  # fmt: skip
+    recovery = cycle | {"cycle": 3, "kind": "recovery", "nodes": 1, "recovered": 1}
+    with open_store(str(store_path)) as store:
+        store.set_meta(LAST_CYCLE_KEY, json.dumps(cycle))
+        store.set_meta(LAST_RECOVERY_KEY, json.dumps(recovery))
+    assert main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "last cycle: #12 " in out
+    assert "4 nodes: 3 ok, 1 failed, 0 changed, 0 forced, 2 skipped, 0 maintenance, 0 rec" in out
+    assert "last recovery: #3 " in out and "1 nodes: " in out and "1 recovered" in out
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["last_cycle"]["skipped"] == 2 and status["last_cycle"]["cycle"] == 12
+    assert status["last_recovery"]["recovered"] == 1
 
 
 def test_status_json(setup: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
