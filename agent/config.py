@@ -487,7 +487,8 @@ def _check_address(section: Section, address: str) -> str:
         return str(ipaddress.ip_address(address))
     except ValueError:
         pass
-    if not _HOSTNAME.match(address):
+    # An all-numeric last label is a mistyped IPv4 address (999.1.1.1), not a host name.
+    if not _HOSTNAME.match(address) or address.rstrip(".").rsplit(".", 1)[-1].isdigit():
         raise section.fail("bmc_address", "must be an IP address or host name", address)
     return address
 

@@ -329,6 +329,8 @@ def test_node_required_fields(tmp_path: Path) -> None:
     assert "(a): bmc_address is required" in config_error(tmp_path, no_address)
     bad_address = no_address + 'bmc_address = "not an address!"\n'
     assert "bmc_address must be an IP address or host name" in config_error(tmp_path, bad_address)
+    bad_ipv4 = no_address + 'bmc_address = "999.1.1.1"\n'
+    assert "bmc_address must be an IP address or host name" in config_error(tmp_path, bad_ipv4)
     no_user = '[[nodes]]\nname = "a"\nbmc_address = "10.0.0.1"\nbmc_password = "x"\n'
     assert "(a): bmc_username is required" in config_error(tmp_path, no_user)
     long_user = no_user + 'bmc_username = "u2345678901234567"\n'
