@@ -91,7 +91,14 @@ def register(subparsers: Any) -> None:
         type=float,
         default=0.0,
         metavar="P",
-        help="probability that a datagram is dropped, each direction",
+        help="probability that a datagram to a BMC is lost on the way in",
+    )
+    faults.add_argument(
+        "--answer-loss",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a BMC's answer is lost on the way back",
     )
     faults.add_argument("--latency", type=float, default=0.0, metavar="S")
     faults.add_argument("--jitter", type=float, default=0.0, metavar="S")
@@ -135,7 +142,7 @@ def _faults(args: argparse.Namespace) -> Faults:
                 f"(indexes are 0..{args.nodes - 1})"
             )
         values[option] = indexes
-    for option in ("loss", "latency", "jitter", "flap_interval", "slow_delay"):
+    for option in ("loss", "answer_loss", "latency", "jitter", "flap_interval", "slow_delay"):
         values[option] = getattr(args, option)
     try:
         return Faults(**values)

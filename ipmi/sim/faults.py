@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 INDEX_SET_FIELDS = ("dead", "hanging", "wrong_password", "flapping", "slow", "ignore_soft_off")
-FLOAT_FIELDS = ("loss", "latency", "jitter", "flap_interval", "slow_delay")
+FLOAT_FIELDS = ("loss", "answer_loss", "latency", "jitter", "flap_interval", "slow_delay")
 
 
 def _index_set(value: Iterable[int]) -> frozenset[int]:
@@ -45,7 +45,8 @@ def _positive(_instance: object, attribute: attrs.Attribute[float], value: float
 class Faults:
     """What goes wrong, and where.
 
-    loss            probability that any datagram (request or answer) is dropped
+    loss            probability that a datagram sent to a BMC is dropped before it arrives
+    answer_loss     probability that a BMC's answer is dropped on its way back
     latency/jitter  seconds added to every answer: latency + uniform(-jitter, +jitter)
     dead            BMCs that never answer anything
     hanging         BMCs that complete logins, then ignore every in-session request
@@ -56,6 +57,7 @@ class Faults:
     """
 
     loss: float = attrs.field(default=0.0, converter=float, validator=_probability)
+    answer_loss: float = attrs.field(default=0.0, converter=float, validator=_probability)
     latency: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     jitter: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
     dead: frozenset[int] = attrs.field(default=frozenset(), converter=_index_set)

@@ -193,7 +193,7 @@ class Fleet:
         if answer is None:
             self.ignored += 1
             return
-        if faults.loss and self._rng.random() < faults.loss:
+        if faults.answer_loss and self._rng.random() < faults.answer_loss:
             self.lost += 1
             return
         bmc.requests += 1
