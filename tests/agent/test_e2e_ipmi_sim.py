@@ -1,0 +1,165 @@
+"""End to end against OpenIPMI's ipmi_sim: an independent BMC implementation (suite 3).
+
+ipmi_sim keeps the chassis power in a file per BMC and logs what it was asked to do, so
+the tests see exactly which commands the agent sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.actions import power_action
+from agent.bmcs import ipmi_opener, open_bmc_pool
+from agent.config import AgentConfig, ConductorConfig, IpmiConfig
+from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
+from agent.service import SyncService
+from agent.storeio import AsyncStore
+from store import Store, open_store
+from tests.conftest import require_tool
+from tests.peers.ipmi_sim import IpmiSimBmc, ipmi_sim_fleet
+
+pytestmark = pytest.mark.peers
+
+IPMI = IpmiConfig(
+    cipher_suites=(3,), retry_timeout=0.3, retry_backoff=2.0, retry_max_timeout=0.6, retries=2
+)
+
+
+def config(**conductor: Any) -> AgentConfig:
+    settings: dict[str, Any] = {
+        "sync_node_timeout": 5.0,
+        "sync_jitter_window": 0.0,
+        "power_state_sync_max_retries": 1,
+        "power_state_change_timeout": 10.0,
+    }
+    settings.update(conductor)
+    return AgentConfig(source="e2e", conductor=ConductorConfig(**settings), ipmi=IPMI)
+
+
+def opener() -> Any:
+    return ipmi_opener(
+        retry_timeout=IPMI.retry_timeout,
+        retry_backoff=IPMI.retry_backoff,
+        retries=IPMI.retries,
+        max_timeout=IPMI.retry_max_timeout,
+    )
+
+
+@pytest.fixture
+def password() -> str:
+    return "ps" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def bmcs(tmp_path: Path, password: str) -> Iterator[list[IpmiSimBmc]]:
+    require_tool("ipmi_sim")
+    with ipmi_sim_fleet(3, directory=tmp_path / "bmcs", password=password, power_on=True) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def store(tmp_path: Path, bmcs: list[IpmiSimBmc], password: str) -> Iterator[Store]:
+    with open_store(str(tmp_path / "agent.sqlite")) as opened:
+        for index, bmc in enumerate(bmcs):
+            opened.add_node(
+                name=f"osim-{index}",
+                bmc_address=bmc.host,
+                bmc_port=bmc.port,
+                bmc_username="admin",
+                bmc_password=password,
+                cipher_suites=(3,),  # Debian's ipmi_sim has no SHA-256 suites
+                instance_uuid=f"00000000-0000-4000-8000-{index:012d}",
+            )
+        yield opened
+
+
+def word(on: bool) -> str:
+    return POWER_ON if on else POWER_OFF
+
+
+async def test_both_force_modes(store: Store, bmcs: list[IpmiSimBmc]) -> None:
+    bmcs[1].set_power(False)
+    async with open_bmc_pool(opener()) as pool:
+        forcing = SyncService(config(), AsyncStore(store), pool)
+        report = await forcing.run_cycle()
+        assert [r.new_state for r in report.results] == [POWER_ON, POWER_OFF, POWER_ON]
+
+        bmcs[0].set_power(False)  # out of band, behind the agent's back
+        bmcs[0].clear_calls()
+        report = await forcing.run_cycle()
+        assert [r.action for r in report.results] == ["forced", "in-sync", "in-sync"]
+        assert "set power 1" in bmcs[0].calls()  # ipmi_sim was told to power on
+        assert bmcs[0].power_on
+        assert store.get_node("osim-0").power_state == POWER_ON
+
+        recording = SyncService(
+            config(force_power_state_during_sync=False), AsyncStore(store), pool
+        )
+        bmcs[2].set_power(False)
+        bmcs[2].clear_calls()
+        report = await recording.run_cycle()
+        assert [r.action for r in report.results] == ["in-sync", "in-sync", "record-hardware"]
+        assert not any(call.startswith("set power") for call in bmcs[2].calls())
+        assert not bmcs[2].power_on
+        assert store.get_node("osim-2").power_state == POWER_OFF
+    for index, bmc in enumerate(bmcs):
+        assert store.get_node(f"osim-{index}").power_state == word(bmc.power_on)
+
+
+async def test_max_retries_maintenance_and_recovery(store: Store, bmcs: list[IpmiSimBmc]) -> None:
+    async with open_bmc_pool(opener()) as pool:
+        service = SyncService(config(), AsyncStore(store), pool)
+        await service.run_cycle()
+        bmcs[1].stop()  # the BMC goes away
+        first = await service.run_cycle()
+        second = await service.run_cycle()
+        assert [r.action for r in first.results] == ["in-sync", "read-failed", "in-sync"]
+        assert [r.action for r in second.results] == ["in-sync", "maintenance", "in-sync"]
+        node = store.get_node("osim-1")
+        assert node.maintenance and node.fault == FAULT_POWER_FAILURE
+        assert node.power_state is None
+        assert node.maintenance_reason is not None
+        assert f"{bmcs[1].host}:{bmcs[1].port}" in node.maintenance_reason
+        assert "NoResponseError" in node.maintenance_reason
+        # still down: the recovery pass leaves it in maintenance
+        report = await service.run_recovery()
+        assert [r.action for r in report.results] == ["still-failing"]
+
+        bmcs[1].restart()  # back, with every session forgotten
+        report = await service.run_recovery()
+        assert [r.action for r in report.results] == ["recovered"]
+        node = store.get_node("osim-1")
+        assert not node.maintenance and node.fault is None and node.maintenance_reason is None
+        assert node.power_state == POWER_ON
+        report = await service.run_cycle()
+        assert [r.action for r in report.results] == ["in-sync"] * 3
+
+
+async def test_power_actions(store: Store, bmcs: list[IpmiSimBmc]) -> None:
+    astore = AsyncStore(store)
+    result = await power_action(
+        astore, "osim-2", "off", config=config(), opener=opener(), wait=True, wait_limit=10.0
+    )
+    assert result.after == POWER_OFF
+    assert "set power 0" in bmcs[2].calls()
+    assert not bmcs[2].power_on
+    node = store.get_node("osim-2")
+    assert (node.power_state, node.target_power_state, node.reservation) == (POWER_OFF, None, None)
+    assert store.history("osim-2")[0].cause == "action"
+
+    bmcs[0].clear_calls()
+    await power_action(
+        astore, "osim-0", "cycle", config=config(), opener=opener(), wait=True, wait_limit=10.0
+    )
+    # ipmi_sim runs a power cycle as "off now, on a second later"; the agent waits for on.
+    calls = bmcs[0].calls()
+    assert "set power 0" in calls and "set power 1" in calls
+    assert bmcs[0].power_on
+    assert store.get_node("osim-0").power_state == POWER_ON
+    pending = store.due_notifications(now=store.get_node("osim-0").updated_at + 1)
+    assert {n.power_state for n in pending} == {POWER_OFF, POWER_ON}
