@@ -7,9 +7,10 @@ inside a session verifies every datagram's integrity code before decrypting or p
 Commands it does not implement get completion code 0xC1 (invalid command).
 
 Retransmissions are answered, not re-executed: a repeated Open Session, RAKP1 or RAKP3
-gets the answer already sent, and a repeated in-session request (same session sequence
-number) gets its cached answer. So a client that lost an answer can retry, as with real
-BMCs, and a lost Chassis Control answer never cycles a server twice.
+gets the answer already sent, a repeated in-session request (same session sequence
+number) gets its cached answer, and a Chassis Control repeated within 5 s with the same
+rqSeq and data under a new sequence number gets the first answer again. So a client that
+lost an answer can retry, as with real BMCs, and a lost answer never cycles a server twice.
 
 The clock (``now``, seconds) and the entropy source are passed in; nothing here does I/O.
 """
@@ -65,6 +66,7 @@ LAN_CHANNEL = 1
 REPLAY_CACHE = 8  # answers kept per session for retransmitted requests
 SEQUENCE_WINDOW_BEHIND = 16  # older inbound sequence numbers are dropped
 SEQUENCE_WINDOW_AHEAD = 32  # so are ones jumping this far ahead
+DUPLICATE_WINDOW = 5.0  # seconds a Chassis Control is remembered by its rqSeq (as on IPMB)
 
 # Privilege needed per (netfn, cmd); anything not listed is an invalid command.
 _REQUIRED_PRIVILEGE: dict[tuple[int, int], int] = {
@@ -131,6 +133,7 @@ class ServerSession:
         "crypto",
         "highest_sequence",
         "last_activity",
+        "last_control",
         "max_privilege",
         "open_answer",
         "open_tag",
@@ -174,6 +177,9 @@ class ServerSession:
         self.highest_sequence = 0
         self.outbound_sequence = 0
         self.answers: dict[int, bytes] = {}
+        # (time, rqSeq, data, answer) of the last Chassis Control, for retransmissions
+        # that come under a new session sequence number with the same rqSeq
+        self.last_control: tuple[float, int, bytes, bytes] | None = None
 
     def __repr__(self) -> str:  # never the password or keys
         return f"<ServerSession 0x{self.bmc_session_id:08x} state={self.state}>"
@@ -505,6 +511,15 @@ class BmcProtocol:
         request = wire.IpmiRequest.decode(session.crypto.decrypt(packet.payload))
         session.last_activity = now
         session.highest_sequence = max(highest, sequence)
+        is_control = (request.netfn, request.cmd) == (NetFn.CHASSIS, Command.CHASSIS_CONTROL)
+        last = session.last_control
+        if (
+            is_control
+            and last is not None
+            and now - last[0] <= DUPLICATE_WINDOW
+            and (last[1], last[2]) == (request.rq_seq, request.data)
+        ):
+            return last[3]  # the same power action again: answered, not repeated
         code, data, close = self._command(session, request, now)
         answer = session.crypto.seal(
             PayloadType.IPMI,
@@ -515,6 +530,8 @@ class BmcProtocol:
         if close:
             self.sessions.pop(session.bmc_session_id, None)
             return answer
+        if is_control:
+            session.last_control = (now, request.rq_seq, request.data, answer)
         answers = session.answers
         answers[sequence] = answer
         if len(answers) > REPLAY_CACHE:
