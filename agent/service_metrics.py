@@ -62,6 +62,7 @@ class ServiceMetrics:
             "Seconds since the last successful BMC read, per node",
             ["node"],
         )
+        self.bound_port: int | None = None  # the port actually listened on (port 0 = any)
         self._last_seen: dict[str, float] = {}
         self._pool_seen: dict[str, float] = {}
         r.on_collect(self._refresh_ages)
@@ -123,4 +124,8 @@ class ServiceMetrics:
         if self.host is None or self.port is None:
             task_status.started(0)
             return
-        await serve_metrics(self.registry, self.host, self.port, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            self.bound_port = await nursery.start(
+                serve_metrics, self.registry, self.host, self.port
+            )
+            task_status.started(self.bound_port)

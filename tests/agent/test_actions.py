@@ -193,3 +193,60 @@ async def test_status_reads_without_writing(
         InlineStore(store), name, config=CONFIG, opener=fleet.opener, read_within=5.0
     )
     assert status.hardware is None and status.error == "no answer within 5 s"
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def cli_config(tmp_path: Path) -> str:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'[store]\npath = "{tmp_path / "agent.sqlite"}"\n')
+    path.chmod(0o600)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["power", "nope", "on"], "powersync: node nope: no such node"),
+        (
+            ["power", "node-0000", "on"],
+            "powersync: node node-0000 is in maintenance (rack move); "
+            "run `powersync node set node-0000 --maintenance off` first",
+        ),
+        (
+            ["sync"],
+            "powersync: sync runs one cycle: use `powersync sync --once` (the daemon is `run`)",
+        ),
+    ],
+)
+def test_cli_refusals_are_one_line(
+    tmp_path: Path,
+    store: Store,
+    fleet: FakeFleet,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    from agent.cli import main
+
+    (name,) = add_nodes(store, fleet, 1)
+    store.update_node(name, maintenance=True, maintenance_reason="rack move")
+    status = main(["--config", cli_config(tmp_path), *argv])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err.strip() == message
+    assert "Traceback" not in captured.err
+
+
+def test_cli_power_with_a_missing_store_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "missing.sqlite"}"\n')
+    assert main(["--config", str(config), "power", "x", "status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("powersync: store ") and "missing.sqlite does not exist" in err
+    assert "\n" not in err
