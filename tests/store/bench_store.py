@@ -6,7 +6,8 @@ For each backend: import N nodes in one batch, then time one sync cycle's observ
 all N nodes written with one apply() batch, in two shapes:
   steady   every node observed unchanged (power_state, last_seen_at, sync_failures)
   storm    every node changed: fields + a history row + a Nova outbox row (site power event)
-and report the file size per 1,000 nodes (inventory only, and after the storms).
+and report the file size per 1,000 nodes (inventory only, and after the storms) and the time
+to open the file again afterwards.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def measure(backend: str, directory: str, count: int, repeat: int) -> dict[str, 
         result["apply_storm_s"] = statistics.median(storms)
         result["due_notifications_s"] = timed(lambda: store.due_notifications(limit=count))
     result["after_storms_bytes_per_1000"] = file_size(path) / count * 1000
+    # A cold open: SQLite runs its quick_check, JSON parses and validates every node.
+    result["reopen_s"] = timed(lambda: open_store(path, backend).close())
     return result
 
 
