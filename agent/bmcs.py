@@ -198,6 +198,11 @@ class BmcPool:
         """Close the long-lived session of a node that left the inventory."""
         self._forget_worker(key)
 
+    def retain(self, keys: set[str]) -> None:
+        """Close the long-lived sessions of every node not in ``keys`` (deleted nodes)."""
+        for key in [key for key in self._workers if key not in keys]:
+            self._forget_worker(key)
+
     def open_sessions(self) -> int:
         return sum(1 for worker in self._workers.values() if worker.session_open)
 

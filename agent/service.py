@@ -250,6 +250,7 @@ class SyncService:
         started = trio.current_time()
         if kind == "sync":
             nodes = await self.store.run(self.store.store.list_nodes)
+            self.pool.retain({node.uuid for node in nodes})  # sessions of deleted nodes
         else:
             nodes = await self.store.run(
                 lambda: self.store.store.list_nodes(maintenance=True, fault="power failure")

@@ -578,3 +578,17 @@ async def test_metrics_endpoint_served_by_the_daemon(store: Store, fleet: FakeFl
         service.stop()
     assert response.status_code == 200
     assert 'powersync_nodes{power_state="power on"} 2' in response.text
+
+
+async def test_a_deleted_node_loses_its_session(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    names = add_nodes(store, fleet, 2)
+    async with Harness(store, fleet, make_config()) as service:
+        await service.run_cycle()
+        assert service.pool.open_sessions() == 2
+        store.delete_node(names[0])
+        await service.run_cycle()
+        await trio.sleep(1)
+        assert fleet[10001].closes == 1  # Close Session sent while the pool lives on
+        assert service.pool.open_sessions() == 1
