@@ -185,19 +185,32 @@ def create_v1(conn: sqlite3.Connection) -> None:
 def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE nodes ADD COLUMN session_mode TEXT")
     conn.execute("ALTER TABLE nodes ADD COLUMN last_seen_at REAL")
-    conn.execute("ALTER TABLE notifications ADD COLUMN status TEXT NOT NULL DEFAULT 'pending'")
+    # The outbox flags become one status column. The table is rebuilt rather than using
+    # DROP COLUMN, which older SQLite libraries (before 3.35) do not have.
+    conn.execute("ALTER TABLE notifications RENAME TO notifications_v1")
     conn.execute(
-        "UPDATE notifications SET status = CASE WHEN delivered THEN 'delivered' "
-        "WHEN dropped THEN 'dropped' ELSE 'pending' END"
+        "CREATE TABLE notifications ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,"
+        " instance_uuid TEXT NOT NULL, power_state TEXT NOT NULL, created_at REAL NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT,"
+        " status TEXT NOT NULL DEFAULT 'pending')"
     )
+    conn.execute(
+        "INSERT INTO notifications (id, node_uuid, instance_uuid, power_state, created_at,"
+        " attempts, next_attempt_at, last_error, status)"
+        " SELECT id, node_uuid, instance_uuid, power_state, created_at, attempts,"
+        " next_attempt_at, last_error,"
+        " CASE WHEN delivered THEN 'delivered' WHEN dropped THEN 'dropped' ELSE 'pending' END"
+        " FROM notifications_v1"
+    )
+    conn.execute("DROP TABLE notifications_v1")
     # Version 1 could queue several pending rows for one instance; only the newest may be sent.
     conn.execute(
         "UPDATE notifications SET status = 'superseded' WHERE status = 'pending' AND id < "
         "(SELECT MAX(n2.id) FROM notifications AS n2 "
         " WHERE n2.instance_uuid = notifications.instance_uuid AND n2.status = 'pending')"
     )
-    conn.execute("ALTER TABLE notifications DROP COLUMN delivered")
-    conn.execute("ALTER TABLE notifications DROP COLUMN dropped")
     conn.execute("CREATE INDEX history_by_node ON history(node_uuid, id)")
     conn.execute("CREATE INDEX notifications_due ON notifications(status, next_attempt_at)")
     conn.execute("CREATE INDEX notifications_by_instance ON notifications(instance_uuid, status)")

@@ -12,7 +12,6 @@ trio worker threads; calls are serialised by the caller and, belt and braces, by
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -381,14 +380,7 @@ class SqliteStore(Store):
         if not checked:
             return
         with self._write() as conn:
-            wanted = json.dumps(sorted({uuid for uuid, _, _ in checked}))
-            instances: dict[str, str | None] = dict(
-                conn.execute(
-                    "SELECT uuid, instance_uuid FROM nodes "
-                    "WHERE uuid IN (SELECT value FROM json_each(?))",
-                    (wanted,),
-                ).fetchall()
-            )
+            instances = self._instances(conn, {uuid for uuid, _, _ in checked})
             # Merge each node's field changes in batch order, then write them grouped by shape.
             merged: dict[str, dict[str, object]] = {}
             history_rows: list[tuple[object, ...]] = []
@@ -430,6 +422,22 @@ class SqliteStore(Store):
                 history_rows,
             )
             self._enqueue(conn, outbox, at)
+
+    @staticmethod
+    def _instances(conn: sqlite3.Connection, uuids: set[str]) -> dict[str, str | None]:
+        """instance_uuid of each of these nodes that exists (in chunks: parameter limits)."""
+        wanted = sorted(uuids)
+        found: dict[str, str | None] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found.update(
+                conn.execute(
+                    f"SELECT uuid, instance_uuid FROM nodes WHERE uuid IN ({marks})",  # noqa: S608
+                    chunk,
+                ).fetchall()
+            )
+        return found
 
     @staticmethod
     def _enqueue(conn: sqlite3.Connection, outbox: list[tuple[str, str, str]], at: float) -> None:
