@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -618,3 +619,37 @@ def test_prune_keeps_recent_rows_and_every_pending_notification(store: Store) ->
         "superseded": 0,
     }
     assert store.prune(before=T0 + 50) == {"history": 0, "notifications": 0}
+
+
+def test_missing_directory_is_reported(tmp_path: Path, backend: str) -> None:
+    path = tmp_path / "no-such-dir" / "store"
+    with pytest.raises(StoreError, match=str(path.parent)):
+        open_store(str(path), backend)
+
+
+def test_calls_from_several_threads_are_safe(store: Store) -> None:
+    # The agent serialises calls, but the store must not break if two threads overlap.
+    nodes = [add(store, f"t{i}", instance_uuid=INSTANCE) for i in range(4)]
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            node = nodes[index]
+            for round_number in range(25):
+                assert store.acquire_lock(node.uuid, f"thread-{index}", ttl=60)
+                store.apply(
+                    [NodeChange(node.uuid, {"sync_failures": round_number + 1}, None, "power on")]
+                )
+                assert store.release_lock(node.uuid, f"thread-{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert [n.sync_failures for n in store.list_nodes()] == [25] * 4
+    counts = store.notification_counts()
+    assert (counts["pending"], counts["superseded"]) == (1, 99)
