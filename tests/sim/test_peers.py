@@ -249,3 +249,20 @@ async def test_flapping_power_is_seen_by_ipmitool() -> None:
                     seen.add(status.power)
                 await trio.sleep(0.1)
         assert seen == {True, False}
+
+
+async def test_ipmitool_without_a_cipher_suite_reads_our_suite_list() -> None:
+    """Ironic's default (no ipmi_cipher_suite): ipmitool asks Get Channel Cipher Suites
+    first (ipmi_sim never answers it and costs 10 s); we list 17 and 3."""
+    async with open_fleet(1, password=SECRET, power_on=True) as fleet:
+        command = ipmitool(fleet.bmcs[0], "status")
+        argv = list(command.argv)
+        del argv[argv.index("-C") : argv.index("-C") + 2]
+        status = await attrs.evolve(command, argv=tuple(argv)).arun()
+        assert status.power is True, clients.describe(status)
+
+
+async def test_ipv6_loopback_fleet() -> None:
+    async with open_fleet(1, host="::1", password=SECRET, power_on=True) as fleet:
+        status = await ipmitool(fleet.bmcs[0], "status", 17).arun()
+        assert status.power is True, clients.describe(status)
