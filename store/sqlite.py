@@ -118,7 +118,8 @@ class SqliteStore(Store):
             try:
                 self._create_or_migrate(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         result = conn.execute("PRAGMA quick_check").fetchall()
@@ -178,12 +179,16 @@ class SqliteStore(Store):
                     f"{BUSY_TIMEOUT:g} s): {text}"
                 ) from exc
             raise StoreError(f"store {self.path}: {text}") from exc
-        except sqlite3.DatabaseError as exc:
-            raise StoreCorrupt(
-                f"store {self.path} is damaged or not a database ({exc}); restore it from a "
-                "backup or move it aside"
-            ) from exc
         except sqlite3.Error as exc:
+            # SQLITE_CORRUPT / SQLITE_NOTADB arrive as the plain DatabaseError class.
+            code = getattr(exc, "sqlite_errorname", "")
+            if type(exc) is sqlite3.DatabaseError or code.startswith(
+                ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+            ):
+                raise StoreCorrupt(
+                    f"store {self.path} is damaged or not a database ({exc}); restore it from "
+                    "a backup or move it aside"
+                ) from exc
             raise StoreError(f"store {self.path}: {exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
