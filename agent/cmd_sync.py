@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any, TextIO
 
@@ -81,6 +82,9 @@ def _handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not args.debug:
         setup_logging(config.logging)
+        # The per-node lines on stdout already say what INFO logs would repeat.
+        sync_log = logging.getLogger("powersync.sync")
+        sync_log.setLevel(max(sync_log.getEffectiveLevel(), logging.WARNING))
     progress = sys.stderr if sys.stderr.isatty() and not args.json else None
     with open_configured_store(config, create=False) as store:
         report = trio.run(

@@ -61,9 +61,9 @@ def make_config(**conductor: Any) -> AgentConfig:
     return AgentConfig(source="test", conductor=ConductorConfig(**settings), ipmi=ipmi)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with open_store(str(tmp_path / "agent.sqlite")) as opened:
+@pytest.fixture(params=["sqlite", "json"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    with open_store(str(tmp_path / f"agent.{request.param}"), request.param) as opened:
         yield opened
 
 
