@@ -1,4 +1,4 @@
-"""SQLite schema and its migrations.
+"""SQLite schema, its migrations, and the checks made when a file is opened.
 
 The schema version lives in ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file
 as a powersync store so a foreign SQLite file is never mistaken for an empty store.
@@ -15,8 +15,13 @@ A migration runs inside the caller's write transaction, so it is all-or-nothing.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable
+
+from store.errors import SchemaTooNew, StoreCorrupt
+
+log = logging.getLogger("store")
 
 APPLICATION_ID = 0x50575359  # "PWSY"
 CURRENT_VERSION = 2
@@ -227,3 +232,64 @@ def migrate(conn: sqlite3.Connection, from_version: int) -> None:
     for version in range(from_version, CURRENT_VERSION):
         MIGRATIONS[version](conn)
         conn.execute(f"PRAGMA user_version = {version + 1}")
+
+
+def prepare(conn: sqlite3.Connection, path: str) -> None:
+    """Set the pragmas, create, check or migrate the schema, and check the file's health."""
+    conn.execute("PRAGMA foreign_keys = ON")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        log.warning("store %s: WAL journal not available (journal_mode=%s)", path, mode)
+    conn.execute("PRAGMA synchronous = FULL")
+    version, app_id = _versions(conn)
+    if version != CURRENT_VERSION or app_id != APPLICATION_ID:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _create_or_migrate(conn, path)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    result = conn.execute("PRAGMA quick_check").fetchall()
+    if result != [("ok",)]:
+        lines = [line for row in result for line in str(row[0]).splitlines()]
+        problems = "; ".join(line for line in lines if not line.startswith("***"))
+        problems = problems[:200] + ("..." if len(problems) > 200 else "")
+        raise StoreCorrupt(
+            f"store {path} is damaged ({problems}); restore it from a backup or move it aside"
+        )
+
+
+def _versions(conn: sqlite3.Connection) -> tuple[int, int]:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    return int(version), int(app_id)
+
+
+def _create_or_migrate(conn: sqlite3.Connection, path: str) -> None:
+    # Re-read inside the write transaction: another process may have just done it.
+    version, app_id = _versions(conn)
+    if version == 0 and app_id == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise StoreCorrupt(f"{path} is an SQLite database but not a powersync store")
+        create_current(conn)
+        return
+    if app_id != APPLICATION_ID:
+        raise StoreCorrupt(f"{path} is an SQLite database but not a powersync store")
+    if version > CURRENT_VERSION:
+        raise SchemaTooNew(
+            f"store {path} has schema version {version}, written by a newer powersync; "
+            f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
+        )
+    if version < 1:
+        raise StoreCorrupt(f"store {path} has an invalid schema version {version}")
+    if version < CURRENT_VERSION:
+        log.warning(
+            "store %s: migrating schema version %d to %d",
+            path,
+            version,
+            CURRENT_VERSION,
+        )
+        migrate(conn, version)

@@ -29,7 +29,6 @@ from store.base import (
     check_ttl,
     create_private_file,
     empty_counts,
-    log,
     log_skipped_change,
     log_takeover,
     merge_fields,
@@ -40,7 +39,6 @@ from store.errors import (
     DuplicateNode,
     NodeLocked,
     NodeNotFound,
-    SchemaTooNew,
     StoreCorrupt,
     StoreError,
 )
@@ -98,72 +96,11 @@ class SqliteStore(Store):
         self._conn = conn
         try:
             with self._translate():
-                self._prepare(conn)
+                schema.prepare(conn, path)
         except BaseException:
             conn.close()
             self._conn = None
             raise
-
-    # --- opening ------------------------------------------------------------------------
-
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA foreign_keys = ON")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            log.warning("store %s: WAL journal not available (journal_mode=%s)", self.path, mode)
-        conn.execute("PRAGMA synchronous = FULL")
-        version, app_id = self._versions(conn)
-        if version != schema.CURRENT_VERSION or app_id != schema.APPLICATION_ID:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._create_or_migrate(conn)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        result = conn.execute("PRAGMA quick_check").fetchall()
-        if result != [("ok",)]:
-            lines = [line for row in result for line in str(row[0]).splitlines()]
-            problems = "; ".join(line for line in lines if not line.startswith("***"))
-            problems = problems[:200] + ("..." if len(problems) > 200 else "")
-            raise StoreCorrupt(
-                f"store {self.path} is damaged ({problems}); restore it from a backup "
-                "or move it aside"
-            )
-
-    @staticmethod
-    def _versions(conn: sqlite3.Connection) -> tuple[int, int]:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        return int(version), int(app_id)
-
-    def _create_or_migrate(self, conn: sqlite3.Connection) -> None:
-        # Re-read inside the write transaction: another process may have just done it.
-        version, app_id = self._versions(conn)
-        if version == 0 and app_id == 0:
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if tables:
-                raise StoreCorrupt(f"{self.path} is an SQLite database but not a powersync store")
-            schema.create_current(conn)
-            return
-        if app_id != schema.APPLICATION_ID:
-            raise StoreCorrupt(f"{self.path} is an SQLite database but not a powersync store")
-        if version > schema.CURRENT_VERSION:
-            raise SchemaTooNew(
-                f"store {self.path} has schema version {version}, written by a newer powersync; "
-                f"this version understands up to {schema.CURRENT_VERSION}. Upgrade powersync."
-            )
-        if version < 1:
-            raise StoreCorrupt(f"store {self.path} has an invalid schema version {version}")
-        if version < schema.CURRENT_VERSION:
-            log.warning(
-                "store %s: migrating schema version %d to %d",
-                self.path,
-                version,
-                schema.CURRENT_VERSION,
-            )
-            schema.migrate(conn, version)
 
     # --- plumbing -----------------------------------------------------------------------
 
