@@ -6,6 +6,7 @@ per-node "seconds since last successful read" gauge is computed at scrape time.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -15,6 +16,8 @@ from agent.bmcs import BmcPool
 from agent.metrics import DURATION_BUCKETS, RTT_BUCKETS, Registry, serve_metrics
 from agent.sync_report import CycleReport
 from store import Node
+
+log = logging.getLogger("powersync.metrics")
 
 STATE_LABELS = ("power on", "power off", "unknown", "other")
 
@@ -128,4 +131,5 @@ class ServiceMetrics:
             self.bound_port = await nursery.start(
                 serve_metrics, self.registry, self.host, self.port
             )
+            log.info("metrics on http://%s:%d/metrics", self.host, self.bound_port)
             task_status.started(self.bound_port)
