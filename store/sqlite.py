@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
+
 from store import schema
 from store.base import (
     Store,
@@ -59,11 +61,17 @@ _NODE_SELECT = f"SELECT {', '.join(schema.NODE_COLUMNS)} FROM nodes"  # noqa: S6
 _NOTIFICATION_SELECT = f"SELECT {', '.join(schema.NOTIFICATION_COLUMNS)} FROM notifications"  # noqa: S608
 
 
+# NODE_COLUMNS lists the columns in Node's field order, so a row maps positionally.
+assert tuple(field.name for field in attrs.fields(Node)) == schema.NODE_COLUMNS
+_SUITES = schema.NODE_COLUMNS.index("cipher_suites")
+_MAINTENANCE = schema.NODE_COLUMNS.index("maintenance")
+
+
 def _node_from_row(row: Sequence[Any]) -> Node:
-    values = dict(zip(schema.NODE_COLUMNS, row, strict=True))
-    values["cipher_suites"] = tuple(int(s) for s in values["cipher_suites"].split(","))
-    values["maintenance"] = bool(values["maintenance"])
-    return Node(**values)
+    values = list(row)
+    values[_SUITES] = tuple(int(s) for s in values[_SUITES].split(","))
+    values[_MAINTENANCE] = bool(values[_MAINTENANCE])
+    return Node(*values)
 
 
 def _to_column(field: str, value: object) -> object:
