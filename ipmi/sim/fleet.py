@@ -21,7 +21,7 @@ import resource
 import select
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -152,7 +152,7 @@ class Fleet:
             "delayed_pending": len(self._delayed),
         }
 
-    def _credentials(self, bmc: SimBmc) -> Any:
+    def _credentials(self, bmc: SimBmc) -> Callable[[bytes], bytes | None]:
         def password_for(username: bytes) -> bytes | None:
             if username != self._username:
                 return None

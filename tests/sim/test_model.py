@@ -121,3 +121,18 @@ def test_inventory_is_0600_and_loads_as_nodes(tmp_path: Path) -> None:
     write_inventory(str(path), endpoints[:1], "admin", None, password_file="/etc/pw")
     assert tomllib.loads(path.read_text())["nodes"][0]["bmc_password_file"] == "/etc/pw"
     assert [p.name for p in tmp_path.iterdir()] == ["nodes.toml"]  # no temp files left
+
+
+def test_fd_limit_beyond_the_hard_limit_is_a_clear_error() -> None:
+    import resource
+
+    from ipmi.sim import FleetError
+    from ipmi.sim.fleet import ensure_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    with pytest.raises(FleetError, match="hard limit"):
+        ensure_fd_limit(hard + 1)
+    ensure_fd_limit(min(soft, hard))  # within the limit: nothing to do
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
