@@ -592,3 +592,26 @@ async def test_a_deleted_node_loses_its_session(
         await trio.sleep(1)
         assert fleet[10001].closes == 1  # Close Session sent while the pool lives on
         assert service.pool.open_sessions() == 1
+
+
+async def test_sync_once_shows_progress_for_large_fleets(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    import io
+
+    from agent.cmd_sync import format_result, format_summary, sync_once
+
+    add_nodes(store, fleet, 60)
+    for bmc in fleet.bmcs.values():
+        bmc.command_time = 0.1
+    progress = io.StringIO()
+    report = await sync_once(
+        make_config(sync_power_state_workers=2), store, opener=fleet.opener, progress=progress
+    )
+    lines = progress.getvalue().split("\r")
+    assert any(line.endswith("/60 nodes") for line in lines)
+    assert report.summary()["ok"] == 60
+    assert format_result(report.results[0]) == "node-0000: unknown -> power on  record"
+    assert format_summary(report.summary()).startswith("summary: 60 nodes, 60 read, 0 failed")
+    for bmc in fleet.bmcs.values():
+        assert bmc.closes == bmc.logins == 1  # the one-shot closes its sessions
