@@ -104,6 +104,7 @@ class Fleet:
         self.lost = 0  # dropped by the loss fault, either direction
         self.ignored = 0  # dead, rebooting or hanging BMCs, undecodable datagrams
         self.send_failures = 0
+        self.errors = 0  # exceptions while handling a datagram (bugs; tests assert 0)
 
     # -- public control --------------------------------------------------------------------
     @property
@@ -149,6 +150,7 @@ class Fleet:
             "lost": self.lost,
             "ignored": self.ignored,
             "send_failures": self.send_failures,
+            "errors": self.errors,
             "delayed_pending": len(self._delayed),
         }
 
@@ -189,7 +191,12 @@ class Fleet:
             self.ignored += 1
             return
         protocol = bmc.protocol or self._protocol_for(bmc)
-        answer = protocol.receive(data, now)
+        try:
+            answer = protocol.receive(data, now)
+        except Exception:  # a simulator bug must not take the whole fleet down
+            self.errors += 1
+            log.exception("%s: datagram handling failed; the fleet keeps serving", bmc.name)
+            return
         if answer is None:
             self.ignored += 1
             return

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 from ipmi.proto import crypto, wire
 from ipmi.proto.constants import Command, NetFn, PayloadType
@@ -21,9 +23,18 @@ from ipmi.proto.messages import (
     Rakp4,
     SetSessionPrivilegeLevelRequest,
 )
+from ipmi.sim import Fleet, open_fleet
 
 PASSWORD = b"s3cret-pass"
 ADMIN_NAME_ONLY = 0x14
+
+
+@asynccontextmanager
+async def checked_fleet(*args: Any, **kwargs: Any) -> AsyncIterator[Fleet]:
+    """open_fleet that also checks no datagram raised inside the simulator."""
+    async with open_fleet(*args, **kwargs) as fleet:
+        yield fleet
+        assert fleet.errors == 0, "the simulator raised while handling a datagram"
 
 
 class Endpoint(Protocol):

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from ipmi import AuthenticationError, NoResponseError, RetryPolicy, open_bmc
-from ipmi.sim import open_fleet
+from tests.sim.console import checked_fleet
 
 SECRET = "s3cret-pass"
 FAST = RetryPolicy(first_timeout=0.2, backoff=1.5, max_timeout=0.5, retries=6)
@@ -18,7 +18,7 @@ FAST = RetryPolicy(first_timeout=0.2, backoff=1.5, max_timeout=0.5, retries=6)
 
 @pytest.mark.parametrize("suite", [17, 3])
 async def test_open_bmc_controls_a_simulated_bmc(suite: int) -> None:
-    async with open_fleet(2, password=SECRET) as fleet:
+    async with checked_fleet(2, password=SECRET) as fleet:
         bmc = fleet.bmcs[1]
         async with open_bmc(
             bmc.address,
@@ -38,7 +38,7 @@ async def test_open_bmc_controls_a_simulated_bmc(suite: int) -> None:
 
 
 async def test_open_bmc_retransmits_through_loss_inside_a_session() -> None:
-    async with open_fleet(1, password=SECRET, seed=3, power_on=True) as fleet:
+    async with checked_fleet(1, password=SECRET, seed=3, power_on=True) as fleet:
         bmc = fleet.bmcs[0]
         with trio.fail_after(60):
             async with open_bmc(
@@ -59,7 +59,7 @@ async def test_open_bmc_logs_in_through_loss_when_the_bmc_has_spare_slots() -> N
     timeout; with the default 4 slots, 20% loss each way can exhaust them (the client then
     gets "insufficient resources"), so this BMC has 16 (see docs/simulator.md)."""
     faults = {"loss": 0.2, "answer_loss": 0.2}
-    async with open_fleet(1, password=SECRET, seed=3, faults=faults, max_sessions=16) as fleet:
+    async with checked_fleet(1, password=SECRET, seed=3, faults=faults, max_sessions=16) as fleet:
         bmc = fleet.bmcs[0]
         with trio.fail_after(60):
             async with open_bmc(
@@ -70,7 +70,9 @@ async def test_open_bmc_logs_in_through_loss_when_the_bmc_has_spare_slots() -> N
 
 
 async def test_open_bmc_wrong_password_and_dead_bmc() -> None:
-    async with open_fleet(2, password=SECRET, faults={"wrong_password": {0}, "dead": {1}}) as fleet:
+    async with checked_fleet(
+        2, password=SECRET, faults={"wrong_password": {0}, "dead": {1}}
+    ) as fleet:
         wrong, dead = fleet.bmcs
         with pytest.raises(AuthenticationError):
             async with open_bmc(

@@ -12,10 +12,10 @@ import attrs
 import pytest
 import trio
 
-from ipmi.sim import Fleet, open_fleet
+from ipmi.sim import Fleet
 from tests.conftest import require_module, require_tool
 from tests.peers import clients
-from tests.sim.console import PASSWORD, Clock, Console, UdpEndpoint
+from tests.sim.console import PASSWORD, Clock, Console, UdpEndpoint, checked_fleet
 
 pytestmark = pytest.mark.peers
 
@@ -49,7 +49,7 @@ def power_truth(fleet: Fleet) -> list[bool]:
 
 @pytest.mark.parametrize("suite", [3, 17])
 async def test_ipmitool_status_on_off_cycle(suite: int) -> None:
-    async with open_fleet(2, password=SECRET) as fleet:
+    async with checked_fleet(2, password=SECRET) as fleet:
         bmc, other = fleet.bmcs
         status = await ipmitool(bmc, "status", suite).arun()
         assert status.ok and status.power is False, clients.describe(status)
@@ -69,7 +69,7 @@ async def test_ipmitool_status_on_off_cycle(suite: int) -> None:
 @pytest.mark.parametrize("suite", [3, 17])
 async def test_ipmipower_across_a_fleet(suite: int) -> None:
     require_tool("ipmipower")
-    async with open_fleet(8, password=SECRET) as fleet:
+    async with checked_fleet(8, password=SECRET) as fleet:
         for index in (1, 4, 6):
             fleet.bmcs[index].set_power(True)
         targets = [(bmc.address, bmc.port) for bmc in fleet.bmcs]
@@ -102,7 +102,7 @@ async def test_ipmipower_across_a_fleet(suite: int) -> None:
 
 async def test_pyghmi_client_status_on_off() -> None:
     require_module("pyghmi")
-    async with open_fleet(1, password=SECRET) as fleet:
+    async with checked_fleet(1, password=SECRET) as fleet:
         bmc = fleet.bmcs[0]
 
         def pyghmi(op: str) -> clients.ClientCommand:
@@ -121,7 +121,7 @@ async def test_pyghmi_client_status_on_off() -> None:
 
 async def test_pyghmi_falls_back_to_suite_3_when_17_is_disabled() -> None:
     require_module("pyghmi")
-    async with open_fleet(1, password=SECRET, cipher_suites=(3,), power_on=True) as fleet:
+    async with checked_fleet(1, password=SECRET, cipher_suites=(3,), power_on=True) as fleet:
         bmc = fleet.bmcs[0]
         status = await clients.pyghmi_client(
             bmc.address, bmc.port, username="admin", password=SECRET
@@ -137,7 +137,9 @@ async def test_loss_30_percent_ipmitool_succeeds_by_retrying() -> None:
     The seed fixes which datagrams are lost, so the run is reproducible. (ipmitool gives a
     login only three attempts whatever -R says, so with other drop patterns about one run
     in four fails at this loss rate: see docs/simulator.md.)"""
-    async with open_fleet(1, password=SECRET, power_on=True, seed=1, faults={"loss": 0.3}) as fleet:
+    async with checked_fleet(
+        1, password=SECRET, power_on=True, seed=1, faults={"loss": 0.3}
+    ) as fleet:
         bmc = fleet.bmcs[0]
         status = await with_timeout(ipmitool(bmc, "status", retries=12), 1).arun()
         assert status.power is True, clients.describe(status)
@@ -145,7 +147,7 @@ async def test_loss_30_percent_ipmitool_succeeds_by_retrying() -> None:
 
 
 async def test_dead_bmc_times_out_while_its_neighbour_answers() -> None:
-    async with open_fleet(2, password=SECRET, faults={"dead": {0}}) as fleet:
+    async with checked_fleet(2, password=SECRET, faults={"dead": {0}}) as fleet:
         dead, alive = fleet.bmcs
         assert clients.probe_auth_capabilities(dead.address, dead.port) is None
         result = await with_timeout(ipmitool(dead, "status", retries=1), 1).arun()
@@ -158,7 +160,7 @@ async def test_dead_bmc_times_out_while_its_neighbour_answers() -> None:
 
 async def test_max_sessions_exceeded_is_refused_properly() -> None:
     require_tool("ipmipower")
-    async with open_fleet(1, password=SECRET, max_sessions=1) as fleet:
+    async with checked_fleet(1, password=SECRET, max_sessions=1) as fleet:
         bmc = fleet.bmcs[0]
         console = Console(UdpEndpoint(bmc.address, bmc.port), Clock())
         await trio.to_thread.run_sync(console.login)  # holds the only slot
@@ -176,7 +178,7 @@ async def test_max_sessions_exceeded_is_refused_properly() -> None:
 async def test_wrong_password_bmc_is_detected_by_every_client() -> None:
     require_tool("ipmipower")
     require_module("pyghmi")
-    async with open_fleet(2, password=SECRET, faults={"wrong_password": {1}}) as fleet:
+    async with checked_fleet(2, password=SECRET, faults={"wrong_password": {1}}) as fleet:
         good, bad = fleet.bmcs
         assert (await ipmitool(good, "status").arun()).ok
         assert (await ipmitool(bad, "status", retries=1).arun()).returncode != 0
@@ -191,7 +193,7 @@ async def test_wrong_password_bmc_is_detected_by_every_client() -> None:
 
 
 async def test_reboot_drops_established_sessions() -> None:
-    async with open_fleet(1, password=SECRET) as fleet:
+    async with checked_fleet(1, password=SECRET) as fleet:
         bmc = fleet.bmcs[0]
         endpoint = UdpEndpoint(bmc.address, bmc.port, timeout=0.5)
         console = Console(endpoint, Clock())
@@ -213,7 +215,7 @@ async def test_reboot_drops_established_sessions() -> None:
 
 
 async def test_hanging_bmc_logs_in_then_goes_silent() -> None:
-    async with open_fleet(1, password=SECRET, faults={"hanging": {0}}) as fleet:
+    async with checked_fleet(1, password=SECRET, faults={"hanging": {0}}) as fleet:
         bmc = fleet.bmcs[0]
         endpoint = UdpEndpoint(bmc.address, bmc.port, timeout=0.5)
         console = Console(endpoint, Clock())
@@ -229,7 +231,7 @@ async def test_hanging_bmc_logs_in_then_goes_silent() -> None:
 
 async def test_slow_bmc_answers_late_and_latency_still_works() -> None:
     faults = {"slow": {0}, "slow_delay": 5.0, "latency": 0.02, "jitter": 0.01}
-    async with open_fleet(2, password=SECRET, faults=faults, seed=1) as fleet:
+    async with checked_fleet(2, password=SECRET, faults=faults, seed=1) as fleet:
         slow, normal = fleet.bmcs
         assert (await ipmitool(normal, "status").arun()).ok  # every answer delayed a little
         result = await with_timeout(ipmitool(slow, "status", retries=1), 1).arun()
@@ -237,7 +239,7 @@ async def test_slow_bmc_answers_late_and_latency_still_works() -> None:
 
 
 async def test_flapping_power_is_seen_by_ipmitool() -> None:
-    async with open_fleet(
+    async with checked_fleet(
         1, password=SECRET, faults={"flapping": {0}, "flap_interval": 0.3}
     ) as fleet:
         bmc = fleet.bmcs[0]
@@ -254,7 +256,7 @@ async def test_flapping_power_is_seen_by_ipmitool() -> None:
 async def test_ipmitool_without_a_cipher_suite_reads_our_suite_list() -> None:
     """Ironic's default (no ipmi_cipher_suite): ipmitool asks Get Channel Cipher Suites
     first (ipmi_sim never answers it and costs 10 s); we list 17 and 3."""
-    async with open_fleet(1, password=SECRET, power_on=True) as fleet:
+    async with checked_fleet(1, password=SECRET, power_on=True) as fleet:
         command = ipmitool(fleet.bmcs[0], "status")
         argv = list(command.argv)
         del argv[argv.index("-C") : argv.index("-C") + 2]
@@ -263,6 +265,6 @@ async def test_ipmitool_without_a_cipher_suite_reads_our_suite_list() -> None:
 
 
 async def test_ipv6_loopback_fleet() -> None:
-    async with open_fleet(1, host="::1", password=SECRET, power_on=True) as fleet:
+    async with checked_fleet(1, host="::1", password=SECRET, power_on=True) as fleet:
         status = await ipmitool(fleet.bmcs[0], "status", 17).arun()
         assert status.power is True, clients.describe(status)
