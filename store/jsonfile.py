@@ -113,9 +113,28 @@ def _check_node(node: Node, names: set[str]) -> None:
 
 
 def file_stamp(path: str) -> Stamp:
-    """Identity of the file's current version: a rename changes the inode and the ctime."""
-    stat = os.stat(path)
+    """Identity of the file now at ``path``: inode, size, mtime, ctime."""
+    return _stamp(os.stat(path))
+
+
+def _stamp(stat: os.stat_result) -> Stamp:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+@attrs.define
+class Version:
+    """The file version a store has cached, kept open.
+
+    Holding it open means its inode number cannot be reused by a later version, so "same
+    inode, size and times as the path now" reliably means "the file has not changed".
+    """
+
+    fd: int
+    stamp: Stamp
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 def _temporary_prefix(path: str) -> str:
@@ -139,13 +158,28 @@ def _corrupt(path: str, problem: str) -> StoreCorrupt:
     )
 
 
-def load_state(path: str) -> JsonState:
+def load_state(path: str) -> tuple[JsonState, Version]:
     """Parse the store file; StoreCorrupt / SchemaTooNew name the file."""
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise StoreError(f"cannot read store {path}: {exc.strerror}") from exc
+    version = Version(fd, _stamp(os.fstat(fd)))
+    try:
+        return _parse(path, _read_all(fd)), version
+    except BaseException:
+        version.close()
+        raise
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(path: str, data: bytes) -> JsonState:
     if not data.strip():
         raise _corrupt(path, "empty file")
     try:
@@ -154,12 +188,12 @@ def load_state(path: str) -> JsonState:
         raise _corrupt(path, f"not valid JSON: {exc}") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise StoreCorrupt(f"{path} is a JSON file but not a powersync store")
-    version = document.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise _corrupt(path, f"invalid version {version!r}")
-    if version > CURRENT_VERSION:
+    number = document.get("version")
+    if not isinstance(number, int) or number < 1:
+        raise _corrupt(path, f"invalid version {number!r}")
+    if number > CURRENT_VERSION:
         raise SchemaTooNew(
-            f"store {path} has format version {version}, written by a newer powersync; "
+            f"store {path} has format version {number}, written by a newer powersync; "
             f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
         )
     try:
@@ -170,28 +204,27 @@ def load_state(path: str) -> JsonState:
         raise _corrupt(path, f"unexpected content: {exc!r}") from exc
 
 
-def save_state(path: str, state: JsonState) -> Stamp:
-    """Replace the store file atomically and durably; returns the new file's stamp."""
+def save_state(path: str, state: JsonState) -> Version:
+    """Replace the store file atomically and durably; returns the new version, held open."""
     data = json.dumps(state.to_json(), separators=(",", ":")).encode()
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as file:  # mkstemp creates it 0600
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        view = memoryview(data)  # mkstemp created the file 0600
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
         os.replace(temporary, path)
         directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(directory_fd)
         finally:
             os.close(directory_fd)
-    except OSError as exc:
+        return Version(fd, _stamp(os.fstat(fd)))
+    except BaseException as exc:
+        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        raise StoreError(f"cannot write store {path}: {exc.strerror}") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write store {path}: {exc.strerror}") from exc
         raise
-    return file_stamp(path)

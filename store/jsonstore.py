@@ -39,7 +39,7 @@ from store.base import (
 from store.errors import DuplicateNode, NodeLocked, NodeNotFound, StoreError
 from store.jsonfile import (
     JsonState,
-    Stamp,
+    Version,
     file_stamp,
     load_state,
     remove_stale_temporaries,
@@ -70,7 +70,7 @@ class JsonStore(Store):
         self.lock_path = path + ".lock"
         self._lock = threading.RLock()
         self._state: JsonState | None = None
-        self._stamp: Stamp | None = None
+        self._version: Version | None = None
         if os.path.isdir(path):
             raise StoreError(f"store path {path} is a directory, not a file")
         try:
@@ -124,18 +124,22 @@ class JsonStore(Store):
             stamp = file_stamp(self.path)
         except FileNotFoundError:
             raise StoreError(f"store file {self.path} has disappeared") from None
-        if self._state is not None and stamp == self._stamp:
+        if self._state is not None and self._version is not None and stamp == self._version.stamp:
             return self._state
-        self._state, self._stamp = load_state(self.path), stamp
+        self._forget()
+        self._state, self._version = load_state(self.path)
         return self._state
 
     def _save(self, state: JsonState) -> None:
-        try:
-            self._stamp = save_state(self.path, state)
-        except BaseException:
-            self._state = None  # the file is still the truth
-            raise
+        self._forget()  # on failure the file is still the truth
+        self._version = save_state(self.path, state)
         self._state = state
+
+    def _forget(self) -> None:
+        self._state = None
+        if self._version is not None:
+            self._version.close()
+            self._version = None
 
     @contextmanager
     def _reading(self) -> Iterator[JsonState]:
@@ -150,7 +154,7 @@ class JsonStore(Store):
                 yield transaction
             except BaseException:
                 # The cached state may be half changed: drop it, the file is still the truth.
-                self._state = None
+                self._forget()
                 raise
             if transaction.dirty:
                 self._save(transaction.state)
@@ -490,4 +494,4 @@ class JsonStore(Store):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
-            self._state = None
+            self._forget()

@@ -203,3 +203,30 @@ def test_busy_lock_file_gives_up_with_a_clear_error(
                 store.list_nodes()
             fcntl.flock(other.fileno(), fcntl.LOCK_UN)
         assert [n.name for n in store.list_nodes()] == ["node-1"]
+
+
+def test_same_size_same_mtime_replacement_is_noticed(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    with open_store(str(path), "json") as store:
+        add(store, "node-1")
+        before = os.stat(path)
+        text = path.read_text()
+        replacement = tmp_path / "edit.json"
+        replacement.write_text(text.replace('"node-1"', '"node-2"'))
+        os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(replacement).st_size == before.st_size
+        os.replace(replacement, path)
+        assert [n.name for n in store.list_nodes()] == ["node-2"]
+
+
+def test_no_file_descriptor_leak(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    with open_store(str(path), "json") as store:
+        node = add(store)
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(50):
+            store.acquire_lock(node.uuid, f"h{i}", ttl=1, now=T0 + 2 * i)
+            store.list_nodes()
+        assert len(os.listdir("/proc/self/fd")) == before
+    with open_store(str(path), "json") as other:
+        assert other.get_node(node.uuid).reservation == "h49"
