@@ -35,7 +35,6 @@ from agent.bmcs import BmcEndpoint, BmcOpener, BmcPool, NodeBmc, describe_error,
 from agent.config import AgentConfig, IpmiConfig
 from agent.policy import (
     Action,
-    Decision,
     Observation,
     SyncSettings,
     decide_force_result,
@@ -46,8 +45,15 @@ from agent.policy import (
     skip_reason,
 )
 from agent.storeio import AsyncStore
-from agent.sync_report import CycleReport, NodeResult
-from store import HistoryRecord, Node, NodeChange, Store, StoreError
+from agent.sync_report import (
+    CycleReport,
+    NodeProgress,
+    NodeResult,
+    fingerprint,
+    node_change,
+    node_result,
+)
+from store import Node, NodeChange, Store, StoreError
 
 log = logging.getLogger("powersync.sync")
 
@@ -94,25 +100,6 @@ class MetricsSink(Protocol):
         pool: BmcPool,
         notification_counts: Mapping[str, int],
     ) -> None: ...
-
-
-@attrs.define
-class _Progress:
-    """One node's work in one pass; filled in as it goes so a deadline can finish it."""
-
-    node: Node
-    bmc: str
-    extra: dict[str, object] = attrs.field(factory=dict)
-    observation: Observation | None = None
-    decision: Decision | None = None
-    force_result: Decision | None = None
-    skipped: str | None = None
-    seen_at: float | None = None
-
-
-def _fingerprint(node: Node) -> tuple[object, ...]:
-    """The fields a decision depends on; a change is dropped if they moved meanwhile."""
-    return (node.power_state, node.target_power_state, node.maintenance, node.fault)
 
 
 class SyncService:
@@ -256,10 +243,10 @@ class SyncService:
                 lambda: self.store.store.list_nodes(maintenance=True, fault="power failure")
             )
         now = self.wall()
-        work: list[_Progress] = []
+        work: list[NodeProgress] = []
         results: list[NodeResult] = []
         for node in nodes:
-            progress = _Progress(node, bmc=f"{node.bmc_address}:{node.bmc_port}")
+            progress = NodeProgress(node, bmc=f"{node.bmc_address}:{node.bmc_port}")
             work.append(progress)
             if kind == "recovery":
                 if not needs_recovery(node, now=now):
@@ -293,8 +280,8 @@ class SyncService:
 
         changes: list[tuple[Node, NodeChange]] = []
         for progress in work:
-            results.append(self._result(progress))
-            change = self._change(progress)
+            results.append(node_result(progress))
+            change = node_change(progress)
             if change is not None:
                 changes.append((progress.node, change))
         with trio.CancelScope(shield=True):  # the batch is written even while stopping
@@ -349,13 +336,13 @@ class SyncService:
             return
         self.metrics.observe_cycle(report, nodes, self.pool, counts)
 
-    async def _one_node(self, progress: _Progress, cycle: int, kind: str) -> None:
+    async def _one_node(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         try:
             await self._one_node_inner(progress, cycle, kind)
         finally:
             self.nodes_done += 1
 
-    async def _one_node_inner(self, progress: _Progress, cycle: int, kind: str) -> None:
+    async def _one_node_inner(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         delay = jitter_delay(progress.node.uuid, self.conductor.sync_jitter_window)
         if kind == "sync" and delay > 0:
             with trio.move_on_after(delay):
@@ -374,7 +361,7 @@ class SyncService:
                 self._timed_out(progress, timeout, kind)
             self._log_decisions(progress, cycle)
 
-    async def _with_bmc(self, progress: _Progress, cycle: int, kind: str) -> None:
+    async def _with_bmc(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         node = progress.node
         endpoint = endpoint_for(node, self.config.ipmi)
         try:
@@ -397,7 +384,7 @@ class SyncService:
             else:
                 progress.decision = decide_sync(node, progress.observation, self.settings)
 
-    def _timed_out(self, progress: _Progress, timeout: float, kind: str) -> None:
+    def _timed_out(self, progress: NodeProgress, timeout: float, kind: str) -> None:
         text = f"no answer within sync_node_timeout ({timeout:g} s)"
         node = progress.node
         if progress.decision is None:
@@ -411,7 +398,7 @@ class SyncService:
             if progress.skipped is None:
                 progress.force_result = decide_force_result(node, target, f"not confirmed: {text}")
 
-    async def _force(self, progress: _Progress, bmc: NodeBmc, cycle: int) -> None:
+    async def _force(self, progress: NodeProgress, bmc: NodeBmc, cycle: int) -> None:
         """Drive the hardware back to the record, holding the node's lock in the store."""
         node = progress.node
         assert progress.decision is not None
@@ -433,7 +420,7 @@ class SyncService:
                     extra=self._extra(progress, cycle),
                 )
             fresh = await self.store.run(self.store.store.get_node, node.uuid)
-            if _fingerprint(fresh) != _fingerprint(node):
+            if fingerprint(fresh) != fingerprint(node):
                 progress.skipped = "changed while the sync was reading it"
                 return
             try:
@@ -456,73 +443,13 @@ class SyncService:
 
     # --- results and the batch ----------------------------------------------------------
 
-    def _extra(self, progress: _Progress, cycle: int) -> dict[str, object]:
+    def _extra(self, progress: NodeProgress, cycle: int) -> dict[str, object]:
         return {"node": progress.node.name, "bmc": progress.bmc, "cycle": cycle}
 
-    def _log_decisions(self, progress: _Progress, cycle: int) -> None:
+    def _log_decisions(self, progress: NodeProgress, cycle: int) -> None:
         for decision in (progress.decision, progress.force_result):
             if decision is not None and decision.message and progress.skipped is None:
                 log.log(decision.log_level, decision.message, extra=self._extra(progress, cycle))
-
-    def _result(self, progress: _Progress) -> NodeResult:
-        node = progress.node
-        observation = progress.observation
-        if progress.skipped is not None or progress.decision is None:
-            return NodeResult(
-                node.name,
-                node.uuid,
-                node.power_state,
-                observed=observation.power_state if observation else None,
-                action="skip",
-                new_state=node.power_state,
-                detail=progress.skipped,
-            )
-        final = progress.force_result or progress.decision
-        fields = progress.decision.fields
-        new_state = fields.get("power_state", node.power_state)
-        error = observation.error if observation else None
-        if (
-            progress.force_result is not None
-            and progress.force_result.action is Action.FORCE_FAILED
-        ):
-            error = progress.force_result.message
-        return NodeResult(
-            node.name,
-            node.uuid,
-            node.power_state,
-            observed=observation.power_state if observation else None,
-            action=final.action.value,
-            new_state=new_state if isinstance(new_state, str) or new_state is None else None,
-            error=error,
-        )
-
-    def _change(self, progress: _Progress) -> NodeChange | None:
-        if progress.skipped is not None or progress.decision is None:
-            if progress.extra:
-                return NodeChange(progress.node.uuid, fields=dict(progress.extra))
-            return None
-        fields: dict[str, object] = dict(progress.decision.fields)
-        for key, value in progress.extra.items():
-            if key == "last_error" and fields.get(key) is not None:
-                continue  # this cycle's own error is the more useful one
-            fields[key] = value
-        note = progress.decision.history
-        if progress.force_result is not None:
-            fields.update(progress.force_result.fields)
-            note = note or progress.force_result.history
-        if progress.seen_at is not None:
-            fields["last_seen_at"] = progress.seen_at
-        if not fields and note is None:
-            return None
-        history = None
-        if note is not None:
-            history = HistoryRecord(note.from_state, note.to_state, note.cause, note.message)
-        return NodeChange(
-            progress.node.uuid,
-            fields=fields,
-            history=history,
-            notification=progress.decision.notification,
-        )
 
     async def _apply(
         self, changes: Sequence[tuple[Node, NodeChange]], cycle: int
@@ -541,7 +468,7 @@ class SyncService:
                 if node is None:
                     continue
                 held_by_other = lock_is_held(node, now=now) and node.reservation != self.holder
-                if held_by_other or _fingerprint(node) != _fingerprint(snapshot):
+                if held_by_other or fingerprint(node) != fingerprint(snapshot):
                     dropped.append(snapshot.name)
                     continue
                 kept.append(change)

@@ -1,4 +1,4 @@
-"""What one sync or recovery pass did: per-node results and the cycle summary."""
+"""What one sync or recovery pass did: per-node progress, results, store changes, summary."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import attrs
 
-from agent.policy import Action
+from agent.policy import Action, Decision, Observation
+from store import HistoryRecord, Node, NodeChange
 
 
 @attrs.frozen
@@ -61,3 +62,81 @@ class CycleReport:
             "applied": self.applied,
             "dropped": len(self.dropped),
         }
+
+
+@attrs.define
+class NodeProgress:
+    """One node's work in one pass; filled in as it goes so a deadline can finish it."""
+
+    node: Node
+    bmc: str
+    extra: dict[str, object] = attrs.field(factory=dict)
+    observation: Observation | None = None
+    decision: Decision | None = None
+    force_result: Decision | None = None
+    skipped: str | None = None
+    seen_at: float | None = None
+
+
+def fingerprint(node: Node) -> tuple[object, ...]:
+    """The fields a decision depends on; a change is dropped if they moved meanwhile."""
+    return (node.power_state, node.target_power_state, node.maintenance, node.fault)
+
+
+def node_result(progress: NodeProgress) -> NodeResult:
+    node = progress.node
+    observation = progress.observation
+    if progress.skipped is not None or progress.decision is None:
+        return NodeResult(
+            node.name,
+            node.uuid,
+            node.power_state,
+            observed=observation.power_state if observation else None,
+            action="skip",
+            new_state=node.power_state,
+            detail=progress.skipped,
+        )
+    final = progress.force_result or progress.decision
+    fields = progress.decision.fields
+    new_state = fields.get("power_state", node.power_state)
+    error = observation.error if observation else None
+    if progress.force_result is not None and progress.force_result.action is Action.FORCE_FAILED:
+        error = progress.force_result.message
+    return NodeResult(
+        node.name,
+        node.uuid,
+        node.power_state,
+        observed=observation.power_state if observation else None,
+        action=final.action.value,
+        new_state=new_state if isinstance(new_state, str) or new_state is None else None,
+        error=error,
+    )
+
+
+def node_change(progress: NodeProgress) -> NodeChange | None:
+    if progress.skipped is not None or progress.decision is None:
+        if progress.extra:
+            return NodeChange(progress.node.uuid, fields=dict(progress.extra))
+        return None
+    fields: dict[str, object] = dict(progress.decision.fields)
+    for key, value in progress.extra.items():
+        if key == "last_error" and fields.get(key) is not None:
+            continue  # this cycle's own error is the more useful one
+        fields[key] = value
+    note = progress.decision.history
+    if progress.force_result is not None:
+        fields.update(progress.force_result.fields)
+        note = note or progress.force_result.history
+    if progress.seen_at is not None:
+        fields["last_seen_at"] = progress.seen_at
+    if not fields and note is None:
+        return None
+    history = None
+    if note is not None:
+        history = HistoryRecord(note.from_state, note.to_state, note.cause, note.message)
+    return NodeChange(
+        progress.node.uuid,
+        fields=fields,
+        history=history,
+        notification=progress.decision.notification,
+    )
