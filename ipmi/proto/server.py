@@ -241,15 +241,6 @@ class BmcProtocol:
         self._prune(now)
         return len(self.sessions)
 
-    def active_sessions(self, now: float) -> int:
-        self._prune(now)
-        return sum(1 for session in self.sessions.values() if session.state == _ACTIVE)
-
-    def drop_all_sessions(self) -> int:
-        count = len(self.sessions)
-        self.sessions.clear()
-        return count
-
     def _session(self, session_id: int, now: float) -> ServerSession | None:
         session = self.sessions.get(session_id)
         if session is not None and self._expired(session, now):
