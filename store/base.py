@@ -99,6 +99,7 @@ class Store(abc.ABC):
     """
 
     path: str
+    backend: str  # "sqlite" | "json"
 
     def __enter__(self) -> Self:
         return self

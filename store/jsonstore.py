@@ -65,6 +65,8 @@ class _Transaction:
 
 
 class JsonStore(Store):
+    backend = "json"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock_path = path + ".lock"

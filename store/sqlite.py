@@ -87,6 +87,8 @@ def _notification_from_row(row: Sequence[Any]) -> Notification:
 
 
 class SqliteStore(Store):
+    backend = "sqlite"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()

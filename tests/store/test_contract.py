@@ -550,6 +550,11 @@ def test_unknown_backend(tmp_path: Path) -> None:
         open_store(str(tmp_path / "x"), "yaml")
 
 
+def test_backend_name(store: Store, backend: str) -> None:
+    assert store.backend == backend
+    assert store.path in repr(store)
+
+
 def test_directory_is_not_a_store(tmp_path: Path, backend: str) -> None:
     with pytest.raises(StoreError, match=str(tmp_path)):
         open_store(str(tmp_path), backend)
