@@ -150,10 +150,16 @@ class JsonStore(Store):
 
     @contextmanager
     def _writing(self) -> Iterator[_Transaction]:
+        """A read-modify-write under the exclusive lock; saved if the body set ``dirty``.
+
+        Bodies raise StoreError only before they change anything, so the cache stays valid.
+        """
         with self._lock, self._flock(fcntl.LOCK_EX):
             transaction = _Transaction(self._current())
             try:
                 yield transaction
+            except StoreError:
+                raise
             except BaseException:
                 # The cached state may be half changed: drop it, the file is still the truth.
                 self._forget()
