@@ -277,6 +277,9 @@ class SyncService:
                 self._active_scopes.discard(scope)
         if scope.cancelled_caught:
             log.warning("%s pass %d cut short by shutdown", kind, cycle, extra={"cycle": cycle})
+            for progress in work:
+                if progress.skipped is None and progress.decision is None:
+                    progress.skipped = "cut short by shutdown"
 
         changes: list[tuple[Node, NodeChange]] = []
         for progress in work:

@@ -319,3 +319,59 @@ def test_config_is_what_the_daemon_test_uses(tmp_path: Path) -> None:
     loaded = load_config(str(path))
     assert loaded.conductor.sync_power_state_interval == 1.0
     assert loaded.ipmi.retries == 2
+
+
+async def test_sigterm_mid_cycle_with_hanging_bmcs_exits_cleanly(tmp_path: Path) -> None:
+    password = "e2e-" + secrets.token_hex(4)
+    store_path = tmp_path / "agent.sqlite"
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        "\n".join(
+            [
+                "[conductor]",
+                "sync_power_state_interval = 30",
+                "sync_node_timeout = 20",  # far longer than the shutdown may take
+                "sync_jitter_window = 0",
+                "sync_power_state_workers = 8",
+                "[store]",
+                f'path = "{store_path}"',
+                "",
+            ]
+        )
+    )
+    config_path.chmod(0o600)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    async with open_fleet(12, port_base=0, password=password, power_on=True) as fleet:
+        with open_store(str(store_path)) as store:
+            import_fleet(store, fleet, password)
+        # Logins complete, then every request is ignored: each node waits on its deadline.
+        fleet.set_faults(hanging=frozenset({0, 1, 2, 3}))
+        log_path = tmp_path / "daemon.log"
+        with open(log_path, "wb") as log_file:
+            daemon = await trio.lowlevel.open_process(
+                cli(config_path, "run"), stdout=log_file, stderr=log_file, env=env
+            )
+            try:
+                await wait_for(
+                    lambda: sum(bmc.requests for bmc in fleet.bmcs[4:]) >= 8,
+                    within=20,
+                    what="the first cycle reading the healthy BMCs",
+                )
+                await trio.sleep(1.0)  # the hanging four are still waiting for answers
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                with trio.fail_after(20):
+                    status = await daemon.wait()
+        stopped_after = time.monotonic() - signalled
+        output = log_path.read_text()
+        assert status == 0, output
+        assert stopped_after < 8.0, output  # grace (3 s) + session close, not the 20 s deadline
+        assert "cut short by shutdown" in output
+        assert "Traceback" not in output
+        with open_store(str(store_path)) as store:
+            summary = json.loads(store.get_meta("last_cycle") or "{}")
+            assert summary["nodes"] == 12
+            assert all(node.reservation is None for node in store.list_nodes())
+            healthy = [store.get_node(bmc.name) for bmc in fleet.bmcs[4:]]
+            assert sum(node.power_state == POWER_ON for node in healthy) >= 4

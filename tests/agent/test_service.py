@@ -485,6 +485,9 @@ async def test_graceful_stop_finishes_quickly_and_closes_sessions(
         assert fleet[port].logins == fleet[port].closes == 1
     summary = store.get_meta(META_LAST_CYCLE)
     assert summary is not None and '"nodes": 5' in summary
+    report = service.last_report
+    assert report is not None
+    assert [r.detail for r in report.results if r.name == names[4]] == ["cut short by shutdown"]
     assert all(power(store, n) == POWER_ON for n in names[:4])
 
 
