@@ -1,8 +1,7 @@
 """The one store interface both backends implement, and the helpers they share.
 
-The store is synchronous and not re-entrant across threads by design: the agent serialises
-calls through one worker thread. Each backend still guards its connection with a lock so a
-mistake there cannot corrupt anything.
+The store is synchronous. The agent serialises its calls through one worker thread; each
+backend still guards its state with a lock, so overlapping calls from threads stay safe.
 
 Every method that depends on the time takes ``now`` (wall-clock seconds); ``None`` means
 ``time.time()``. Tests pass explicit times, so nothing here ever sleeps.
@@ -12,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import os
 import stat
 import time
@@ -39,7 +39,11 @@ log = logging.getLogger("store")
 
 
 def resolve_now(now: float | None) -> float:
-    return time.time() if now is None else float(now)
+    if now is None:
+        return time.time()
+    if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+        raise StoreError(f"now: must be a finite number of seconds, got {now!r}")
+    return float(now)
 
 
 def check_holder(holder: object) -> str:
@@ -49,7 +53,7 @@ def check_holder(holder: object) -> str:
 
 
 def check_ttl(ttl: object) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < math.inf:
         raise InvalidNode(f"ttl: must be a positive number of seconds, got {ttl!r}")
     return float(ttl)
 

@@ -7,6 +7,7 @@ functions, so a value one backend accepts the other accepts too.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import uuid as uuid_module
 from collections.abc import Iterable, Mapping
@@ -300,8 +301,8 @@ def _optional_text(field: str, value: object) -> str | None:
 def _optional_time(field: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(field, f"must be a number of seconds or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _invalid(field, f"must be a finite number of seconds or None, got {value!r}")
     return float(value)
 
 

@@ -258,6 +258,10 @@ def test_lock_errors(store: Store) -> None:
         store.acquire_lock("00000000-0000-4000-8000-000000000000", "me", ttl=1)
     with pytest.raises(InvalidNode, match="ttl"):
         store.acquire_lock(node.uuid, "me", ttl=0)
+    with pytest.raises(InvalidNode, match="ttl"):
+        store.acquire_lock(node.uuid, "me", ttl=float("inf"))
+    with pytest.raises(StoreError, match="now"):
+        store.acquire_lock(node.uuid, "me", ttl=5, now=float("nan"))
     with pytest.raises(InvalidNode, match="holder"):
         store.acquire_lock(node.uuid, "", ttl=5)
     assert store.get_node(node.uuid).reservation is None
@@ -377,6 +381,7 @@ def test_invalid_change_rejects_the_whole_batch(store: Store) -> None:
     with pytest.raises(InvalidNode, match=r"^power_state:"):
         store.apply(batch)
     for bad in (
+        NodeChange(good.uuid, {"last_seen_at": float("nan")}),
         NodeChange(good.uuid, {"bmc_password": "x"}),  # inventory is not settable by apply
         NodeChange(good.uuid, {"reservation": "x"}),
         NodeChange(good.uuid, {"sync_failures": -1}),
