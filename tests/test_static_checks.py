@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Markdown code blocks in docs/ are illustrations, not formatted sources.
+PYTHON_SOURCES = ("ipmi", "store", "agent", "tests", "bench")
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +23,7 @@ def test_ruff_lint() -> None:
 
 
 def test_ruff_format() -> None:
-    result = run(sys.executable, "-m", "ruff", "format", "--check", ".")
+    result = run(sys.executable, "-m", "ruff", "format", "--check", *PYTHON_SOURCES)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
