@@ -173,6 +173,7 @@ class BmcPool:
         self._closed = False
         self.counters = PoolCounters()
         self.last_rtt: dict[str, float] = {}  # per node key, seconds
+        self.stages: dict[str, str] = {}  # per node key: what its BMC work last started
 
     # --- public -------------------------------------------------------------------------
 
@@ -181,9 +182,10 @@ class BmcPool:
         """The BMC of node ``key`` for one piece of work (one node in one cycle)."""
         if self._closed:
             raise BmcUnavailable("the BMC pool is closed")
+        self.stages[key] = f"waiting for the session to {endpoint.label}"
         if endpoint.session_mode == "per-cycle":
             self._forget_worker(key)
-            async with self._per_cycle_session(endpoint) as session:
+            async with self._per_cycle_session(key, endpoint) as session:
                 yield _DirectBmc(self, key, endpoint, session)
             return
         worker = self._workers.get(key)
@@ -203,6 +205,10 @@ class BmcPool:
         for key in [key for key in self._workers if key not in keys]:
             self._forget_worker(key)
 
+    def stage(self, key: str) -> str | None:
+        """What node ``key``'s latest BMC work was doing (for "no answer within ..." errors)."""
+        return self.stages.get(key)
+
     def open_sessions(self) -> int:
         return sum(1 for worker in self._workers.values() if worker.session_open)
 
@@ -215,9 +221,12 @@ class BmcPool:
     # --- internals ----------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _per_cycle_session(self, endpoint: BmcEndpoint) -> AsyncIterator[BmcSessionLike]:
+    async def _per_cycle_session(
+        self, key: str, endpoint: BmcEndpoint
+    ) -> AsyncIterator[BmcSessionLike]:
         """A session entered and left by the calling task; closing is shielded and bounded."""
         body_error: Exception | None = None
+        self.stages[key] = f"login to {endpoint.label}"
         with trio.CancelScope() as lifetime:
             async with self._opener(endpoint) as session:
                 self.counters.sessions_opened += 1
@@ -257,9 +266,11 @@ class BmcPool:
         command: Callable[[], Awaitable[Any]],
     ) -> Any:
         throttle = self._throttle(endpoint)
+        self.stages[key] = f"waiting for another command to {endpoint.label}"
         async with throttle.lock:
             if throttle.min_interval > 0:
                 await trio.sleep_until(throttle.last_end + throttle.min_interval)
+            self.stages[key] = f"a command to {endpoint.label}"
             started = trio.current_time()
             before = _snapshot(session)
             try:
@@ -402,6 +413,7 @@ class _PersistentWorker:
         """Open a session for ``first``, then serve until idle failure, error or shutdown."""
         with trio.CancelScope() as lifetime:
             first.scope = lifetime  # a caller that gives up during login stops the login
+            self.pool.stages[self.key] = f"login to {self.endpoint.label}"
             try:
                 async with self.pool._opener(self.endpoint) as session:
                     self.session_open = True

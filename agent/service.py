@@ -388,8 +388,11 @@ class SyncService:
                 progress.decision = decide_sync(node, progress.observation, self.settings)
 
     def _timed_out(self, progress: NodeProgress, timeout: float, kind: str) -> None:
-        text = f"no answer within sync_node_timeout ({timeout:g} s)"
         node = progress.node
+        text = f"no answer within sync_node_timeout ({timeout:g} s)"
+        stage = self.pool.stage(node.uuid)
+        if stage is not None:
+            text += f" during {stage}"
         if progress.decision is None:
             progress.observation = Observation.failed(text)
             if kind == "recovery":

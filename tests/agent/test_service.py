@@ -222,7 +222,7 @@ async def test_a_hanging_bmc_costs_one_deadline_and_does_not_stall_the_others(
     by_name = {r.name: r for r in report.results}
     assert by_name[names[2]].action == "read-failed"
     assert by_name[names[2]].error is not None
-    assert "sync_node_timeout (5 s)" in by_name[names[2]].error
+    assert "sync_node_timeout (5 s) during login to 127.0.0.1:10003" in by_name[names[2]].error
     assert sum(1 for r in report.results if r.action == "record") == 18
     # Two hanging nodes at two workers: each costs its deadline once, the 18 others
     # still run (virtual time, deterministic): far less than 20 deadlines.
@@ -618,3 +618,25 @@ async def test_sync_once_shows_progress_for_large_fleets(
     assert format_summary(report.summary()).startswith("summary: 60 nodes, 60 read, 0 failed")
     for bmc in fleet.bmcs.values():
         assert bmc.closes == bmc.logins == 1  # the one-shot closes its sessions
+
+
+async def test_a_bmc_that_stops_answering_mid_session_costs_one_deadline(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    (name,) = add_nodes(store, fleet, 1)
+    async with Harness(store, fleet, make_config(sync_node_timeout=5.0)) as service:
+        await service.run_cycle()
+        fleet[10001].hang = True
+        report = await service.run_cycle()
+        assert report.duration == pytest.approx(5.0, abs=0.1)
+        (result,) = report.results
+        assert result.action == "read-failed"
+        assert result.error is not None
+        assert result.error.endswith("(5 s) during a command to 127.0.0.1:10001")
+        await trio.sleep(1)
+        assert fleet[10001].closes == 1  # the abandoned session was closed
+        fleet[10001].hang = False
+        report = await service.run_cycle()
+    assert report.results[0].action == "in-sync"
+    assert fleet[10001].logins == 2
+    assert store.get_node(name).sync_failures == 0
