@@ -75,6 +75,15 @@ def jitter_delay(node_uuid: str, window: float) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64 * window
 
 
+def retry_budget(ipmi: IpmiConfig) -> float:
+    """How long the IPMI client waits on one silent request before giving up."""
+    total, timeout = 0.0, ipmi.retry_timeout
+    for _ in range(ipmi.retries + 1):
+        total += timeout
+        timeout = min(timeout * ipmi.retry_backoff, max(ipmi.retry_max_timeout, ipmi.retry_timeout))
+    return total
+
+
 def endpoint_for(node: Node, ipmi: IpmiConfig) -> BmcEndpoint:
     return BmcEndpoint(
         host=node.bmc_address,
@@ -546,6 +555,15 @@ async def run_service(
     has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
     """
     astore = store if isinstance(store, AsyncStore) else AsyncStore(store)
+    budget = retry_budget(config.ipmi)
+    if budget >= config.conductor.sync_node_timeout:
+        log.warning(
+            "the IPMI client retries for up to %.1f s ([ipmi] retry_timeout, retry_backoff, "
+            "retries), not less than sync_node_timeout (%g s): a dead BMC will be reported as "
+            "'no answer within sync_node_timeout' instead of the client's own error",
+            budget,
+            config.conductor.sync_node_timeout,
+        )
     if bmc_opener is None:
         from agent.bmcs import ipmi_opener
 

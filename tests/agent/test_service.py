@@ -640,3 +640,11 @@ async def test_a_bmc_that_stops_answering_mid_session_costs_one_deadline(
     assert report.results[0].action == "in-sync"
     assert fleet[10001].logins == 2
     assert store.get_node(name).sync_failures == 0
+
+
+def test_retry_budget_matches_the_client_policy() -> None:
+    from agent.service import retry_budget
+
+    assert retry_budget(IpmiConfig()) == pytest.approx(1 + 2 + 4 + 4)  # defaults: 11 s
+    fast = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0.4, retries=4)
+    assert retry_budget(fast) == pytest.approx(0.2 + 0.4 + 0.4 + 0.4 + 0.4)
