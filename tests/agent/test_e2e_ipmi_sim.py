@@ -6,12 +6,17 @@ the tests see exactly which commands the agent sent.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from agent.actions import power_action
 from agent.bmcs import ipmi_opener, open_bmc_pool
@@ -163,3 +168,73 @@ async def test_power_actions(store: Store, bmcs: list[IpmiSimBmc]) -> None:
     assert store.get_node("osim-0").power_state == POWER_ON
     pending = store.due_notifications(now=store.get_node("osim-0").updated_at + 1)
     assert {n.power_state for n in pending} == {POWER_OFF, POWER_ON}
+
+
+async def test_power_action_while_the_daemon_runs(
+    tmp_path: Path, store: Store, bmcs: list[IpmiSimBmc]
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        "\n".join(
+            [
+                "[conductor]",
+                "sync_power_state_interval = 1.0",
+                "sync_node_timeout = 0.9",
+                "sync_jitter_window = 0",
+                "power_state_change_timeout = 10",
+                "lock_ttl = 30",
+                "[ipmi]",
+                "cipher_suites = [3]",
+                "retry_timeout = 0.2",
+                "retry_max_timeout = 0.2",
+                "retries = 2",
+                "[store]",
+                f'path = "{tmp_path / "agent.sqlite"}"',
+                "",
+            ]
+        )
+    )
+    config_path.chmod(0o600)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    argv = [sys.executable, "-m", "agent.cli", "--config", str(config_path)]
+
+    def cycles() -> int:
+        text = store.get_meta("last_cycle")
+        return 0 if text is None else int(text.split('"cycle": ')[1].split(",")[0])
+
+    async def wait_cycles(count: int) -> None:
+        target = cycles() + count
+        deadline = time.monotonic() + 20
+        while cycles() < target:
+            assert time.monotonic() < deadline, "the daemon stopped cycling"
+            await trio.sleep(0.2)
+
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log_file:
+        daemon = await trio.lowlevel.open_process(
+            [*argv, "run"], stdout=log_file, stderr=log_file, env=env
+        )
+        try:
+            await wait_cycles(1)
+            bmcs[1].clear_calls()
+            action = await trio.run_process(
+                [*argv, "power", "osim-1", "off", "--wait"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=env,
+            )
+            assert action.returncode == 0, action.stderr
+            assert action.stdout.decode().strip() == "osim-1: power off done, now power off"
+            await wait_cycles(2)
+            # The daemon (force mode) did not turn it back on: it never asked ipmi_sim to.
+            assert "set power 1" not in bmcs[1].calls()
+            assert "set power 0" in bmcs[1].calls()
+            assert not bmcs[1].power_on
+            assert store.get_node("osim-1").power_state == POWER_OFF
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                status = await daemon.wait()
+    assert status == 0, log_path.read_text()
