@@ -144,7 +144,7 @@ class SyncService:
         self.last_report: CycleReport | None = None
         self.nodes_total = 0  # nodes of the running pass (for progress display)
         self.nodes_done = 0
-        self._passes = 0
+        self._passes = {"sync": 0, "recovery": 0}  # pass ids, counted per kind
         self._active_scopes: set[trio.CancelScope] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -240,8 +240,8 @@ class SyncService:
         return await self._pass("recovery")
 
     async def _pass(self, kind: str) -> CycleReport:
-        self._passes += 1
-        cycle = self._passes
+        self._passes[kind] += 1
+        cycle = self._passes[kind]
         started_wall = self.wall()
         started = trio.current_time()
         if kind == "sync":

@@ -648,3 +648,15 @@ def test_retry_budget_matches_the_client_policy() -> None:
     assert retry_budget(IpmiConfig()) == pytest.approx(1 + 2 + 4 + 4)  # defaults: 11 s
     fast = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0.4, retries=4)
     assert retry_budget(fast) == pytest.approx(0.2 + 0.4 + 0.4 + 0.4 + 0.4)
+
+
+async def test_sync_and_recovery_passes_are_numbered_separately(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    add_nodes(store, fleet, 1)
+    async with Harness(store, fleet, make_config()) as service:
+        assert (await service.run_cycle()).cycle == 1
+        assert (await service.run_recovery()).cycle == 1
+        assert (await service.run_cycle()).cycle == 2
+    summary = store.get_meta(META_LAST_CYCLE)
+    assert summary is not None and '"cycle": 2' in summary
