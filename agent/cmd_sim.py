@@ -10,6 +10,7 @@ only written to the 0600 inventory file, so --write-inventory is then required.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import signal
 import sys
@@ -179,6 +180,8 @@ def run_sim(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or not args.idle_timeout > 0:
         raise ConfigError("--max-sessions must be >= 1 and --idle-timeout > 0")
     password = _password(args)
+    if args.password_file:
+        args.password_file = os.path.abspath(args.password_file)
     try:
         trio.run(_serve, args, password, suites, faults, timing)
     except (IpmiError, OSError) as exc:
@@ -211,8 +214,15 @@ async def _serve(
             control_socket=args.control_socket,
         ) as fleet:
             if args.write_inventory:
+                # A password given as a file stays in that one file: the inventory names it.
+                password_file = args.password_file
                 write_inventory(
-                    args.write_inventory, fleet, args.username, password, cipher_suites=suites
+                    args.write_inventory,
+                    fleet,
+                    args.username,
+                    None if password_file else password,
+                    password_file=password_file,
+                    cipher_suites=suites,
                 )
             first, last = fleet.bmcs[0], fleet.bmcs[-1]
             ports = f"{first.port}" if first is last else f"{first.port}-{last.port}"

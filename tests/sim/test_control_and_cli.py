@@ -140,8 +140,13 @@ def test_cli_serves_writes_inventory_and_stops_cleanly_on_sigterm(tmp_path: Path
         nodes = tomllib.loads(inventory.read_text())["nodes"]
         assert [node["name"] for node in nodes] == ["sim-0000", "sim-0001", "sim-0002"]
         node = nodes[2]
+        # The secret stays in its own file: the inventory names that file.
+        assert node["bmc_password_file"] == str(password_file)
+        assert "bmc_password" not in node
+        assert SECRET not in inventory.read_text()
+        password = Path(node["bmc_password_file"]).read_text().strip()
         result = clients.ipmitool(
-            node["bmc_address"], node["bmc_port"], username="admin", password=node["bmc_password"]
+            node["bmc_address"], node["bmc_port"], username="admin", password=password
         ).run()
         assert result.power is True, clients.describe(result)
         process.send_signal(signal.SIGTERM)
