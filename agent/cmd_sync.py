@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any, TextIO
 
+import attrs
 import trio
 
 from agent.bmcs import BmcOpener, open_bmc_pool
@@ -30,8 +31,18 @@ async def sync_once(
     *,
     opener: BmcOpener,
     progress: TextIO | None = None,
+    jitter: bool = False,
 ) -> CycleReport:
-    """One cycle with the configured rules; sessions are closed before returning."""
+    """One cycle with the configured rules; sessions are closed before returning.
+
+    Without ``jitter`` every node starts at once (still bounded by the worker limit): the
+    spread over ``sync_jitter_window`` keeps a daemon's cycles from hitting the fleet in step,
+    which a one-shot run an operator is waiting for does not need.
+    """
+    if not jitter:
+        config = attrs.evolve(
+            config, conductor=attrs.evolve(config.conductor, sync_jitter_window=0.0)
+        )
     async with open_bmc_pool(
         opener,
         keepalive_interval=config.ipmi.keepalive_interval,
@@ -88,7 +99,13 @@ def _handle(args: argparse.Namespace) -> int:
     progress = sys.stderr if sys.stderr.isatty() and not args.json else None
     with open_configured_store(config, create=False) as store:
         report = trio.run(
-            lambda: sync_once(config, store, opener=configured_opener(config), progress=progress)
+            lambda: sync_once(
+                config,
+                store,
+                opener=configured_opener(config),
+                progress=progress,
+                jitter=args.jitter,
+            )
         )
     summary = report.summary()
     if args.json:
@@ -116,4 +133,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--once", action="store_true", help="one cycle, then exit (required)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--jitter",
+        action="store_true",
+        help="spread node starts over [conductor] sync_jitter_window, as the daemon does",
+    )
     parser.set_defaults(handler=_handle)

@@ -620,6 +620,22 @@ async def test_sync_once_shows_progress_for_large_fleets(
         assert bmc.closes == bmc.logins == 1  # the one-shot closes its sessions
 
 
+async def test_sync_once_starts_every_node_at_once_unless_asked_to_jitter(
+    store: Store, fleet: FakeFleet
+) -> None:
+    # Real clock: bounds that only slowness could cross in the safe direction.
+    from agent.cmd_sync import sync_once
+
+    add_nodes(store, fleet, 20)
+    started = trio.current_time()
+    report = await sync_once(make_config(sync_jitter_window=8.0), store, opener=fleet.opener)
+    assert report.summary()["ok"] == 20
+    assert trio.current_time() - started < 6.0  # nobody waited for a slot in the 8 s window
+    started = trio.current_time()
+    await sync_once(make_config(sync_jitter_window=1.0), store, opener=fleet.opener, jitter=True)
+    assert trio.current_time() - started > 0.3  # 20 starts spread over the 1 s window
+
+
 async def test_a_bmc_that_stops_answering_mid_session_costs_one_deadline(
     store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
 ) -> None:
