@@ -52,6 +52,9 @@ class ConductorConfig:
 
     sync_power_state_interval: float = 60.0
     sync_power_state_workers: int = 8
+    # Nodes whose last pass failed (and recovery probes) wait on their own slots, so dead
+    # BMCs never hold the healthy fleet's workers for a whole deadline each.
+    sync_failing_node_workers: int = 128
     force_power_state_during_sync: bool = True
     power_state_sync_max_retries: int = 3
     power_failure_recovery_interval: float = 300.0
@@ -270,6 +273,9 @@ def _parse_conductor(section: Section) -> ConductorConfig:
         sync_power_state_interval=interval,
         sync_power_state_workers=section.integer(
             "sync_power_state_workers", defaults.sync_power_state_workers, minimum=1
+        ),
+        sync_failing_node_workers=section.integer(
+            "sync_failing_node_workers", defaults.sync_failing_node_workers, minimum=1
         ),
         force_power_state_during_sync=section.boolean(
             "force_power_state_during_sync", defaults.force_power_state_during_sync

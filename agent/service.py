@@ -9,7 +9,8 @@
        ├─ metrics     the Prometheus endpoint (when configured)
        └─ work
           ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
-          │   └─ one task per node, jittered start, CapacityLimiter(workers), per-node deadline
+          │   └─ one task per node, jittered start, CapacityLimiter(workers; nodes that failed
+          │      last pass use the failing lane's), per-node deadline
           └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
 
 Decisions come from :mod:`agent.policy`; BMC sessions from :mod:`agent.bmcs`. Each cycle's
@@ -138,6 +139,10 @@ class SyncService:
             max_retries=config.conductor.power_state_sync_max_retries,
         )
         self.limiter = trio.CapacityLimiter(config.conductor.sync_power_state_workers)
+        # The failing lane: a dead BMC costs a slot for a whole deadline, mostly spent waiting
+        # on retransmission timers, so such nodes get their own slots and never starve the
+        # healthy ones (recovery probes are failing nodes by definition).
+        self.failing_limiter = trio.CapacityLimiter(config.conductor.sync_failing_node_workers)
         self.stopping = trio.Event()
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
@@ -197,12 +202,13 @@ class SyncService:
             if duration > interval:
                 log.warning(
                     "sync cycle %d took %.1f s, longer than sync_power_state_interval (%g s); "
-                    "raise sync_power_state_workers (now %d), lower sync_node_timeout (now %g s) "
-                    "or raise the interval",
+                    "raise sync_power_state_workers (now %d) or sync_failing_node_workers "
+                    "(now %d), lower sync_node_timeout (now %g s) or raise the interval",
                     report.cycle,
                     duration,
                     interval,
                     self.conductor.sync_power_state_workers,
+                    self.conductor.sync_failing_node_workers,
                     self.conductor.sync_node_timeout,
                     extra={"cycle": report.cycle},
                 )
@@ -362,7 +368,8 @@ class SyncService:
         if self.stopping.is_set():
             progress.skipped = "shutting down"
             return
-        async with self.limiter:
+        failing = kind == "recovery" or progress.node.sync_failures > 0
+        async with self.failing_limiter if failing else self.limiter:
             if self.stopping.is_set():
                 progress.skipped = "shutting down"
                 return

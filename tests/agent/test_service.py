@@ -229,6 +229,38 @@ async def test_a_hanging_bmc_costs_one_deadline_and_does_not_stall_the_others(
     assert 5.0 <= report.duration < 5.0 * 2 + 1.0
 
 
+@pytest.mark.parametrize(
+    ("failing_workers", "shortest", "longest"), [(1, 47.9, 60.0), (8, 7.9, 9.0)]
+)
+async def test_nodes_that_failed_last_cycle_wait_in_their_own_lane(
+    store: Store,
+    fleet: FakeFleet,
+    autojump_clock: trio.testing.MockClock,
+    failing_workers: int,
+    shortest: float,
+    longest: float,
+) -> None:
+    names = add_nodes(store, fleet, 12)
+    dead = [10001 + i for i in range(6)]
+    config = make_config(
+        sync_power_state_workers=2,
+        sync_failing_node_workers=failing_workers,
+        sync_node_timeout=8.0,
+    )
+    async with Harness(store, fleet, config) as service:
+        await service.run_cycle()
+        for port in dead:
+            fleet[port].hang = True
+        await service.run_cycle()  # the 6 hang in the healthy lane once and are marked failing
+        report = await service.run_cycle()
+    # With one failing slot the 6 dead BMCs cost a deadline each, one after the other; with
+    # enough slots they wait side by side and the cycle costs one deadline.
+    assert shortest <= report.duration <= longest
+    actions = {result.name: result.action for result in report.results}
+    assert [actions[name] for name in names[6:]] == ["in-sync"] * 6
+    assert all(actions[name] == "read-failed" for name in names[:6])
+
+
 async def test_cycles_never_overlap_and_an_overrun_is_a_warning(
     store: Store,
     fleet: FakeFleet,
@@ -239,7 +271,10 @@ async def test_cycles_never_overlap_and_an_overrun_is_a_warning(
     for port in (10001, 10002, 10003):
         fleet[port].hang = True
     config = make_config(
-        sync_power_state_interval=10.0, sync_power_state_workers=1, sync_node_timeout=8.0
+        sync_power_state_interval=10.0,
+        sync_power_state_workers=1,
+        sync_failing_node_workers=1,  # keep the hanging nodes queued behind each other
+        sync_node_timeout=8.0,
     )
     starts: list[float] = []
     running: list[int] = []
