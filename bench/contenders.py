@@ -141,39 +141,61 @@ def ipmitool_pass(fleet: Fleet, options: Options, parallel: int) -> PassResult:
 # ---------------------------------------------------------------- FreeIPMI ipmipower
 
 
-def ipmipower_argv(fleet: Fleet, *command: str) -> list[str]:
-    first, last = fleet.endpoints[0].port, fleet.endpoints[-1].port
+# ipmipower opens two sockets per host at once; above ~5,000 hosts one invocation runs out of
+# descriptors ("ipmi_get_random: Bad file descriptor"), so big fleets are split in ranges
+# run one after another, as an operator would.
+IPMIPOWER_MAX_HOSTS = 5000
+
+
+def ipmipower_argv(fleet: Fleet, first: int, last: int, *command: str) -> list[str]:
     argv = ["ipmipower", "-D", "LAN_2_0", "-I", str(fleet.cipher_suite)]
     if fleet.kind == "ipmi_sim":
         # ipmi_sim echoes privilege 0 in the Open Session Response; this workaround accepts it
         argv += ["-W", "opensesspriv"]
     host = fleet.endpoints[0].host
-    return [*argv, "-h", f"{host}:[{first}-{last}]", "-u", USERNAME, "-p", PASSWORD, *command]
+    first_port, last_port = fleet.endpoints[first].port, fleet.endpoints[last].port
+    hosts = f"{host}:[{first_port}-{last_port}]"
+    return [*argv, "-h", hosts, "-u", USERNAME, "-p", PASSWORD, *command]
+
+
+def ipmipower_all(fleet: Fleet, options: Options, *command: str) -> list[ProcessResult]:
+    runs = []
+    for first in range(0, fleet.size, IPMIPOWER_MAX_HOSTS):
+        last = min(fleet.size, first + IPMIPOWER_MAX_HOSTS) - 1
+        argv = ipmipower_argv(fleet, first, last, *command)
+        runs.append(run_measured(argv, timeout=options.timeout))
+    return runs
 
 
 def ipmipower_pass(fleet: Fleet, options: Options) -> PassResult:
     runs: list[ProcessResult] = []
     started = time.monotonic()
     if options.op == "off":
-        runs.append(run_measured(ipmipower_argv(fleet, "--off"), timeout=options.timeout))
+        runs += ipmipower_all(fleet, options, "--off")
         give_up = time.monotonic() + CONFIRM_TIMEOUT
         while True:
-            runs.append(run_measured(ipmipower_argv(fleet, "--stat"), timeout=options.timeout))
-            on, off = count_ipmipower(runs[-1].stdout)
+            last = ipmipower_all(fleet, options, "--stat")
+            runs += last
+            on, off = count_ipmipower("".join(r.stdout for r in last))
             if off >= fleet.size or time.monotonic() > give_up:
                 break
             time.sleep(POLL_INTERVAL)
     else:
-        runs.append(run_measured(ipmipower_argv(fleet, "--stat"), timeout=options.timeout))
+        last = ipmipower_all(fleet, options, "--stat")
+        runs += last
     wall = time.monotonic() - started
-    on, off = count_ipmipower(runs[-1].stdout)
+    output = "".join(r.stdout for r in last)
+    on, off = count_ipmipower(output)
     errors: dict[str, int] = {}
-    for line in runs[-1].stdout.splitlines():
+    for line in output.splitlines():
         state = line.rsplit(": ", 1)[-1]
         if state not in ("on", "off"):
             count_error(errors, state[:80])
-    if runs[-1].timed_out:
-        count_error(errors, "timeout")
+    for run in last:
+        if run.timed_out:
+            count_error(errors, "timeout")
+        elif run.returncode != 0:
+            count_error(errors, (run.stderr.strip().splitlines() or ["?"])[0][:80])
     cpu, rss = merge(runs)
     return PassResult(
         contender="ipmipower",

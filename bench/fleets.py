@@ -387,7 +387,8 @@ class PowersyncSimFleet(Fleet):
         self.command({"cmd": "faults", "dead": list(indices)})
 
     def set_impairment(self, *, delay_ms: float, loss: float) -> None:
-        self.command({"cmd": "faults", "latency_ms": delay_ms, "loss": loss})
+        # the simulator delays answers only: twice the one-way delay gives the same RTT
+        self.command({"cmd": "faults", "latency_ms": 2 * delay_ms, "loss": loss})
 
     def clear_faults(self) -> None:
         self.command({"cmd": "faults"})

@@ -43,7 +43,35 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
         "loadavg_at_start": load,
         "tools": tool_versions(),
+        "commit": git_commit(),
     }
+
+
+def git_commit() -> str:
+    """The commit measured (BENCH_GIT_COMMIT when run from an exported tree)."""
+    import os
+
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return head + (" (+ uncommitted changes)" if dirty else "")
 
 
 def tool_versions() -> dict[str, str]:
@@ -99,6 +127,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "expected": cell[0]["expected"],
                 "datagrams_per_node": (statistics.median(datagrams) / size if datagrams else None),
                 "server_cpu_s": statistics.median(r["server_cpu_s"] for r in cell),
+                "first_cycle_wall_s": median_of(
+                    [r["extra"].get("first_cycle_wall_s") for r in cell]
+                ),
                 "errors": merge_errors(cell),
             }
         )
@@ -114,6 +145,11 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 row["wall_vs_powersync"] = row["cpu_vs_powersync"] = None
     return rows
+
+
+def median_of(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def merge_errors(cell: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -141,9 +177,9 @@ def markdown(rows: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
         lines.append("")
         lines.append(
             "| contender | wall s (median, min-max) | x powersync | client CPU ms/node "
-            "| x powersync | datagrams/node | peak RSS MB | read OK | runs |"
+            "| x powersync | datagrams/node | peak RSS MB | read OK | runs | 1st cycle s |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for row in group:
             spread = f"{fmt(row['wall_min_s'])}-{fmt(row['wall_max_s'])}"
             lines.append(
@@ -151,7 +187,7 @@ def markdown(rows: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
                 f"| {fmt(row['wall_vs_powersync'], 1)} | {fmt(row['cpu_per_node_ms'])} "
                 f"| {fmt(row['cpu_vs_powersync'], 1)} | {fmt(row['datagrams_per_node'], 1)} "
                 f"| {fmt(row['maxrss_mb'], 1)} | {row['correct_min']}/{row['expected']} "
-                f"| {row['repeats']} |"
+                f"| {row['repeats']} | {fmt(row['first_cycle_wall_s'])} |"
             )
         errors = {r["contender"]: r["errors"] for r in group if r["errors"]}
         if errors:
@@ -221,3 +257,116 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+POWERSYNC = ("powersync-longlived", "powersync-fresh", "agent-longlived", "agent-fresh")
+
+
+def find(
+    rows: Sequence[dict[str, Any]], contender: str, fleet: str, size: int, condition: str
+) -> dict[str, Any] | None:
+    for row in rows:
+        if (row["contender"], row["fleet"], row["size"], row["condition"], row["op"]) == (
+            contender,
+            fleet,
+            size,
+            condition,
+            "status",
+        ):
+            return row
+    return None
+
+
+def targets(rows: Sequence[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
+    """The issue's targets, judged from this run's medians (reported, never asserted)."""
+    verdicts: list[dict[str, Any]] = []
+
+    def judge(target: str, subject: str, value: str, met: bool) -> None:
+        verdicts.append({"target": target, "subject": subject, "value": value, "met": met})
+
+    fleets = sorted({(r["fleet"], r["size"]) for r in rows if r["op"] == "status"})
+    for fleet, size in fleets:
+        where = f"{fleet}/{size}"
+        ipmipower = find(rows, "ipmipower", fleet, size, "clean")
+        if ipmipower and ipmipower["correct_min"] == ipmipower["expected"]:
+            for name, limit in (
+                ("powersync-longlived", 0.5),
+                ("agent-longlived", 0.5),
+                ("powersync-fresh", 2.0),
+                ("agent-fresh", 2.0),
+            ):
+                row = find(rows, name, fleet, size, "clean")
+                if row:
+                    ratio = row["cpu_s"] / ipmipower["cpu_s"]
+                    judge(
+                        f"CPU per status <= {limit:g}x ipmipower's",
+                        f"{name}, {where}",
+                        f"{row['cpu_per_node_ms']:.3f} vs {ipmipower['cpu_per_node_ms']:.3f} "
+                        f"ms ({ratio:.2f}x)",
+                        ratio <= limit,
+                    )
+        ipmitool = find(rows, "ipmitool-par8", fleet, size, "clean")
+        if ipmitool and size >= 1000:
+            for name in POWERSYNC:
+                row = find(rows, name, fleet, size, "clean")
+                if row:
+                    speedup = ipmitool["wall_s"] / row["wall_s"]
+                    judge(
+                        ">= 20x faster than ipmitool 8-parallel at 1,000 BMCs",
+                        f"{name}, {where}",
+                        f"{row['wall_s']:.3f} s vs {ipmitool['wall_s']:.3f} s ({speedup:.0f}x)",
+                        speedup >= 20,
+                    )
+        for name in POWERSYNC:
+            clean = find(rows, name, fleet, size, "clean")
+            lossy = find(rows, name, fleet, size, "loss5")
+            if clean and lossy:
+                factor = lossy["wall_s"] / clean["wall_s"]
+                complete = lossy["correct_min"] == lossy["expected"]
+                judge(
+                    "5 % loss: every node read, cycle <= 2x loss-free",
+                    f"{name}, {where}",
+                    f"{lossy['correct_min']}/{lossy['expected']} read, {lossy['wall_s']:.2f} s "
+                    f"vs {clean['wall_s']:.2f} s ({factor:.1f}x)",
+                    complete and factor <= 2,
+                )
+            dead = find(rows, name, fleet, size, "dead10")
+            if clean and dead:
+                growth = dead["wall_s"] - clean["wall_s"]
+                judge(
+                    f"10 % dead: cycle grows <= one per-node deadline ({deadline:g} s)",
+                    f"{name}, {where}",
+                    f"+{growth:.1f} s ({dead['wall_s']:.1f} s vs {clean['wall_s']:.2f} s)",
+                    growth <= deadline,
+                )
+        if size >= 10000:
+            for name in POWERSYNC:
+                row = find(rows, name, fleet, size, "clean")
+                if row:
+                    judge(
+                        "10,000 BMCs per cycle in <= 10 s",
+                        f"{name}, {where}",
+                        f"{row['wall_s']:.2f} s",
+                        row["wall_s"] <= 10,
+                    )
+                    if name.startswith("agent"):
+                        judge(
+                            "agent resident memory <= 150 MB at 10,000 BMCs",
+                            f"{name}, {where}",
+                            f"{row['maxrss_mb']:.0f} MB",
+                            row["maxrss_mb"] <= 150,
+                        )
+    return verdicts
+
+
+def targets_markdown(verdicts: Sequence[dict[str, Any]]) -> str:
+    if not verdicts:
+        return ""
+    lines = ["### Targets (from this run's medians)", ""]
+    lines.append("| target | who, fleet | measured | met? |")
+    lines.append("|---|---|---|---|")
+    for v in verdicts:
+        mark = "yes" if v["met"] else "**no**"
+        lines.append(f"| {v['target']} | {v['subject']} | {v['value']} | {mark} |")
+    lines.append("")
+    return "\n".join(lines)
