@@ -260,6 +260,20 @@ def sweep_workers(
                     runs.extend(
                         run_contender(fleet, BY_NAME[name], options, condition, dead, 1, label)
                     )
+                if condition == "loss5" and args.tuned_retry_timeout:
+                    # what a shorter first retransmission (ipmipower uses 0.4 s) buys under loss
+                    workers = max(args.sweep_workers or [args.workers])
+                    retry = args.tuned_retry_timeout
+                    options = Options(
+                        workers=workers,
+                        deadline=args.deadline,
+                        timeout=args.timeout,
+                        retry_timeout=retry,
+                    )
+                    label = f"{name}@{workers},retry{retry:g}s"
+                    runs.extend(
+                        run_contender(fleet, BY_NAME[name], options, condition, dead, 1, label)
+                    )
     return runs
 
 
@@ -301,6 +315,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="*",
         default=["latency", "loss5", "dead10"],
         choices=list(CONDITIONS),
+    )
+    parser.add_argument(
+        "--tuned-retry-timeout", type=float, default=0.4, help="sweep: first retransmit under loss"
     )
     parser.add_argument("--no-count-datagrams", dest="count_datagrams", action="store_false")
     parser.add_argument("--out", default="bench/results")

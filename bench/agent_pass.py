@@ -35,6 +35,7 @@ sync_jitter_window = 0
 
 [ipmi]
 session_mode = "{session_mode}"
+retry_timeout = {retry_timeout}
 cipher_suites = [{suites}]
 
 [store]
@@ -49,6 +50,29 @@ send_power_notifications = false
 def cpu_now() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def print_memory_top(limit: int = 25) -> None:
+    """Where the live memory is (run with BENCH_TRACEMALLOC=1 and python -X tracemalloc)."""
+    import sys
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot()
+    traced, _ = tracemalloc.get_traced_memory()
+    print(f"traced by tracemalloc: {traced / 1024 / 1024:.1f} MB", file=sys.stderr)
+    by_file: dict[str, int] = {}
+    for stat in snapshot.statistics("filename"):
+        name = stat.traceback[0].filename
+        key = next(
+            (k for k in ("trio", "agent", "ipmi", "store", "cryptography") if k in name), "other"
+        )
+        by_file[key] = by_file.get(key, 0) + stat.size
+    for key, size in sorted(by_file.items(), key=lambda item: -item[1]):
+        print(f"{size / 1024 / 1024:8.1f} MB in {key}", file=sys.stderr)
+    for stat in snapshot.statistics("lineno")[:limit]:
+        print(
+            f"{stat.size / 1024 / 1024:8.1f} MB {stat.count:8d} {stat.traceback}", file=sys.stderr
+        )
 
 
 def node_name(index: int) -> str:
@@ -86,6 +110,7 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             workers=args.workers,
             deadline=args.deadline,
             session_mode=args.session_mode,
+            retry_timeout=args.retry_timeout,
             suites=", ".join(str(s) for s in args.cipher_suites),
             store=store_path,
         )
@@ -111,6 +136,8 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 recorded = {node.name: node.power_state for node in store.list_nodes()}
                 states = [recorded.get(node_name(i)) for i in range(args.count)]
                 counters = pool.counters
+                if os.environ.get("BENCH_TRACEMALLOC") and number == args.cycles - 1:
+                    print_memory_top()
                 report.append(
                     {
                         "wall_s": wall,
@@ -141,6 +168,7 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=2)
     parser.add_argument("--pause", type=float, default=0.5)
     parser.add_argument("--deadline", type=float, default=15.0)
+    parser.add_argument("--retry-timeout", type=float, default=1.0, help="first retransmit, s")
     parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
     args = parser.parse_args()
     password = os.environ["BENCH_BMC_PASSWORD"]

@@ -59,6 +59,7 @@ class Options:
     deadline: float = 15.0  # per node, seconds (the agent's sync_node_timeout)
     timeout: float = 600.0  # per client process
     op: str = "status"  # or "off"
+    retry_timeout: float = 1.0  # the client's first retransmission timeout (its default)
 
 
 def count_error(errors: dict[str, int], name: str) -> None:
@@ -292,6 +293,7 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
         *("--workers", str(options.workers), "--mode", mode, "--cycles", str(cycles)),
         *("--op", options.op, "--deadline", str(options.deadline)),
         *("--cipher-suites", str(fleet.cipher_suite)),
+        *("--retry-timeout", str(options.retry_timeout)),
     ]
     result, report = python_child("bench.powersync_pass", args, options)
     if report is None:
@@ -347,6 +349,7 @@ def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
         *("--store", agent_store_template(fleet), "--session-mode", session_mode),
         *("--workers", str(options.workers), "--cycles", "2"),
         *("--deadline", str(options.deadline), "--cipher-suites", str(fleet.cipher_suite)),
+        *("--retry-timeout", str(options.retry_timeout)),
     ]
     result, report = python_child("bench.agent_pass", args, options)
     if report is None:
