@@ -93,6 +93,7 @@ class StoreConfig:
 
     backend: str = "sqlite"
     path: str = "./powersync.sqlite"
+    history_retention_days: float = 90.0  # 0 keeps history forever
 
 
 @attrs.frozen
@@ -320,12 +321,15 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
 
 
 def _parse_store(section: Section, base_dir: str) -> StoreConfig:
-    section.check_keys(["backend", "path"])
+    section.check_keys(["backend", "path", "history_retention_days"])
     defaults = StoreConfig()
     path = section.path("path", defaults.path)
     return StoreConfig(
         backend=section.choice("backend", defaults.backend, STORE_BACKENDS),
         path=resolve_path(path, base_dir),
+        history_retention_days=section.number(
+            "history_retention_days", defaults.history_retention_days, minimum=0
+        ),
     )
 
 

@@ -7,6 +7,7 @@
        ├─ signals     SIGTERM/SIGINT: stop starting work, give in-flight work a few seconds
        ├─ notifier    drains the Nova outbox (when configured), woken after each batch
        ├─ metrics     the Prometheus endpoint (when configured)
+       ├─ prune       hourly: history older than [store] history_retention_days
        └─ work
           ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
           │   └─ one task per node, jittered start, CapacityLimiter(workers; nodes that failed
@@ -27,6 +28,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import attrs
@@ -34,6 +36,7 @@ import trio
 
 from agent.bmcs import BmcEndpoint, BmcOpener, BmcPool, NodeBmc, describe_error, open_bmc_pool
 from agent.config import AgentConfig, IpmiConfig
+from agent.housekeeping import prune_loop
 from agent.policy import (
     Action,
     Observation,
@@ -595,6 +598,14 @@ async def run_service(
                 await background.start(_watch_signals, service, background.cancel_scope)
             if notifier is not None:
                 background.start_soon(_run_notifier, notifier)
+            background.start_soon(
+                partial(
+                    prune_loop,
+                    astore,
+                    retention_days=config.store.history_retention_days,
+                    wall_clock=wall_clock,
+                )
+            )
             serve = getattr(metrics, "serve", None)
             if serve is not None:
                 await background.start(serve)
