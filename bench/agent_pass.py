@@ -136,6 +136,11 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 recorded = {node.name: node.power_state for node in store.list_nodes()}
                 states = [recorded.get(node_name(i)) for i in range(args.count)]
                 counters = pool.counters
+                errors: dict[str, int] = {}
+                for node_result in result.results:
+                    if node_result.error:
+                        kind = node_result.error.split(":", 1)[0][:60]
+                        errors[kind] = errors.get(kind, 0) + 1
                 if os.environ.get("BENCH_TRACEMALLOC") and number == args.cycles - 1:
                     print_memory_top()
                 report.append(
@@ -144,6 +149,7 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         "cpu_s": cpu,
                         "powers": [None if s is None else s == POWER_ON for s in states],
                         "summary": result.summary(),
+                        "errors": errors,
                         "pool": {
                             "requests": counters.requests,
                             "logins": counters.logins,

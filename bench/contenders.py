@@ -195,8 +195,8 @@ def ipmipower_pass(fleet: Fleet, options: Options) -> PassResult:
     for run in last:
         if run.timed_out:
             count_error(errors, "timeout")
-        elif run.returncode != 0:
-            count_error(errors, (run.stderr.strip().splitlines() or ["?"])[0][:80])
+        elif run.returncode != 0 and run.stderr.strip():  # else: the failed hosts' lines say why
+            count_error(errors, run.stderr.strip().splitlines()[0][:80])
     cpu, rss = merge(runs)
     return PassResult(
         contender="ipmipower",
@@ -362,7 +362,7 @@ def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
         cpu_s=measured["cpu_s"],
         maxrss_kb=result.maxrss_kb,
         powers=measured["powers"],
-        errors={k: v for k, v in measured["summary"].items() if k == "failed" and v},
+        errors=measured.get("errors", {}),
         extra={
             "process_wall_s": result.wall_s,
             "process_cpu_s": result.cpu_s,

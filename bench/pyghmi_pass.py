@@ -27,8 +27,13 @@ def one(host: str, port: int, username: str, password: str, op: str) -> tuple[bo
         if op == "status":
             state = cmd.get_power()["powerstate"]
         else:
-            cmd.set_power(op, wait=30)
+            # the same confirmation loop as every contender: act, then poll every 0.5 s
+            cmd.set_power(op, wait=False)
+            give_up = time.monotonic() + 30
             state = cmd.get_power()["powerstate"]
+            while state != op and time.monotonic() < give_up:
+                time.sleep(0.5)
+                state = cmd.get_power()["powerstate"]
         cmd.ipmi_session.logout()
     except Exception as exc:  # pyghmi raises IpmiException, struct.error, socket errors...
         return None, type(exc).__name__
