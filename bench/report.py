@@ -235,7 +235,7 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     left.set_ylabel("wall time of one status pass (s)")
     left.set_title("Cycle time vs fleet size (clean loopback)")
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7)
+    left.legend(fontsize=6, ncol=2, loc="lower right")
     sizes = sorted({(r["fleet"], r["size"]) for r in clean})
     width = 0.8 / max(1, len(contenders))
     for offset, name in enumerate(contenders):
@@ -253,7 +253,7 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     right.set_ylabel("client CPU per status (ms, user+sys)")
     right.set_title("Client CPU per status")
     right.grid(True, axis="y", which="both", alpha=0.3)
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, ncol=2, loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
