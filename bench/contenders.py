@@ -288,6 +288,8 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
     """
     name = "powersync-fresh" if mode == "fresh" else "powersync-longlived"
     cycles = 1 if options.op == "off" else 2
+    if options.op == "off":
+        name = "powersync"  # one cycle: log in, power off, poll until off
     args = [
         *fleet_args(fleet),
         *("--workers", str(options.workers), "--mode", mode, "--cycles", str(cycles)),

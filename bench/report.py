@@ -137,7 +137,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         by_group.setdefault(group_key(row), {})[row["contender"]] = row
     for group in by_group.values():
-        reference = group.get(REFERENCE) or group.get("agent-longlived")
+        reference = group.get(REFERENCE) or group.get("agent-longlived") or group.get("powersync")
         for row in group.values():
             if reference and reference["wall_s"] > 0 and reference["cpu_s"] > 0:
                 row["wall_vs_powersync"] = row["wall_s"] / reference["wall_s"]
