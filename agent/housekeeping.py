@@ -21,6 +21,26 @@ PRUNE_EVERY = 3600.0  # seconds between prunes; retention is counted in days
 DAY = 86400.0
 
 
+async def prune_once(
+    store: AsyncStore, *, retention_days: float, wall_clock: Callable[[], float] = time.time
+) -> dict[str, int]:
+    """Delete what is older than ``retention_days``; the counts removed (empty on error)."""
+    before = wall_clock() - retention_days * DAY
+    try:
+        removed = await store.run(store.store.prune, before=before)
+    except StoreError as exc:
+        log.warning("pruning old history failed (will retry within the hour): %s", exc)
+        return {}
+    if any(removed.values()):
+        log.info(
+            "pruned %d history rows and %d finished notifications older than %g days",
+            removed.get("history", 0),
+            removed.get("notifications", 0),
+            retention_days,
+        )
+    return removed
+
+
 async def prune_loop(
     store: AsyncStore,
     *,
@@ -32,17 +52,5 @@ async def prune_loop(
     if retention_days <= 0:
         return
     while True:
-        before = wall_clock() - retention_days * DAY
-        try:
-            removed = await store.run(store.store.prune, before=before)
-        except StoreError as exc:
-            log.warning("pruning old history failed (will retry in %g s): %s", every, exc)
-        else:
-            if any(removed.values()):
-                log.info(
-                    "pruned %d history rows and %d finished notifications older than %g days",
-                    removed.get("history", 0),
-                    removed.get("notifications", 0),
-                    retention_days,
-                )
+        await prune_once(store, retention_days=retention_days, wall_clock=wall_clock)
         await trio.sleep(every)

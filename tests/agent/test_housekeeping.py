@@ -10,7 +10,7 @@ import trio
 
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.housekeeping import DAY, prune_loop
+from agent.housekeeping import DAY, prune_loop, prune_once
 from agent.storeio import AsyncStore
 from store import HistoryRecord, NodeChange, Store, open_store
 
@@ -52,8 +52,8 @@ async def test_prune_keeps_recent_history_and_every_pending_notification(
 ) -> None:
     store = seeded_store(tmp_path / "s.sqlite")
     with store, caplog.at_level(logging.INFO, logger="powersync.store"):
-        with trio.move_on_after(1.0):
-            await prune_loop(AsyncStore(store), retention_days=90, wall_clock=lambda: NOW)
+        removed = await prune_once(AsyncStore(store), retention_days=90, wall_clock=lambda: NOW)
+        assert removed == {"history": 2, "notifications": 1}
         assert store.history("n1") == []
         assert [entry.message for entry in store.history("n2")] == ["10 days ago"]
         (pending,) = store.due_notifications(now=NOW)
