@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -141,11 +142,11 @@ class SyncService:
             force=config.conductor.force_power_state_during_sync,
             max_retries=config.conductor.power_state_sync_max_retries,
         )
-        self.limiter = trio.CapacityLimiter(config.conductor.sync_power_state_workers)
-        # The failing lane: a dead BMC costs a slot for a whole deadline, mostly spent waiting
-        # on retransmission timers, so such nodes get their own slots and never starve the
-        # healthy ones (recovery probes are failing nodes by definition).
-        self.failing_limiter = trio.CapacityLimiter(config.conductor.sync_failing_node_workers)
+        self.workers = config.conductor.sync_power_state_workers
+        # The failing lane: a dead BMC holds a worker for a whole deadline, mostly spent
+        # waiting on retransmission timers, so such nodes get their own workers and never
+        # starve the healthy ones (recovery probes are failing nodes by definition).
+        self.failing_workers = config.conductor.sync_failing_node_workers
         self.stopping = trio.Event()
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
@@ -288,9 +289,9 @@ class SyncService:
             self._active_scopes.add(scope)
             try:
                 async with trio.open_nursery() as nursery:
-                    for progress in work:
-                        if progress.skipped is None:
-                            nursery.start_soon(self._one_node, progress, cycle, kind)
+                    for lane, workers in self._lanes(work, kind):
+                        for _ in range(min(workers, len(lane))):
+                            nursery.start_soon(self._lane_worker, lane, started, cycle, kind)
             finally:
                 self._active_scopes.discard(scope)
         if scope.cancelled_caught:
@@ -357,31 +358,51 @@ class SyncService:
             return
         self.metrics.observe_cycle(report, nodes, self.pool, counts)
 
-    async def _one_node(self, progress: NodeProgress, cycle: int, kind: str) -> None:
-        try:
-            await self._one_node_inner(progress, cycle, kind)
-        finally:
-            self.nodes_done += 1
+    def _lanes(
+        self, work: Sequence[NodeProgress], kind: str
+    ) -> list[tuple[deque[tuple[float, NodeProgress]], int]]:
+        """The pass's nodes in two lanes (healthy, failing), each in start-offset order.
 
-    async def _one_node_inner(self, progress: NodeProgress, cycle: int, kind: str) -> None:
-        delay = jitter_delay(progress.node.uuid, self.conductor.sync_jitter_window)
-        if kind == "sync" and delay > 0:
-            with trio.move_on_after(delay):
-                await self.stopping.wait()
+        A fixed set of workers per lane pulls from it, instead of one task per node waiting
+        on a limiter: the same schedule, without 10,000 parked tasks and their trio objects.
+        """
+        healthy: list[tuple[float, NodeProgress]] = []
+        failing: list[tuple[float, NodeProgress]] = []
+        window = self.conductor.sync_jitter_window if kind == "sync" else 0.0
+        for progress in work:
+            if progress.skipped is None:
+                offset = jitter_delay(progress.node.uuid, window)
+                lane = failing if kind == "recovery" or progress.node.sync_failures > 0 else healthy
+                lane.append((offset, progress))
+        return [
+            (deque(sorted(healthy, key=lambda item: item[0])), self.workers),
+            (deque(sorted(failing, key=lambda item: item[0])), self.failing_workers),
+        ]
+
+    async def _lane_worker(
+        self, lane: deque[tuple[float, NodeProgress]], started: float, cycle: int, kind: str
+    ) -> None:
+        while lane:
+            offset, progress = lane.popleft()
+            try:
+                wait = started + offset - trio.current_time()
+                if wait > 0 and not self.stopping.is_set():
+                    with trio.move_on_after(wait):
+                        await self.stopping.wait()
+                await self._one_node(progress, cycle, kind)
+            finally:
+                self.nodes_done += 1
+
+    async def _one_node(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         if self.stopping.is_set():
             progress.skipped = "shutting down"
             return
-        failing = kind == "recovery" or progress.node.sync_failures > 0
-        async with self.failing_limiter if failing else self.limiter:
-            if self.stopping.is_set():
-                progress.skipped = "shutting down"
-                return
-            timeout = self.conductor.sync_node_timeout
-            with trio.move_on_after(timeout) as deadline:
-                await self._with_bmc(progress, cycle, kind)
-            if deadline.cancelled_caught:
-                self._timed_out(progress, timeout, kind)
-            self._log_decisions(progress, cycle)
+        timeout = self.conductor.sync_node_timeout
+        with trio.move_on_after(timeout) as deadline:
+            await self._with_bmc(progress, cycle, kind)
+        if deadline.cancelled_caught:
+            self._timed_out(progress, timeout, kind)
+        self._log_decisions(progress, cycle)
 
     async def _with_bmc(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         node = progress.node
