@@ -10,8 +10,8 @@
        ├─ prune       hourly: history older than [store] history_retention_days
        └─ work
           ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
-          │   └─ one task per node, jittered start, CapacityLimiter(workers; nodes that failed
-          │      last pass use the failing lane's), per-node deadline
+          │   └─ sync_power_state_workers workers (and a failing lane's) pull nodes in
+          │      jitter-offset order, each under its per-node deadline
           └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
 
 Decisions come from :mod:`agent.policy`; BMC sessions from :mod:`agent.bmcs`. Each cycle's
