@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from bench.procs import free_port_block, process_cpu_s, process_rss_kb
 
@@ -50,6 +50,23 @@ class Fleet:
     cipher_suite: int
     endpoints: list[Endpoint]
     port_base: int
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a half-started fleet leaves no process behind
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def reset_power(self) -> None:
         raise NotImplementedError
@@ -162,17 +179,6 @@ class IpmiSimFleet(Fleet):
         self.port_base = 0
         self.endpoints = []
         self.paused: list[int] = []
-
-    def __enter__(self) -> IpmiSimFleet:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         binary = shutil.which("ipmi_sim") or "/usr/bin/ipmi_sim"
@@ -321,17 +327,6 @@ class PowersyncSimFleet(Fleet):
         self.proc: subprocess.Popen[str] | None = None
         self.port_base = 0
         self.endpoints = []
-
-    def __enter__(self) -> PowersyncSimFleet:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.port_base = free_port_block(self.count)
