@@ -265,7 +265,6 @@ class BmcSession:
             raise SessionLostError(f"{self.peer}: {exc}") from exc
         started = trio.current_time()
         attempt = 0
-        answered = False
         try:
             for timeout in self._retry.timeouts():
                 attempt += 1
@@ -288,17 +287,16 @@ class BmcSession:
                     lambda e: isinstance(e, Response) and e.request_id == request_id,
                 )
                 if isinstance(event, Response):
-                    answered = True
                     rtt = trio.current_time() - sent_at
                     self._counters.requests += 1
                     self._counters.last_rtt = rtt
                     self._counters.rtt_sum += rtt
                     return event
         finally:
-            if not answered:
-                # Given up or cancelled by the caller: a late answer is then dropped as
-                # stale, and the request never occupies an rqSeq again.
-                machine.forget(request_id)
+            # Answered, the machine has already let it go (a no-op then); given up or
+            # cancelled by the caller, a late answer is dropped as stale, and the request
+            # never occupies an rqSeq again.
+            machine.forget(request_id)
         self._logged_in = False
         raise NoResponseError(
             f"{self.peer}: no answer to {what} after {attempt} attempts "
