@@ -22,6 +22,7 @@ from agent.errors import ConfigError
 from agent.secrets import read_secret_env, read_secret_file
 from ipmi.errors import IpmiError
 from ipmi.sim import Faults, PowerTiming, open_fleet, parse_selection, write_inventory
+from ipmi.sim.faults import FLOAT_FIELDS, INDEX_SET_FIELDS
 
 ALLOWED_SUITES = (3, 17)
 
@@ -130,7 +131,7 @@ def _cipher_suites(text: str) -> tuple[int, ...]:
 
 def _faults(args: argparse.Namespace) -> Faults:
     values: dict[str, Any] = {}
-    for option in ("dead", "hanging", "wrong_password", "flapping", "slow", "ignore_soft_off"):
+    for option in INDEX_SET_FIELDS:
         text = getattr(args, option)
         try:
             indexes = parse_selection(text)
@@ -143,7 +144,7 @@ def _faults(args: argparse.Namespace) -> Faults:
                 f"(indexes are 0..{args.nodes - 1})"
             )
         values[option] = indexes
-    for option in ("loss", "answer_loss", "latency", "jitter", "flap_interval", "slow_delay"):
+    for option in FLOAT_FIELDS:
         values[option] = getattr(args, option)
     try:
         return Faults(**values)
