@@ -43,7 +43,7 @@ from ipmi.proto.messages import (
     GetDeviceIdRequest,
 )
 from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
-from ipmi.transport import Connector, DatagramEndpoint, connect_udp
+from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class BmcSession:
 
     @property
     def peer(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return peer_label(self.host, self.port)
 
     # ---- public operations -------------------------------------------------------------
 

@@ -35,6 +35,11 @@ class DatagramEndpoint(Protocol):
 Connector = Callable[[str, int], Awaitable[DatagramEndpoint]]
 
 
+def peer_label(host: str, port: int) -> str:
+    """``host:port`` for messages, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class UdpEndpoint:
     """A UDP socket connected to one BMC: the kernel filters out datagrams from anyone else."""
 
@@ -77,5 +82,4 @@ async def connect_udp(host: str, port: int) -> UdpEndpoint:
     except BaseException:
         sock.close()
         raise
-    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return UdpEndpoint(sock, peer)
+    return UdpEndpoint(sock, peer_label(host, port))
