@@ -406,10 +406,6 @@ class BmcSession:
             self._endpoint.close()
 
 
-def _entropy(count: int) -> bytes:
-    return os.urandom(count)
-
-
 def _check_arguments(
     privilege: str, cipher_suites: Sequence[int], username: str, password: str
 ) -> Privilege:
@@ -459,7 +455,7 @@ def open_bmc(
         password=password.encode(),
         privilege=level,
         cipher_suites=suites,
-        entropy=entropy or _entropy,
+        entropy=entropy or os.urandom,
         kg=kg,
     )
 
