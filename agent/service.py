@@ -58,6 +58,7 @@ from agent.sync_report import (
     node_change,
     node_result,
 )
+from ipmi import RetryPolicy
 from store import Node, NodeChange, Store, StoreError
 
 log = logging.getLogger("powersync.sync")
@@ -82,11 +83,13 @@ def jitter_delay(node_uuid: str, window: float) -> float:
 
 def retry_budget(ipmi: IpmiConfig) -> float:
     """How long the IPMI client waits on one silent request before giving up."""
-    total, timeout = 0.0, ipmi.retry_timeout
-    for _ in range(ipmi.retries + 1):
-        total += timeout
-        timeout = min(timeout * ipmi.retry_backoff, max(ipmi.retry_max_timeout, ipmi.retry_timeout))
-    return total
+    policy = RetryPolicy(
+        first_timeout=ipmi.retry_timeout,
+        backoff=ipmi.retry_backoff,
+        max_timeout=max(ipmi.retry_max_timeout, ipmi.retry_timeout),
+        retries=ipmi.retries,
+    )
+    return sum(policy.timeouts())
 
 
 def endpoint_for(node: Node, ipmi: IpmiConfig) -> BmcEndpoint:
