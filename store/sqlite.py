@@ -180,6 +180,14 @@ class SqliteStore(Store):
             raise NodeNotFound(f"no node named or with uuid {name_or_uuid!r}")
         return _node_from_row(row)
 
+    @classmethod
+    def _uuid_or_none(cls, conn: sqlite3.Connection, name_or_uuid: str) -> str | None:
+        """The uuid of a node named or identified so (locks take either, as acquire does)."""
+        try:
+            return cls._find(conn, name_or_uuid).uuid
+        except NodeNotFound:
+            return None
+
     @staticmethod
     def _insert(conn: sqlite3.Connection, node: Node) -> None:
         values = [_to_column(c, getattr(node, c)) for c in schema.NODE_COLUMNS]
@@ -298,19 +306,21 @@ class SqliteStore(Store):
         holder = check_holder(holder)
         expires_at = resolve_now(now) + check_ttl(ttl)
         with self._write() as conn:
+            uuid = self._uuid_or_none(conn, node_uuid)
             cursor = conn.execute(
                 "UPDATE nodes SET reservation_expires_at = ? WHERE uuid = ? AND reservation = ?",
-                (expires_at, parse_uuid(node_uuid) or node_uuid, holder),
+                (expires_at, uuid, holder),
             )
             return cursor.rowcount == 1
 
     def release_lock(self, node_uuid: str, holder: str) -> bool:
         holder = check_holder(holder)
         with self._write() as conn:
+            uuid = self._uuid_or_none(conn, node_uuid)
             cursor = conn.execute(
                 "UPDATE nodes SET reservation = NULL, reservation_expires_at = NULL "
                 "WHERE uuid = ? AND reservation = ?",
-                (parse_uuid(node_uuid) or node_uuid, holder),
+                (uuid, holder),
             )
             return cursor.rowcount == 1
 

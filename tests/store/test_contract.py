@@ -238,6 +238,17 @@ def test_lock_compare_and_set(store: Store) -> None:
     assert store.acquire_lock(node.uuid, "cli", ttl=10, now=T0 + 15)
 
 
+def test_locks_take_a_node_name_as_well_as_its_uuid(store: Store) -> None:
+    node = add(store)
+    assert store.acquire_lock(node.name, "cli", ttl=10, now=T0)
+    assert store.renew_lock(node.name, "cli", ttl=10, now=T0 + 5)
+    assert store.get_node(node.uuid).reservation_expires_at == T0 + 15
+    assert store.release_lock(node.name, "cli")
+    assert store.get_node(node.uuid).reservation is None
+    assert not store.renew_lock("no-such-node", "cli", ttl=10, now=T0)
+    assert not store.release_lock("no-such-node", "cli")
+
+
 def test_expired_lock_taken_over_and_logged(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     node = add(store)
     assert store.acquire_lock(node.uuid, "daemon@host:42", ttl=10, now=T0)
