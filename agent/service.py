@@ -40,6 +40,7 @@ from agent.config import AgentConfig, IpmiConfig
 from agent.housekeeping import prune_loop
 from agent.policy import (
     Action,
+    Decision,
     Observation,
     SyncSettings,
     decide_force_result,
@@ -414,21 +415,20 @@ class SyncService:
             async with self.pool.lease(node.uuid, endpoint) as bmc:
                 progress.observation = Observation.read(await bmc.get_power())
                 progress.seen_at = self.wall()
-                if kind == "recovery":
-                    progress.decision = decide_recovery(node, progress.observation)
-                    return
-                progress.decision = decide_sync(node, progress.observation, self.settings)
-                if progress.decision.action is Action.FORCE:
+                progress.decision = self._decide(node, progress.observation, kind)
+                if kind == "sync" and progress.decision.action is Action.FORCE:
                     await self._force(progress, bmc, cycle)
         except Exception as exc:
             if progress.observation is not None:
                 log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
                 return
             progress.observation = Observation.failed(describe_error(exc))
-            if kind == "recovery":
-                progress.decision = decide_recovery(node, progress.observation)
-            else:
-                progress.decision = decide_sync(node, progress.observation, self.settings)
+            progress.decision = self._decide(node, progress.observation, kind)
+
+    def _decide(self, node: Node, observation: Observation, kind: str) -> Decision:
+        if kind == "recovery":
+            return decide_recovery(node, observation)
+        return decide_sync(node, observation, self.settings)
 
     def _timed_out(self, progress: NodeProgress, timeout: float, kind: str) -> None:
         node = progress.node
@@ -438,10 +438,7 @@ class SyncService:
             text += f" during {stage}"
         if progress.decision is None:
             progress.observation = Observation.failed(text)
-            if kind == "recovery":
-                progress.decision = decide_recovery(node, progress.observation)
-            else:
-                progress.decision = decide_sync(node, progress.observation, self.settings)
+            progress.decision = self._decide(node, progress.observation, kind)
         elif progress.decision.action is Action.FORCE and progress.force_result is None:
             target = progress.decision.force_to or ""
             if progress.skipped is None:
