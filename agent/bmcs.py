@@ -130,7 +130,6 @@ class PoolCounters:
     drops: int = 0
     sessions_opened: int = 0
     rtt_sum: float = 0.0
-    rtt_count: int = 0
     failures_by_type: dict[str, int] = attrs.field(factory=dict)
 
 
@@ -288,7 +287,6 @@ class BmcPool:
             rtt = throttle.last_end - started
             self.counters.requests += 1
             self.counters.rtt_sum += rtt
-            self.counters.rtt_count += 1
             self.last_rtt[key] = rtt
             return result
 
