@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -21,7 +22,14 @@ import trio
 from agent.errors import ConfigError
 from agent.secrets import read_secret_env, read_secret_file
 from ipmi.errors import IpmiError
-from ipmi.sim import Faults, PowerTiming, open_fleet, parse_selection, write_inventory
+from ipmi.sim import (
+    Faults,
+    PowerTiming,
+    SimBmc,
+    open_fleet,
+    parse_selection,
+    write_inventory,
+)
 from ipmi.sim.faults import FLOAT_FIELDS, INDEX_SET_FIELDS
 
 ALLOWED_SUITES = (3, 17)
@@ -190,6 +198,16 @@ def run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where_free_ports_are(args: argparse.Namespace, bmcs: Sequence[SimBmc]) -> str:
+    """What to print for ports the kernel chose (--port-base 0)."""
+    if args.write_inventory:
+        return "(any free ports, see the inventory)"
+    if args.control_socket:
+        return "(any free ports, see the control socket's list)"
+    shown = ", ".join(str(bmc.port) for bmc in bmcs[:20])
+    return f"({shown}, ...)" if len(bmcs) > 20 else f"({shown})"
+
+
 async def _serve(
     args: argparse.Namespace,
     password: str,
@@ -228,7 +246,7 @@ async def _serve(
             first, last = fleet.bmcs[0], fleet.bmcs[-1]
             ports = f"{first.port}" if first is last else f"{first.port}-{last.port}"
             if args.port_base == 0:
-                ports = "(any free ports, see the inventory)"
+                ports = _where_free_ports_are(args, fleet.bmcs)
             line = f"powersync sim: serving {len(fleet.bmcs)} BMCs on {args.host} ports {ports}"
             if args.write_inventory:
                 line += f"; inventory {args.write_inventory}"

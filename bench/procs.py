@@ -172,14 +172,6 @@ def probe_ports(host: str, base: int, count: int) -> int | None:
             sock.close()
 
 
-def raise_fd_limit(wanted: int) -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
-
-
 TCPDUMP_ARGV = (
     "tcpdump",
     "-i",

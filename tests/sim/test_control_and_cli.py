@@ -157,3 +157,20 @@ def test_cli_serves_writes_inventory_and_stops_cleanly_on_sigterm(tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_free_ports_are_reported_where_they_can_be_found() -> None:
+    import argparse
+    from types import SimpleNamespace
+
+    from agent.cmd_sim import _where_free_ports_are
+
+    bmcs = [SimpleNamespace(port=40000 + i) for i in range(25)]
+    args = argparse.Namespace(write_inventory="nodes.toml", control_socket=None)
+    assert _where_free_ports_are(args, bmcs) == "(any free ports, see the inventory)"  # type: ignore[arg-type]
+    args = argparse.Namespace(write_inventory=None, control_socket="/tmp/c.sock")
+    assert "control socket" in _where_free_ports_are(args, bmcs)  # type: ignore[arg-type]
+    args = argparse.Namespace(write_inventory=None, control_socket=None)
+    shown = _where_free_ports_are(args, bmcs[:3])  # type: ignore[arg-type]
+    assert shown == "(40000, 40001, 40002)"
+    assert _where_free_ports_are(args, bmcs).endswith("40019, ...)")  # type: ignore[arg-type]
