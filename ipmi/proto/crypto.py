@@ -197,7 +197,11 @@ def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
     """IV followed by AES-CBC-128(plaintext + confidentiality pad)."""
     if len(iv) != AES_BLOCK:
         raise ValueError("the AES-CBC IV must be 16 bytes")
-    encryptor = Cipher(algorithms.AES(key[:AES_BLOCK]), modes.CBC(iv)).encryptor()
+    return _encrypt(algorithms.AES(key[:AES_BLOCK]), iv, plaintext)
+
+
+def _encrypt(aes: algorithms.AES, iv: bytes, plaintext: bytes) -> bytes:
+    encryptor = Cipher(aes, modes.CBC(iv)).encryptor()
     padded = plaintext + confidentiality_pad(len(plaintext))
     return iv + encryptor.update(padded) + encryptor.finalize()
 
@@ -246,9 +250,7 @@ class SessionCrypto:
         iv = self._entropy(AES_BLOCK)
         if len(iv) != AES_BLOCK:
             raise ValueError("entropy source returned the wrong number of bytes")
-        encryptor = Cipher(self._aes, modes.CBC(iv)).encryptor()
-        padded = plaintext + confidentiality_pad(len(plaintext))
-        return iv + encryptor.update(padded) + encryptor.finalize()
+        return _encrypt(self._aes, iv, plaintext)
 
     def decrypt(self, payload: bytes) -> bytes:
         return _decrypt(self._aes, payload)
