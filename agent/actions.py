@@ -19,7 +19,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from agent.bmcs import BmcOpener, BmcSessionLike, describe_error
+from agent.bmcs import CLIENT_ACTIONS, BmcOpener, BmcSessionLike, describe_error, power_word
 from agent.config import AgentConfig
 from agent.errors import AgentError, NodeError
 from agent.policy import POWER_OFF, POWER_ON
@@ -36,7 +36,6 @@ TARGETS = {
     "reset": POWER_ON,
     "soft-off": POWER_OFF,
 }
-CLIENT_ACTIONS = {"on": "on", "off": "off", "cycle": "cycle", "reset": "reset", "soft-off": "soft"}
 QUICK_CONFIRM = 3.0  # seconds a hard action is given to show without --wait
 
 
@@ -68,10 +67,6 @@ class StatusResult:
         return attrs.asdict(self)
 
 
-def _word(on: bool) -> str:
-    return POWER_ON if on else POWER_OFF
-
-
 async def _get_node(store: AsyncStore, name: str) -> Node:
     try:
         return await store.run(store.store.get_node, name)
@@ -90,7 +85,7 @@ async def power_status(
     try:
         with trio.fail_after(read_within):
             async with opener(endpoint_for(node, config.ipmi)) as session:
-                hardware = _word(await session.get_power())
+                hardware = power_word(await session.get_power())
     except trio.TooSlowError:
         error = f"no answer within {read_within:g} s"
     except Exception as exc:
@@ -169,7 +164,7 @@ async def _act(
         # Room for the login and the command on top of the confirmation time.
         with trio.fail_after(wait_for + config.conductor.sync_node_timeout):
             async with opener(endpoint_for(node, config.ipmi)) as session:
-                before = _word(await session.get_power())
+                before = power_word(await session.get_power())
                 command = CLIENT_ACTIONS[action]
                 if before == target and action in ("on", "off", "soft-off"):
                     after = before  # already there: nothing to send (as Ironic does)
@@ -221,7 +216,7 @@ async def _confirm(session: BmcSessionLike, target: str, wait_for: float) -> str
     pause = 0.1
     with trio.move_on_after(wait_for):
         while True:
-            seen = _word(await session.get_power())
+            seen = power_word(await session.get_power())
             if seen == target:
                 return seen
             await trio.sleep(pause)

@@ -306,7 +306,7 @@ def _snapshot(session: BmcSessionLike) -> dict[str, int]:
     return {name: int(getattr(stats, name, 0) or 0) for name in _STAT_FIELDS}
 
 
-def _power_word(on: bool) -> str:
+def power_word(on: bool) -> str:
     return POWER_ON if on else POWER_OFF
 
 
@@ -331,7 +331,7 @@ class _DirectBmc:
     async def get_power(self) -> str:
         session = self._session
         on = await self._pool._command(self._key, self._endpoint, session, session.get_power)
-        return _power_word(bool(on))
+        return power_word(bool(on))
 
     async def set_power(self, action: str) -> None:
         session = self._session
@@ -372,7 +372,7 @@ class _PersistentWorker:
 
     async def get_power(self) -> str:
         on = await self._call(lambda session: session.get_power())
-        return _power_word(bool(on))
+        return power_word(bool(on))
 
     async def set_power(self, action: str) -> None:
         word = _client_action(action)
