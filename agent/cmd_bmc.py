@@ -19,7 +19,7 @@ import trio
 
 from agent.errors import AgentError
 from agent.secrets import read_secret_env, read_secret_file
-from ipmi import IpmiError, RetryPolicy, open_bmc
+from ipmi import IpmiError, open_bmc
 
 DEFAULT_PASSWORD_ENV = "IPMI_PASSWORD"  # noqa: S105 - a variable name, not a secret
 POWER_OPS = ("status", "on", "off", "cycle", "reset", "soft")
@@ -98,7 +98,6 @@ async def _power(args: argparse.Namespace, password: str) -> dict[str, Any]:
         password=password,
         privilege=args.privilege,
         cipher_suites=tuple(args.cipher_suites or (17, 3)),
-        retry=RetryPolicy(),
     ) as bmc:
         result: dict[str, Any] = {"host": args.host, "port": args.port, "op": args.op}
         if args.op == "status":
