@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -29,6 +29,9 @@ import trio
 from agent.errors import AgentError
 from agent.policy import POWER_OFF, POWER_ON
 from ipmi import RetryPolicy, open_bmc
+
+if TYPE_CHECKING:
+    from agent.config import IpmiConfig
 
 log = logging.getLogger("powersync.bmc")
 
@@ -108,6 +111,16 @@ def ipmi_opener(
         return context
 
     return opener
+
+
+def configured_opener(ipmi: IpmiConfig) -> BmcOpener:
+    """:func:`ipmi_opener` with the ``[ipmi]`` section's retry settings."""
+    return ipmi_opener(
+        retry_timeout=ipmi.retry_timeout,
+        retry_backoff=ipmi.retry_backoff,
+        retries=ipmi.retries,
+        max_timeout=ipmi.retry_max_timeout,
+    )
 
 
 def describe_error(exc: BaseException) -> str:
@@ -506,6 +519,7 @@ __all__: Sequence[str] = (
     "BmcSessionLike",
     "BmcUnavailable",
     "NodeBmc",
+    "configured_opener",
     "describe_error",
     "ipmi_opener",
     "open_bmc_pool",

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmcs import BmcPool, ipmi_opener, open_bmc_pool
+from agent.bmcs import BmcPool, configured_opener, open_bmc_pool
 from agent.config import AgentConfig, ConductorConfig, IpmiConfig
 from agent.errors import AgentError
 from agent.service import SyncService
@@ -117,12 +117,7 @@ async def run_demo(
                     f"Imported them into a temporary SQLite store ({store_path}); "
                     "their recorded power state is unknown. Every other node has a Nova instance."
                 )
-                opener = ipmi_opener(
-                    retry_timeout=DEMO_IPMI.retry_timeout,
-                    retry_backoff=DEMO_IPMI.retry_backoff,
-                    retries=DEMO_IPMI.retries,
-                    max_timeout=DEMO_IPMI.retry_max_timeout,
-                )
+                opener = configured_opener(DEMO_IPMI)
                 async with open_bmc_pool(opener, keepalive_interval=25.0) as pool:
                     await _story(story, store, fleet, pool, rng, flips, dead, numbers)
                 counts = store.notification_counts()

@@ -9,20 +9,10 @@ import sys
 import trio
 
 from agent.actions import ACTIONS, power_action, power_status
-from agent.bmcs import BmcOpener, ipmi_opener
+from agent.bmcs import configured_opener
 from agent.cmd_node import open_configured_store
-from agent.config import AgentConfig, load_config
+from agent.config import load_config
 from agent.storeio import AsyncStore
-
-
-def configured_opener(config: AgentConfig) -> BmcOpener:
-    ipmi = config.ipmi
-    return ipmi_opener(
-        retry_timeout=ipmi.retry_timeout,
-        retry_backoff=ipmi.retry_backoff,
-        retries=ipmi.retries,
-        max_timeout=ipmi.retry_max_timeout,
-    )
 
 
 def _positive(text: str) -> float:
@@ -37,7 +27,7 @@ def _positive(text: str) -> float:
 
 def _handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    opener = configured_opener(config)
+    opener = configured_opener(config.ipmi)
     with open_configured_store(config, create=False) as store:
         astore = AsyncStore(store)
         if args.action == "status":

@@ -7,8 +7,8 @@ import logging
 
 import trio
 
+from agent.bmcs import configured_opener
 from agent.cmd_node import open_configured_store
-from agent.cmd_power import configured_opener
 from agent.config import AgentConfig, load_config
 from agent.logs import setup_logging
 from agent.service import run_service
@@ -40,7 +40,7 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
     await run_service(
         config,
         astore,
-        bmc_opener=configured_opener(config),
+        bmc_opener=configured_opener(config.ipmi),
         notifier=notifier,
         metrics=metrics,
     )

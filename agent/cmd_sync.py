@@ -11,9 +11,8 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmcs import BmcOpener, open_bmc_pool
+from agent.bmcs import BmcOpener, configured_opener, open_bmc_pool
 from agent.cmd_node import open_configured_store
-from agent.cmd_power import configured_opener
 from agent.config import AgentConfig, load_config
 from agent.errors import AgentError
 from agent.logs import setup_logging
@@ -102,7 +101,7 @@ def _handle(args: argparse.Namespace) -> int:
             lambda: sync_once(
                 config,
                 store,
-                opener=configured_opener(config),
+                opener=configured_opener(config.ipmi),
                 progress=progress,
                 jitter=args.jitter,
             )

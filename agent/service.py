@@ -35,7 +35,15 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from agent.bmcs import BmcEndpoint, BmcOpener, BmcPool, NodeBmc, describe_error, open_bmc_pool
+from agent.bmcs import (
+    BmcEndpoint,
+    BmcOpener,
+    BmcPool,
+    NodeBmc,
+    configured_opener,
+    describe_error,
+    open_bmc_pool,
+)
 from agent.config import AgentConfig, IpmiConfig
 from agent.housekeeping import prune_loop
 from agent.policy import (
@@ -596,15 +604,7 @@ async def run_service(
             config.conductor.sync_node_timeout,
         )
     if bmc_opener is None:
-        from agent.bmcs import ipmi_opener
-
-        ipmi = config.ipmi
-        bmc_opener = ipmi_opener(
-            retry_timeout=ipmi.retry_timeout,
-            retry_backoff=ipmi.retry_backoff,
-            retries=ipmi.retries,
-            max_timeout=ipmi.retry_max_timeout,
-        )
+        bmc_opener = configured_opener(config.ipmi)
     async with open_bmc_pool(
         bmc_opener,
         keepalive_interval=config.ipmi.keepalive_interval,
