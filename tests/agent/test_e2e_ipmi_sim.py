@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from agent.actions import power_action
-from agent.bmcs import ipmi_opener, open_bmc_pool
+from agent.bmcs import configured_opener, open_bmc_pool
 from agent.config import AgentConfig, ConductorConfig, IpmiConfig
 from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.service import SyncService
@@ -47,12 +47,7 @@ def config(**conductor: Any) -> AgentConfig:
 
 
 def opener() -> Any:
-    return ipmi_opener(
-        retry_timeout=IPMI.retry_timeout,
-        retry_backoff=IPMI.retry_backoff,
-        retries=IPMI.retries,
-        max_timeout=IPMI.retry_max_timeout,
-    )
+    return configured_opener(IPMI)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent.bmcs import ipmi_opener, open_bmc_pool
+from agent.bmcs import configured_opener, open_bmc_pool
 from agent.config import AgentConfig, ConductorConfig, IpmiConfig
 from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.service import SyncService
@@ -47,12 +47,7 @@ def config(**conductor: Any) -> AgentConfig:
 
 
 def opener() -> Any:
-    return ipmi_opener(
-        retry_timeout=IPMI.retry_timeout,
-        retry_backoff=IPMI.retry_backoff,
-        retries=IPMI.retries,
-        max_timeout=IPMI.retry_max_timeout,
-    )
+    return configured_opener(IPMI)
 
 
 def import_fleet(store: Store, fleet: Any, password: str) -> None:
