@@ -44,7 +44,7 @@ from agent.bmcs import (
     describe_error,
     open_bmc_pool,
 )
-from agent.config import AgentConfig, IpmiConfig
+from agent.config import AgentConfig, IpmiConfig, node_inventory
 from agent.housekeeping import prune_loop
 from agent.policy import (
     Action,
@@ -181,19 +181,8 @@ class SyncService:
 
     async def upsert_static_nodes(self) -> None:
         """The ``[[nodes]]`` of the config file, inserted or updated at start."""
-        ipmi = self.config.ipmi
         for static in self.config.nodes:
-            fields = {
-                "name": static.name,
-                "bmc_address": static.bmc_address,
-                "bmc_port": static.bmc_port,
-                "bmc_username": static.bmc_username,
-                "bmc_password": static.bmc_password,
-                "cipher_suites": static.cipher_suites or ipmi.cipher_suites,
-                "privilege": static.privilege or ipmi.privilege,
-                "instance_uuid": static.instance_uuid,
-                "session_mode": static.session_mode,
-            }
+            fields = node_inventory(static, self.config.ipmi)
             await self.store.run(_upsert, self.store.store, fields)
         if self.config.nodes:
             log.info(
