@@ -47,6 +47,10 @@ from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 
 logger = logging.getLogger(__name__)
 
+# A BMC recognises a resent request by its rqSeq for about 5 s (IPMB's duplicate window);
+# a command that must not run twice (a power cycle) is not resent after this many seconds.
+UNREPEATABLE_RESEND_WINDOW = 4.0
+
 ALLOWED_CIPHER_SUITES: Final = frozenset({3, 17})
 POWER_ACTIONS: Final = {
     "on": ChassisAction.POWER_UP,
@@ -212,7 +216,13 @@ class BmcSession:
             code = POWER_ACTIONS[action]
         except KeyError:
             raise ValueError(f"unknown power action {action!r}") from None
-        await self._command(ChassisControlRequest(code), f"Chassis Control {action}")
+        # Off and on end in the same state however often they run; cycle, reset and soft-off
+        # must never run twice because an answer was lost (see _command).
+        await self._command(
+            ChassisControlRequest(code),
+            f"Chassis Control {action}",
+            repeatable=action in ("on", "off"),
+        )
 
     async def keepalive(self) -> None:
         """Get Device ID: keeps the session from idling out, and proves the BMC answers."""
@@ -233,7 +243,13 @@ class BmcSession:
 
     # ---- request / response ------------------------------------------------------------
 
-    async def _command(self, message: _Request, what: str) -> bytes:
+    async def _command(self, message: _Request, what: str, *, repeatable: bool = True) -> bytes:
+        """Send one request; after a lost session, log in again and resend it if repeatable.
+
+        A request that is not ``repeatable`` (a power cycle, say) is not sent again in the new
+        session: the BMC may have carried it out and lost only its answer, and a new session
+        cannot tell it the second one is a retransmission.
+        """
         netfn, cmd, data = message.NETFN, message.CMD, message.encode()
         async with self._lock:
             if self._closed:
@@ -241,13 +257,18 @@ class BmcSession:
             if not self._logged_in:
                 await self._login()
             try:
-                response = await self._exchange(netfn, cmd, data, what)
+                response = await self._exchange(netfn, cmd, data, what, repeatable=repeatable)
             except (NoResponseError, SessionLostError) as exc:
                 # The BMC may have rebooted or timed the session out: one new login, one
                 # more try, then the error is the caller's.
                 reason = str(exc).removeprefix(f"{self.peer}: ")
                 logger.warning("%s: session lost (%s); logging in again", self.peer, reason)
                 await self._login()
+                if not repeatable:
+                    raise type(exc)(
+                        f"{exc}; not sent again after logging in again, because the BMC may "
+                        f"have carried it out: read the power state"
+                    ) from exc
                 response = await self._exchange(netfn, cmd, data, what)
         if response.completion_code != 0:
             raise CompletionCodeError(
@@ -256,7 +277,9 @@ class BmcSession:
             )
         return bytes(response.data)
 
-    async def _exchange(self, netfn: int, cmd: int, data: bytes, what: str) -> Response:
+    async def _exchange(
+        self, netfn: int, cmd: int, data: bytes, what: str, *, repeatable: bool = True
+    ) -> Response:
         machine = self._machine
         try:
             request_id, datagram = machine.request(netfn, cmd, data)
@@ -268,6 +291,22 @@ class BmcSession:
         try:
             for timeout in self._retry.timeouts():
                 attempt += 1
+                if (
+                    attempt > 1
+                    and not repeatable
+                    and (trio.current_time() - started > UNREPEATABLE_RESEND_WINDOW)
+                ):
+                    # Past the BMC's duplicate window a resend would run the action again:
+                    # only wait for a late answer.
+                    event = await self._next_event(
+                        machine,
+                        trio.current_time() + timeout,
+                        lambda e: isinstance(e, Response) and e.request_id == request_id,
+                    )
+                    if isinstance(event, Response):
+                        self._counters.requests += 1
+                        return event
+                    continue
                 if attempt > 1:
                     datagram = machine.retransmit(request_id)
                     self._counters.retransmits += 1
