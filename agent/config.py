@@ -433,7 +433,7 @@ def parse_node(
     address = section.optional_string("bmc_address")
     if address is None:
         raise ConfigError(f"{where}: bmc_address is required")
-    if name != name.strip() or not name.isprintable() or _looks_like_uuid(name):
+    if name != name.strip() or not name.isprintable() or looks_like_uuid(name):
         raise section.fail("name", "must be printable, without outer spaces, not a UUID", name)
     username = table.get("bmc_username")
     if not isinstance(username, str) or not username:
@@ -463,8 +463,9 @@ def parse_node(
     )
 
 
-def _looks_like_uuid(text: str) -> bool:
-    # The store finds nodes by name or UUID, so a name must never parse as a UUID.
+def looks_like_uuid(text: str) -> bool:
+    """True when ``text`` parses as a UUID (a node name must never: the store finds nodes by
+    name or UUID)."""
     try:
         uuid.UUID(text)
     except ValueError:

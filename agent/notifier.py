@@ -19,7 +19,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -27,6 +26,7 @@ import attrs
 import httpx
 import trio
 
+from agent.config import looks_like_uuid
 from agent.errors import NotificationError
 from agent.keystone import (
     KeystoneSession,
@@ -59,14 +59,6 @@ class DeliveryReport:
     requests: int = 0  # HTTP POSTs to Nova
     error: str | None = None  # the whole-request failure that deferred events, if any
     more: bool = False  # the round was full: more rows may already be due
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 class Notifier:
@@ -192,7 +184,7 @@ class Notifier:
             reason = None
             if row.power_state not in POWER_TAGS:
                 reason = f"power state {row.power_state!r} is not one Nova is told about"
-            elif not _is_uuid(row.instance_uuid):
+            elif not looks_like_uuid(row.instance_uuid):
                 reason = "the instance uuid is not a UUID"
             if reason is not None:
                 await self._drop(row.id, row.instance_uuid, reason)
