@@ -10,8 +10,8 @@ import trio
 from agent.bmcs import configured_opener
 from agent.cmd_node import open_configured_store
 from agent.config import AgentConfig, load_config
+from agent.daemon import run_service
 from agent.logs import setup_logging
-from agent.service import run_service
 from agent.service_metrics import ServiceMetrics
 from agent.storeio import AsyncStore
 

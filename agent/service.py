@@ -1,18 +1,12 @@
-"""The power-sync service: the sync loop, the recovery loop, signals, notifier and metrics.
+"""The power-sync service: the sync and recovery passes (the daemon is :mod:`agent.daemon`).
 
 ::
 
-    run_service(config, store)
-    └─ nursery "service"
-       ├─ signals     SIGTERM/SIGINT: stop starting work, give in-flight work a few seconds
-       ├─ notifier    drains the Nova outbox (when configured), woken after each batch
-       ├─ metrics     the Prometheus endpoint (when configured)
-       ├─ prune       hourly: history older than [store] history_retention_days
-       └─ work
-          ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
-          │   └─ sync_power_state_workers workers (and a failing lane's) pull nodes in
-          │      jitter-offset order, each under its per-node deadline
-          └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
+    SyncService
+    ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
+    │   └─ agent.lanes: sync_power_state_workers workers (and the failing lane's) pull
+    │      nodes in jitter-offset order, each under its per-node deadline
+    └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
 
 Decisions come from :mod:`agent.policy`; BMC sessions from :mod:`agent.bmcs`. Each cycle's
 changes are written in one ``store.apply`` batch at its end; a change is dropped if the node
@@ -27,7 +21,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -37,15 +30,12 @@ import trio
 
 from agent.bmcs import (
     BmcEndpoint,
-    BmcOpener,
     BmcPool,
     NodeBmc,
-    configured_opener,
     describe_error,
-    open_bmc_pool,
 )
 from agent.config import AgentConfig, IpmiConfig, node_inventory
-from agent.housekeeping import prune_loop
+from agent.lanes import NodePace, run_lanes
 from agent.policy import (
     Action,
     Decision,
@@ -155,10 +145,11 @@ class SyncService:
             max_retries=config.conductor.power_state_sync_max_retries,
         )
         self.workers = config.conductor.sync_power_state_workers
-        # The failing lane: a dead BMC holds a worker for a whole deadline, mostly spent
-        # waiting on retransmission timers, so such nodes get their own workers and never
-        # starve the healthy ones (recovery probes are failing nodes by definition).
+        # The failing lane (agent.lanes): nodes whose last pass failed, and recovery probes.
         self.failing_workers = config.conductor.sync_failing_node_workers
+        # A healthy node silent for much longer than usual (at most one retransmission
+        # timeout) gets its worker replaced, so the healthy lane keeps moving.
+        self._pace = NodePace(ceiling=config.ipmi.retry_timeout)
         self.stopping = trio.Event()
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
@@ -286,15 +277,31 @@ class SyncService:
 
         self.nodes_total = len(work)
         self.nodes_done = sum(1 for progress in work if progress.skipped is not None)
+        healthy, failing = self._lanes(work, kind)
+        stalls = 0
         with trio.CancelScope() as scope:
             self._active_scopes.add(scope)
             try:
-                async with trio.open_nursery() as nursery:
-                    for lane, workers in self._lanes(work, kind):
-                        for _ in range(min(workers, len(lane))):
-                            nursery.start_soon(self._lane_worker, lane, started, cycle, kind)
+                stalls = await run_lanes(
+                    healthy,
+                    failing,
+                    workers=self.workers,
+                    failing_workers=self.failing_workers,
+                    started=started,
+                    stopping=self.stopping,
+                    run=partial(self._run_node, cycle=cycle, kind=kind),
+                    pace=self._pace,
+                )
             finally:
                 self._active_scopes.discard(scope)
+        if stalls:
+            log.info(
+                "%s pass %d: %d node(s) went quiet and waited aside, so the others went on",
+                kind,
+                cycle,
+                stalls,
+                extra={"cycle": cycle},
+            )
         if scope.cancelled_caught:
             log.warning("%s pass %d cut short by shutdown", kind, cycle, extra={"cycle": cycle})
             for progress in work:
@@ -361,12 +368,8 @@ class SyncService:
 
     def _lanes(
         self, work: Sequence[NodeProgress], kind: str
-    ) -> list[tuple[deque[tuple[float, NodeProgress]], int]]:
-        """The pass's nodes in two lanes (healthy, failing), each in start-offset order.
-
-        A fixed set of workers per lane pulls from it, instead of one task per node waiting
-        on a limiter: the same schedule, without 10,000 parked tasks and their trio objects.
-        """
+    ) -> tuple[list[tuple[float, NodeProgress]], list[tuple[float, NodeProgress]]]:
+        """The pass's nodes with their start offsets, as (healthy lane, failing lane)."""
         healthy: list[tuple[float, NodeProgress]] = []
         failing: list[tuple[float, NodeProgress]] = []
         window = self.conductor.sync_jitter_window if kind == "sync" else 0.0
@@ -375,24 +378,20 @@ class SyncService:
                 offset = jitter_delay(progress.node.uuid, window)
                 lane = failing if kind == "recovery" or progress.node.sync_failures > 0 else healthy
                 lane.append((offset, progress))
-        return [
-            (deque(sorted(healthy, key=lambda item: item[0])), self.workers),
-            (deque(sorted(failing, key=lambda item: item[0])), self.failing_workers),
-        ]
+        return healthy, failing
 
-    async def _lane_worker(
-        self, lane: deque[tuple[float, NodeProgress]], started: float, cycle: int, kind: str
-    ) -> None:
-        while lane:
-            offset, progress = lane.popleft()
-            try:
-                wait = started + offset - trio.current_time()
-                if wait > 0 and not self.stopping.is_set():
-                    with trio.move_on_after(wait):
-                        await self.stopping.wait()
-                await self._one_node(progress, cycle, kind)
-            finally:
-                self.nodes_done += 1
+    async def _run_node(self, progress: NodeProgress, *, cycle: int, kind: str) -> bool:
+        """One node's work; True when it was a plain read (a sample of a node's usual pace)."""
+        try:
+            await self._one_node(progress, cycle, kind)
+        finally:
+            self.nodes_done += 1
+        decision = progress.decision
+        return (
+            progress.observation is not None
+            and progress.observation.ok
+            and (decision is None or decision.action is not Action.FORCE)
+        )
 
     async def _one_node(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         if self.stopping.is_set():
@@ -544,91 +543,3 @@ class SyncService:
 
 def _upsert(store: Store, fields: dict[str, Any]) -> None:
     store.upsert_node(**fields)
-
-
-async def _watch_signals(
-    service: SyncService,
-    cancel_scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    import signal
-
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if service.stopping.is_set():
-                log.warning("second %s: cancelling everything now", name)
-                cancel_scope.cancel()
-                return
-            log.info("%s received: shutting down", name)
-            service.stop()
-
-
-async def run_service(
-    config: AgentConfig,
-    store: Store | AsyncStore,
-    *,
-    bmc_opener: BmcOpener | None = None,
-    notifier: Notifier | None = None,
-    metrics: MetricsSink | None = None,
-    handle_signals: bool = True,
-    wall_clock: Callable[[], float] = time.time,
-    task_status: trio.TaskStatus[SyncService] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The daemon: returns (normally) after SIGTERM/SIGINT or ``service.stop()``.
-
-    ``metrics`` (e.g. :class:`agent.service_metrics.ServiceMetrics`) gets every cycle; if it
-    has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
-    """
-    astore = store if isinstance(store, AsyncStore) else AsyncStore(store)
-    budget = retry_budget(config.ipmi)
-    if budget >= config.conductor.sync_node_timeout:
-        log.warning(
-            "the IPMI client retries for up to %.1f s ([ipmi] retry_timeout, retry_backoff, "
-            "retries), not less than sync_node_timeout (%g s): a dead BMC will be reported as "
-            "'no answer within sync_node_timeout' instead of the client's own error",
-            budget,
-            config.conductor.sync_node_timeout,
-        )
-    if bmc_opener is None:
-        bmc_opener = configured_opener(config.ipmi)
-    async with open_bmc_pool(
-        bmc_opener,
-        keepalive_interval=config.ipmi.keepalive_interval,
-        min_command_interval=config.conductor.min_command_interval,
-    ) as pool:
-        service = SyncService(
-            config, astore, pool, notifier=notifier, metrics=metrics, wall_clock=wall_clock
-        )
-        await service.upsert_static_nodes()
-        async with trio.open_nursery() as background:
-            if handle_signals:
-                await background.start(_watch_signals, service, background.cancel_scope)
-            if notifier is not None:
-                background.start_soon(_run_notifier, notifier)
-            background.start_soon(
-                partial(
-                    prune_loop,
-                    astore,
-                    retention_days=config.store.history_retention_days,
-                    wall_clock=wall_clock,
-                )
-            )
-            serve = getattr(metrics, "serve", None)
-            if serve is not None:
-                await background.start(serve)
-            async with trio.open_nursery() as work:
-                await work.start(service.sync_loop)
-                await work.start(service.recovery_loop)
-                task_status.started(service)
-            background.cancel_scope.cancel()
-    log.info("stopped")
-
-
-async def _run_notifier(notifier: Notifier) -> None:
-    try:
-        await notifier.run()
-    except Exception:
-        log.exception("the Nova notifier stopped; notifications stay queued in the store")

@@ -15,12 +15,12 @@ import trio.testing
 
 from agent.bmcs import open_bmc_pool
 from agent.config import AgentConfig, ConductorConfig, IpmiConfig
+from agent.daemon import run_service
 from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.service import (
     META_LAST_CYCLE,
     SyncService,
     jitter_delay,
-    run_service,
 )
 from agent.storeio import AsyncStore
 from store import Store, open_store
@@ -293,7 +293,9 @@ async def test_cycles_never_overlap_and_an_overrun_is_a_warning(
     assert len(starts) >= 2
     assert running == [0] * len(running)  # no cycle ever started while one ran
     gaps = [b - a for a, b in itertools_pairwise(starts)]
-    assert all(gap >= 24.0 for gap in gaps)  # 3 hanging nodes x 8 s, one worker
+    # 3 hanging nodes x 8 s at one worker and one silent slot: the first cycle lets one wait
+    # aside (16 s), later ones queue all three in the failing lane (24 s).
+    assert all(gap >= 16.0 for gap in gaps)
     warnings = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
     assert warnings and "sync_power_state_workers (now 1)" in warnings[0]
 
