@@ -101,7 +101,7 @@ class ServerPolicy:
     cipher_suites: tuple[int, ...] = attrs.field(default=(17, 3), converter=_suite_ids)
     max_sessions: int = 4  # pending logins count too, as on real BMCs
     idle_timeout: float = 60.0
-    login_timeout: float = 10.0  # an unfinished login is forgotten after this
+    login_timeout: float = 3.0  # an unfinished login is forgotten after this (OpenBMC: 3 s)
     max_privilege: int = Privilege.ADMINISTRATOR  # of the one configured user
     initial_privilege: int = Privilege.USER  # where a new session starts (IPMI v2.0 rule)
     kg: bytes | None = attrs.field(default=None, repr=False)
