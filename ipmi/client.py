@@ -5,7 +5,12 @@ module gives it a socket, a clock, entropy and patience:
 
 - one connected UDP endpoint per session, and never more than one request in flight on it;
 - a per-request timeout with retransmission and backoff (:class:`RetryPolicy`), each
-  retransmission logged as a WARNING naming host:port, the attempt and the time spent;
+  retransmission logged as a WARNING naming host:port, the attempt and the time spent
+  (at DEBUG while the request is younger than ``first_timeout``: the fixed schedule would
+  not have retransmitted yet, and on a lossy link short timeouts would flood the log);
+- reads (Get Chassis Status, Get Device ID) and login steps start from the session's
+  measured round-trip time (``ipmi.retry.RttEstimator``); Chassis Control always waits the
+  fixed, conservative schedule, because BMCs execute a resent control command again;
 - a lost login step restarts the handshake from the beginning (RAKP 1 and 3 are never
   resent: a BMC that has moved on would refuse them);
 - a session the BMC dropped (no answer on an established session, or a session the
@@ -43,7 +48,10 @@ from ipmi.proto.messages import (
     GetDeviceIdRequest,
 )
 from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
+from ipmi.retry import RetryPolicy, RttEstimator
 from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
+
+__all__ = ["BmcSession", "ChassisStatus", "RetryPolicy", "SessionStatistics", "open_bmc"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,34 +73,6 @@ CLOSE_GRACE: Final = 0.25
 
 
 @attrs.frozen
-class RetryPolicy:
-    """Per-request patience: wait ``first_timeout``, then ``backoff`` times longer each
-    retransmission (at most ``max_timeout``), ``retries`` retransmissions in all."""
-
-    first_timeout: float = 1.0
-    backoff: float = 2.0
-    max_timeout: float = 4.0
-    retries: int = 3
-
-    def __attrs_post_init__(self) -> None:
-        if not self.first_timeout > 0:
-            raise ValueError("first_timeout must be > 0")
-        if not self.backoff >= 1:
-            raise ValueError("backoff must be >= 1")
-        if not self.max_timeout >= self.first_timeout:
-            raise ValueError("max_timeout must be >= first_timeout")
-        if self.retries < 0:
-            raise ValueError("retries must be >= 0")
-
-    def timeouts(self) -> Iterator[float]:
-        """How long to wait after the first send and after each retransmission."""
-        timeout = self.first_timeout
-        for _ in range(self.retries + 1):
-            yield timeout
-            timeout = min(timeout * self.backoff, self.max_timeout)
-
-
-@attrs.frozen
 class SessionStatistics:
     """Counters of one :class:`BmcSession` (across transparent re-logins)."""
 
@@ -104,6 +84,10 @@ class SessionStatistics:
     requests: int = 0  # answered requests
     last_rtt: float | None = None  # seconds, last send -> answer of the last request
     rtt_sum: float = 0.0  # seconds, over ``requests``
+    srtt: float | None = None  # seconds, smoothed RTT (RFC 6298) of reads and login steps
+    rttvar: float | None = None  # seconds, its mean deviation
+    rto: float | None = None  # seconds, the first wait of the next read (see RetryPolicy)
+    rtt_samples: int = 0  # round trips measured for srtt (Karn: none retransmitted)
 
     @property
     def mean_rtt(self) -> float | None:
@@ -187,6 +171,7 @@ class BmcSession:
         self._lock = trio.Lock()
         self._logged_in = False
         self._counters = _Counters()
+        self._rtt = RttEstimator(retry)
         self._closed = False
         self.cipher_suite: int | None = None  # negotiated at the last login
 
@@ -218,10 +203,12 @@ class BmcSession:
             raise ValueError(f"unknown power action {action!r}") from None
         # Off and on end in the same state however often they run; cycle, reset and soft-off
         # must never run twice because an answer was lost (see _command).
+        # Never the adaptive schedule: a BMC runs a resent control command again.
         await self._command(
             ChassisControlRequest(code),
             f"Chassis Control {action}",
             repeatable=action in ("on", "off"),
+            idempotent=False,
         )
 
     async def keepalive(self) -> None:
@@ -239,12 +226,20 @@ class BmcSession:
             requests=c.requests,
             last_rtt=c.last_rtt,
             rtt_sum=c.rtt_sum,
+            srtt=self._rtt.srtt,
+            rttvar=self._rtt.rttvar,
+            rto=self._rtt.rto if self._retry.adaptive else self._retry.first_timeout,
+            rtt_samples=self._rtt.samples,
         )
 
     # ---- request / response ------------------------------------------------------------
 
-    async def _command(self, message: _Request, what: str, *, repeatable: bool = True) -> bytes:
+    async def _command(
+        self, message: _Request, what: str, *, repeatable: bool = True, idempotent: bool = True
+    ) -> bytes:
         """Send one request; after a lost session, log in again and resend it if repeatable.
+
+        Only an ``idempotent`` request (a read) may use the adaptive, RTT-based schedule.
 
         A request that is not ``repeatable`` (a power cycle, say) is not sent again in the new
         session: the BMC may have carried it out and lost only its answer, and a new session
@@ -257,7 +252,9 @@ class BmcSession:
             if not self._logged_in:
                 await self._login()
             try:
-                response = await self._exchange(netfn, cmd, data, what, repeatable=repeatable)
+                response = await self._exchange(
+                    netfn, cmd, data, what, repeatable=repeatable, idempotent=idempotent
+                )
             except (NoResponseError, SessionLostError) as exc:
                 # The BMC may have rebooted or timed the session out: one new login, one
                 # more try, then the error is the caller's.
@@ -269,7 +266,7 @@ class BmcSession:
                         f"{exc}; not sent again after logging in again, because the BMC may "
                         f"have carried it out: read the power state"
                     ) from exc
-                response = await self._exchange(netfn, cmd, data, what)
+                response = await self._exchange(netfn, cmd, data, what, idempotent=idempotent)
         if response.completion_code != 0:
             raise CompletionCodeError(
                 response.completion_code,
@@ -278,7 +275,14 @@ class BmcSession:
         return bytes(response.data)
 
     async def _exchange(
-        self, netfn: int, cmd: int, data: bytes, what: str, *, repeatable: bool = True
+        self,
+        netfn: int,
+        cmd: int,
+        data: bytes,
+        what: str,
+        *,
+        repeatable: bool = True,
+        idempotent: bool = True,
     ) -> Response:
         machine = self._machine
         try:
@@ -286,10 +290,13 @@ class BmcSession:
         except SessionLostError as exc:
             self._logged_in = False
             raise SessionLostError(f"{self.peer}: {exc}") from exc
+        policy = self._retry
+        adaptive = idempotent and policy.adaptive
+        timeouts = policy.adaptive_timeouts(self._rtt.rto) if adaptive else policy.timeouts()
         started = trio.current_time()
         attempt = 0
         try:
-            for timeout in self._retry.timeouts():
+            for timeout in timeouts:
                 attempt += 1
                 if (
                     attempt > 1
@@ -310,16 +317,11 @@ class BmcSession:
                 if attempt > 1:
                     datagram = machine.retransmit(request_id)
                     self._counters.retransmits += 1
-                    logger.warning(
-                        "%s: no answer to %s, retransmission %d of %d after %.1f s",
-                        self.peer,
-                        what,
-                        attempt - 1,
-                        self._retry.retries,
-                        trio.current_time() - started,
-                    )
+                    self._log_retransmission(what, attempt - 1, started, adaptive=adaptive)
                 sent_at = trio.current_time()
                 await self._send(datagram)
+                # A late answer to an earlier attempt carries the same rqSeq: it is accepted
+                # here, and the machine drops any later duplicate as stale.
                 event = await self._next_event(
                     machine,
                     sent_at + timeout,
@@ -330,7 +332,14 @@ class BmcSession:
                     self._counters.requests += 1
                     self._counters.last_rtt = rtt
                     self._counters.rtt_sum += rtt
+                    if attempt == 1 and idempotent:
+                        # Karn's rule: the answer to a resent request may answer any of
+                        # its sends, so only first sends are measured. A control command's
+                        # time includes the BMC acting on it, not just the path: never.
+                        self._rtt.sample(rtt)
                     return event
+                if adaptive:
+                    self._rtt.timed_out(timeout)
         finally:
             # Answered, the machine has already let it go (a no-op then); given up or
             # cancelled by the caller, a late answer is dropped as stale, and the request
@@ -340,6 +349,32 @@ class BmcSession:
         raise NoResponseError(
             f"{self.peer}: no answer to {what} after {attempt} attempts "
             f"({trio.current_time() - started:.1f} s)"
+        )
+
+    def _log_retransmission(
+        self, what: str, number: int, started: float, *, adaptive: bool
+    ) -> None:
+        elapsed = trio.current_time() - started
+        if not adaptive:
+            logger.warning(
+                "%s: no answer to %s, retransmission %d of %d after %.1f s",
+                self.peer,
+                what,
+                number,
+                self._retry.retries,
+                elapsed,
+            )
+            return
+        # Before first_timeout the fixed schedule would not have resent yet: nothing an
+        # operator has not seen before, and frequent on a lossy link. Later ones warn.
+        logger.log(
+            logging.DEBUG if elapsed < self._retry.first_timeout else logging.WARNING,
+            "%s: no answer to %s, retransmission %d of at most %d after %.2f s",
+            self.peer,
+            what,
+            number,
+            self._retry.max_attempts - 1,
+            elapsed,
         )
 
     async def _next_event(
@@ -372,24 +407,26 @@ class BmcSession:
     # ---- login / logout ----------------------------------------------------------------
 
     async def _login(self) -> None:
-        """Log in, restarting the whole handshake when a step goes unanswered."""
+        """Log in, restarting the whole handshake when a step goes unanswered.
+
+        Fixed schedule: run n of the handshake waits ``timeouts()[n]`` for each step.
+        Adaptive: run n waits the current RTO times ``backoff**n`` for each step (each
+        answered step is measured: a restarted handshake drops every answer to an earlier
+        run, so none is ambiguous), until the fixed schedule's budget has expired.
+        """
         self._logged_in = False
+        policy = self._retry
+        fixed = iter(policy.timeouts())
         started = trio.current_time()
         attempt = 0
-        for timeout in self._retry.timeouts():
+        spent = 0.0  # seconds of step waits that expired unanswered
+        while (step_wait := self._login_step_wait(fixed, attempt, spent)) is not None:
             attempt += 1
             if attempt > 1:
                 self._counters.retransmits += 1
-                logger.warning(
-                    "%s: login step unanswered, restarting the handshake (attempt %d of %d) "
-                    "after %.1f s",
-                    self.peer,
-                    attempt,
-                    self._retry.retries + 1,
-                    trio.current_time() - started,
-                )
+                self._log_restart(attempt, started)
             try:
-                complete = await self._handshake(timeout)
+                complete, expired = await self._handshake(step_wait)
             except (AuthenticationError, NegotiationError, SessionLostError) as exc:
                 # Never retried: a wrong password tried again only locks the user out.
                 raise type(exc)(f"{self.peer}: {exc}") from exc
@@ -398,26 +435,75 @@ class BmcSession:
                 self.cipher_suite = complete.suite
                 self._counters.logins += 1
                 return
+            spent += expired
         raise NoResponseError(
             f"{self.peer}: no answer to login after {attempt} attempts "
             f"({trio.current_time() - started:.1f} s)"
         )
 
-    async def _handshake(self, step_wait: float) -> LoginComplete | None:
-        """One run of the handshake; None when a step went unanswered for ``step_wait`` s."""
+    def _login_step_wait(
+        self, fixed: Iterator[float], run: int, spent: float
+    ) -> Callable[[], float] | None:
+        """How long each step of handshake run ``run`` (0-based) waits; None: give up."""
+        policy = self._retry
+        if not policy.adaptive:
+            timeout = next(fixed, None)
+            return None if timeout is None else lambda: timeout
+        if policy.adaptive_wait(self._rtt.rto, run, spent) is None:
+            return None
+
+        def wait() -> float:
+            # Asked again before each step: the steps answered so far refine the RTO.
+            value = policy.adaptive_wait(self._rtt.rto, run, spent)
+            assert value is not None  # run and spent do not change within one run
+            return value
+
+        return wait
+
+    def _log_restart(self, attempt: int, started: float) -> None:
+        policy = self._retry
+        elapsed = trio.current_time() - started
+        if not policy.adaptive:
+            logger.warning(
+                "%s: login step unanswered, restarting the handshake (attempt %d of %d) "
+                "after %.1f s",
+                self.peer,
+                attempt,
+                policy.retries + 1,
+                elapsed,
+            )
+            return
+        logger.log(
+            logging.DEBUG if elapsed < policy.first_timeout else logging.WARNING,
+            "%s: login step unanswered, restarting the handshake (attempt %d of at most %d) "
+            "after %.2f s",
+            self.peer,
+            attempt,
+            policy.max_attempts,
+            elapsed,
+        )
+
+    async def _handshake(
+        self, step_wait: Callable[[], float]
+    ) -> tuple[LoginComplete | None, float]:
+        """One run of the handshake: (LoginComplete, 0), or (None, the wait that expired)
+        when a step went unanswered for ``step_wait()`` seconds."""
         machine = self._machine
         datagram = machine.begin_login()
         while True:
+            wait = step_wait()
+            sent_at = trio.current_time()
             await self._send(datagram)
             event = await self._next_event(
                 machine,
-                trio.current_time() + step_wait,
+                sent_at + wait,
                 lambda e: isinstance(e, (LoginStep, LoginComplete)),
             )
             if event is None:
-                return None
+                return None, wait
+            self._rtt.sample(trio.current_time() - sent_at)
             if isinstance(event, LoginComplete):
-                return event
+                return event, 0.0
             assert isinstance(event, LoginStep)
             datagram = event.datagram
 

@@ -216,6 +216,9 @@ class FakeEndpoint:
 
 
 FAST_RETRY = RetryPolicy(first_timeout=1.0, backoff=2.0, max_timeout=4.0, retries=3)
+# Today's fixed schedule (1, 2, 4, 4 s), which these tests pin down exactly; the adaptive
+# schedule, the default, is tested in test_retransmit_adaptive.py.
+FIXED_RETRY = attrs.evolve(FAST_RETRY, adaptive=False)
 
 
 def bmc_session(network: FakeNetwork, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -302,7 +305,7 @@ async def test_lost_requests_are_retransmitted_with_backoff(
     caplog.set_level(logging.WARNING, logger="ipmi.client")
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3), ()))
-        async with bmc_session(network) as session:
+        async with bmc_session(network, retry=FIXED_RETRY) as session:
             assert await session.get_power() is True
             stats = session.statistics()
     assert stats.retransmits == 3
@@ -318,7 +321,7 @@ async def test_lost_requests_are_retransmitted_with_backoff(
 
 async def test_backoff_is_capped_by_max_timeout(autojump_clock: object) -> None:
     bmc = FakeBmc(on=True)
-    retry = RetryPolicy(first_timeout=0.5, backoff=3.0, max_timeout=2.0, retries=4)
+    retry = RetryPolicy(first_timeout=0.5, backoff=3.0, max_timeout=2.0, retries=4, adaptive=False)
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3, 4), ()))
         async with bmc_session(network, retry=retry) as session:
@@ -363,7 +366,7 @@ async def test_a_late_answer_never_answers_the_next_request(autojump_clock: obje
 
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery, delays)
-        async with bmc_session(network) as session:
+        async with bmc_session(network, retry=FIXED_RETRY) as session:
             started = trio.current_time()
             assert await session.get_power() is True  # answered via the retransmission at 1 s
             bmc.chassis.on = False
@@ -433,7 +436,7 @@ async def test_a_dead_bmc_gives_no_response_error_after_one_re_login(
     bmc = FakeBmc(on=True)
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery)
-        async with bmc_session(network) as session:
+        async with bmc_session(network, retry=FIXED_RETRY) as session:
             assert await session.get_power() is True
             bmc.alive = False
             with pytest.raises(NoResponseError) as caught:
@@ -529,7 +532,7 @@ async def test_a_login_cut_short_after_the_keys_still_closes_the_bmc_session(
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery, only("to_client", "privilege", (1, 2, 3), ()))
         with trio.move_on_after(0.5) as scope:
-            async with bmc_session(network):
+            async with bmc_session(network, retry=FIXED_RETRY):
                 pytest.fail("logged in without the privilege answer")
         assert scope.cancelled_caught
     assert network.labels()[-2:] == ["privilege", "close"]
@@ -587,7 +590,7 @@ async def test_requests_cancelled_by_the_caller_leave_nothing_behind(
     bmc = FakeBmc(on=True)
     async with trio.open_nursery() as nursery:
         network = FakeNetwork(bmc, nursery, only("to_client", "status", range(1, 71), ()))
-        async with bmc_session(network) as session:
+        async with bmc_session(network, retry=FIXED_RETRY) as session:
             for _ in range(70):
                 with trio.move_on_after(0.5) as scope:
                     await session.get_power()
