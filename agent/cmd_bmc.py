@@ -20,6 +20,7 @@ import trio
 from agent.errors import AgentError
 from agent.secrets import read_secret_env, read_secret_file
 from ipmi import IpmiError, open_bmc
+from ipmi.transport import peer_label
 
 DEFAULT_PASSWORD_ENV = "IPMI_PASSWORD"  # noqa: S105 - a variable name, not a secret
 POWER_OPS = ("status", "on", "off", "cycle", "reset", "soft")
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise BmcCommandError(f"--port {args.port} is not a UDP port")
     password = _password(args)
-    peer = f"{args.host}:{args.port}"
+    peer = peer_label(args.host, args.port)
 
     async def main() -> dict[str, Any]:
         with trio.fail_after(args.timeout):

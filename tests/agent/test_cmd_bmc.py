@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +157,37 @@ def test_password_sources_are_checked(tmp_path: Path) -> None:
     assert argv_password.returncode == 2
     unknown_op = powersync(*base, "power", "explode", env={"IPMI_PASSWORD": PASSWORD})
     assert unknown_op.returncode == 2
+
+
+def test_an_ipv6_bmc_is_named_once_in_brackets(tmp_path: Path) -> None:
+    inventory = tmp_path / "bmcs.toml"
+    sim = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "agent.cli", "sim", "--nodes", "1", "--host", "::1"],
+            *["--port-base", "0", "--password-env", "SIM_PASSWORD"],
+            *["--write-inventory", str(inventory)],
+        ],
+        cwd=ROOT,
+        env={**os.environ, "SIM_PASSWORD": PASSWORD},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):  # bounded: 10 s
+            if inventory.exists():
+                break
+            time.sleep(0.1)
+        port = int(re.search(r"bmc_port = (\d+)", inventory.read_text()).group(1))  # type: ignore[union-attr]
+        result = powersync(
+            *["bmc", "--host", "::1", "--port", str(port), "--username", "admin"],
+            *["power", "status"],
+            env={"IPMI_PASSWORD": "wrong-" + PASSWORD},
+        )
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"powersync: bmc [::1]:{port}: ")
+    assert last.count(str(port)) == 1
+    assert "wrong password" in last
