@@ -311,7 +311,7 @@ class SyncService:
         changes: list[tuple[Node, NodeChange]] = []
         for progress in work:
             results.append(node_result(progress))
-            change = node_change(progress)
+            change = node_change(progress, self.holder)
             if change is not None:
                 changes.append((progress.node, change))
         with trio.CancelScope(shield=True):  # the batch is written even while stopping
@@ -499,23 +499,14 @@ class SyncService:
         if not changes:
             return True, []
         store = self.store.store
+        names = {node.uuid: node.name for node, _ in changes}
+        batch = [change for _, change in changes]
 
         def apply_batch() -> list[str]:
-            current = {node.uuid: node for node in store.list_nodes()}
-            now = self.wall()
-            kept: list[NodeChange] = []
-            dropped: list[str] = []
-            for snapshot, change in changes:
-                node = current.get(snapshot.uuid)
-                if node is None:
-                    continue
-                held_by_other = lock_is_held(node, now=now) and node.reservation != self.holder
-                if held_by_other or fingerprint(node) != fingerprint(snapshot):
-                    dropped.append(snapshot.name)
-                    continue
-                kept.append(change)
-            store.apply(kept, now=now)
-            return dropped
+            # The store drops a change whose node moved since the pass read it (an operator
+            # or a power action got there first), in the same transaction as the write.
+            conflicts = store.apply(batch, now=self.wall())
+            return [names[uuid] for uuid in conflicts]
 
         try:
             dropped = await self.store.run(apply_batch)

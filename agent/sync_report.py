@@ -78,9 +78,14 @@ class NodeProgress:
     seen_at: float | None = None
 
 
-def fingerprint(node: Node) -> tuple[object, ...]:
+def fingerprint(node: Node) -> dict[str, object]:
     """The fields a decision depends on; a change is dropped if they moved meanwhile."""
-    return (node.power_state, node.target_power_state, node.maintenance, node.fault)
+    return {
+        "power_state": node.power_state,
+        "target_power_state": node.target_power_state,
+        "maintenance": node.maintenance,
+        "fault": node.fault,
+    }
 
 
 def node_result(progress: NodeProgress) -> NodeResult:
@@ -113,10 +118,15 @@ def node_result(progress: NodeProgress) -> NodeResult:
     )
 
 
-def node_change(progress: NodeProgress) -> NodeChange | None:
+def node_change(progress: NodeProgress, holder: str) -> NodeChange | None:
+    """What the pass writes for this node: only if the node is as the pass read it (its
+    fingerprint) and no other holder has locked it, checked in apply()'s transaction."""
+    node = progress.node
     if progress.skipped is not None or progress.decision is None:
         if progress.extra:
-            return NodeChange(progress.node.uuid, fields=dict(progress.extra))
+            return NodeChange(
+                node.uuid, fields=dict(progress.extra), expected=fingerprint(node), holder=holder
+            )
         return None
     fields: dict[str, object] = dict(progress.decision.fields)
     for key, value in progress.extra.items():
@@ -135,8 +145,10 @@ def node_change(progress: NodeProgress) -> NodeChange | None:
     if note is not None:
         history = HistoryRecord(note.from_state, note.to_state, note.cause, note.message)
     return NodeChange(
-        progress.node.uuid,
+        node.uuid,
         fields=fields,
         history=history,
         notification=progress.decision.notification,
+        expected=fingerprint(node),
+        holder=holder,
     )

@@ -21,6 +21,7 @@ from typing import Self
 
 from store.errors import DuplicateNode, InvalidNode, StoreError
 from store.model import (
+    GUARD_FIELDS,
     INVENTORY_FIELDS,
     SETTABLE_FIELDS,
     HistoryEntry,
@@ -254,12 +255,14 @@ class Store(abc.ABC):
     # --- state changes, history, outbox ---------------------------------------------------
 
     @abc.abstractmethod
-    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
+    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
         """Write a batch of node changes, history rows and outbox rows in ONE transaction.
 
         Every change is validated before anything is written; an invalid one rejects the whole
         batch. A change for a node that no longer exists (deleted meanwhile) is skipped with a
-        warning, so one deleted node cannot lose a whole cycle's observations.
+        warning, so one deleted node cannot lose a whole cycle's observations. A change whose
+        ``expected`` fields moved, or whose node another holder has locked, is skipped too
+        (checked in the same transaction as the write): the uuids of those are returned.
         """
 
     @abc.abstractmethod
@@ -355,11 +358,36 @@ def check_changes(changes: Sequence[NodeChange]) -> list[tuple[str, dict[str, ob
     checked: list[tuple[str, dict[str, object], NodeChange]] = []
     for change in changes:
         fields = validate_fields(change.fields, SETTABLE_FIELDS)
+        for field in change.expected or ():
+            if field not in GUARD_FIELDS:
+                raise InvalidNode(f"{field}: cannot be expected in apply() (only {GUARD_NAMES})")
         if change.history is not None:
             validate_history(change.history)
         validate_notification(change.notification)
         checked.append((parse_uuid(change.node_uuid) or change.node_uuid, fields, change))
     return checked
+
+
+GUARD_NAMES = ", ".join(sorted(GUARD_FIELDS))
+
+
+def guard_fails(
+    change: NodeChange,
+    current: Mapping[str, object],
+    reservation_expires_at: float | None,
+    now: float,
+) -> bool:
+    """True when ``change`` must be skipped: an expected field moved, or another holds the lock.
+
+    ``current`` holds the node's present GUARD_FIELDS values, decoded."""
+    for field, value in (change.expected or {}).items():
+        if current[field] != value:
+            return True
+    if change.holder is None:
+        return False
+    holder = current["reservation"]
+    unexpired = reservation_expires_at is None or reservation_expires_at > now
+    return holder is not None and holder != change.holder and unexpired
 
 
 def log_skipped_change(node_uuid: str) -> None:

@@ -30,6 +30,7 @@ from store.base import (
     check_meta,
     check_ttl,
     empty_counts,
+    guard_fails,
     log_skipped_change,
     log_takeover,
     merge_fields,
@@ -46,6 +47,7 @@ from store.jsonfile import (
     save_state,
 )
 from store.model import (
+    GUARD_FIELDS,
     UPDATABLE_FIELDS,
     HistoryEntry,
     Node,
@@ -305,11 +307,12 @@ class JsonStore(Store):
 
     # --- state changes ------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
+    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
         at = resolve_now(now)
         checked = check_changes(changes)
         if not checked:
-            return
+            return []
+        conflicts: list[str] = []
         with self._writing() as txn:
             state = txn.state
             merged: dict[str, dict[str, object]] = {}
@@ -318,6 +321,10 @@ class JsonStore(Store):
                 node = state.nodes.get(node_uuid)
                 if node is None:
                     log_skipped_change(node_uuid)
+                    continue
+                guarded = {field: getattr(node, field) for field in GUARD_FIELDS}
+                if guard_fails(change, guarded, node.reservation_expires_at, at):
+                    conflicts.append(node_uuid)
                     continue
                 merged.setdefault(node_uuid, {}).update(fields)
                 record = change.history
@@ -344,6 +351,7 @@ class JsonStore(Store):
                 )
             self._enqueue(state, outbox, at)
             txn.dirty = True
+        return conflicts
 
     @staticmethod
     def _enqueue(state: JsonState, outbox: list[tuple[str, str, str]], at: float) -> None:

@@ -63,6 +63,10 @@ SETTABLE_FIELDS = frozenset(
         "last_seen_at",
     }
 )
+# Fields a NodeChange may expect to be unchanged (compare-and-set in apply()).
+GUARD_FIELDS = frozenset(
+    {"power_state", "target_power_state", "maintenance", "fault", "reservation"}
+)
 # update_node() accepts inventory and state fields (operator edits).
 UPDATABLE_FIELDS = frozenset(INVENTORY_FIELDS) | SETTABLE_FIELDS
 
@@ -146,6 +150,11 @@ class NodeChange:
     fields: Mapping[str, object] = attrs.field(factory=dict)
     history: HistoryRecord | None = None
     notification: str | None = None
+    # Compare-and-set, checked inside apply()'s transaction: the change is written only if
+    # these fields still hold these values (GUARD_FIELDS only) and, with ``holder``, only if
+    # no other holder's unexpired lock is on the node. Otherwise it is skipped and reported.
+    expected: Mapping[str, object] | None = None
+    holder: str | None = None
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ from store.base import (
     check_ttl,
     create_private_file,
     empty_counts,
+    guard_fails,
     log_skipped_change,
     log_takeover,
     merge_fields,
@@ -336,20 +337,26 @@ class SqliteStore(Store):
 
     # --- state changes ------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> None:
+    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
         at = resolve_now(now)
         checked = check_changes(changes)
         if not checked:
-            return
+            return []
+        conflicts: list[str] = []
         with self._write() as conn:
-            instances = self._instances(conn, {uuid for uuid, _, _ in checked})
+            current = self._guard_rows(conn, {uuid for uuid, _, _ in checked})
             # Merge each node's field changes in batch order, then write them grouped by shape.
             merged: dict[str, dict[str, object]] = {}
             history_rows: list[tuple[object, ...]] = []
             outbox: list[tuple[str, str, str]] = []  # (node, instance, state) in batch order
             for node_uuid, fields, change in checked:
-                if node_uuid not in instances:
+                row = current.get(node_uuid)
+                if row is None:
                     log_skipped_change(node_uuid)
+                    continue
+                instance, expires, guarded = row
+                if guard_fails(change, guarded, expires, at):
+                    conflicts.append(node_uuid)
                     continue
                 merged.setdefault(node_uuid, {}).update(fields)
                 record = change.history
@@ -364,7 +371,6 @@ class SqliteStore(Store):
                             record.message,
                         )
                     )
-                instance = instances[node_uuid]
                 if change.notification is not None and instance is not None:
                     outbox.append((node_uuid, instance, change.notification))
             by_shape: dict[tuple[str, ...], list[list[object]]] = {}
@@ -384,21 +390,33 @@ class SqliteStore(Store):
                 history_rows,
             )
             self._enqueue(conn, outbox, at)
+        return conflicts
 
     @staticmethod
-    def _instances(conn: sqlite3.Connection, uuids: set[str]) -> dict[str, str | None]:
-        """instance_uuid of each of these nodes that exists (in chunks: parameter limits)."""
+    def _guard_rows(
+        conn: sqlite3.Connection, uuids: set[str]
+    ) -> dict[str, tuple[str | None, float | None, dict[str, object]]]:
+        """(instance_uuid, reservation expiry, GUARD_FIELDS values) of each existing node."""
         wanted = sorted(uuids)
-        found: dict[str, str | None] = {}
-        for start in range(0, len(wanted), 500):
+        found: dict[str, tuple[str | None, float | None, dict[str, object]]] = {}
+        for start in range(0, len(wanted), 500):  # in chunks: SQLite's parameter limit
             chunk = wanted[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            found.update(
-                conn.execute(
-                    f"SELECT uuid, instance_uuid FROM nodes WHERE uuid IN ({marks})",  # noqa: S608
-                    chunk,
-                ).fetchall()
+            rows = conn.execute(
+                "SELECT uuid, instance_uuid, reservation_expires_at, power_state, "  # noqa: S608
+                f"target_power_state, maintenance, fault, reservation FROM nodes "
+                f"WHERE uuid IN ({marks})",
+                chunk,
             )
+            for uuid, instance, expires, power, target, maintenance, fault, holder in rows:
+                guarded = {
+                    "power_state": power,
+                    "target_power_state": target,
+                    "maintenance": bool(maintenance),
+                    "fault": fault,
+                    "reservation": holder,
+                }
+                found[uuid] = (instance, expires, guarded)
         return found
 
     @staticmethod

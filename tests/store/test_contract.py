@@ -327,6 +327,60 @@ def test_apply_writes_fields_history_and_outbox(store: Store) -> None:
     }
 
 
+def test_apply_compare_and_set_skips_moved_or_locked_nodes_and_reports_them(
+    store: Store,
+) -> None:
+    moved = add(store, name="moved", instance_uuid=INSTANCE)
+    locked = add(store, name="locked")
+    expired = add(store, name="expired")
+    mine = add(store, name="mine")
+    plain = add(store, name="plain")
+    # Between the pass's read and its write: an operator edit, another holder's lock, an
+    # expired lock of someone else, and our own lock.
+    store.update_node("moved", maintenance=True)
+    assert store.acquire_lock(locked.uuid, "other:1", ttl=60, now=T0)
+    assert store.acquire_lock(expired.uuid, "other:1", ttl=5, now=T0)
+    assert store.acquire_lock(mine.uuid, "sync:1", ttl=60, now=T0)
+    as_read = {"power_state": None, "target_power_state": None, "maintenance": False}
+    as_read["fault"] = None
+
+    def change(uuid: str, **extra: Any) -> NodeChange:
+        return NodeChange(
+            uuid,
+            {"power_state": "power on"},
+            HistoryRecord(None, "power on", "sync", "first observation"),
+            "power on",
+            **extra,
+        )
+
+    conflicts = store.apply(
+        [
+            change(moved.uuid, expected=as_read, holder="sync:1"),
+            change(locked.uuid, expected=as_read, holder="sync:1"),
+            change(expired.uuid, expected=as_read, holder="sync:1"),
+            change(mine.uuid, expected=as_read, holder="sync:1"),
+            change(plain.uuid),  # no guard: written whatever happened
+        ],
+        now=T0 + 10,
+    )
+    assert sorted(conflicts) == sorted([moved.uuid, locked.uuid])
+    power = {name: store.get_node(name).power_state for name in ("moved", "locked")}
+    assert power == {"moved": None, "locked": None}
+    for name in ("expired", "mine", "plain"):
+        assert store.get_node(name).power_state == "power on"
+    # Nothing of a skipped change is written: no history row, no notification.
+    assert store.history("moved") == []
+    assert store.notification_counts()["pending"] == 0
+    assert {entry.node_name for entry in store.history()} == {"expired", "mine", "plain"}
+
+
+def test_apply_refuses_an_expectation_on_a_field_it_cannot_guard(store: Store) -> None:
+    node = add(store)
+    with pytest.raises(InvalidNode, match="last_seen_at: cannot be expected"):
+        store.apply([NodeChange(node.uuid, {"sync_failures": 1}, expected={"last_seen_at": 0})])
+    assert store.get_node(node.uuid).sync_failures == 0
+
+
 def test_notification_only_for_nodes_with_an_instance(store: Store) -> None:
     bare = add(store, "bare")
     store.apply([NodeChange(bare.uuid, {"power_state": "power off"}, None, "power off")], now=T0)
