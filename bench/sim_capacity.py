@@ -1,6 +1,6 @@
 """Benchmark of the simulator: memory per BMC and established-session status queries/s.
 
-    python -m ipmi.sim.benchmark --nodes 10000 --sessions 200 --depth 4 --seconds 10
+    python -m bench.sim_capacity --nodes 10000 --sessions 200 --depth 4 --seconds 10
 
 Runs ``powersync sim`` as a subprocess pinned to one CPU (``--server-cpu``), measures its
 resident memory idle, after one login + close on every BMC, and with sessions held open,
@@ -26,25 +26,11 @@ import tomllib
 from collections.abc import Sequence
 from typing import Any
 
+from bench.procs import process_cpu_s, process_rss_kb
 from ipmi.proto.constants import Command, NetFn
 from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
 
 PASSWORD = secrets.token_urlsafe(12)  # fresh for every run
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 class Server:
@@ -180,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sim-bench-") as workdir:
         baseline = Server(1, args.server_cpu, workdir, 4)
         time.sleep(0.5)
-        result["rss_kib_1_bmc"] = rss_kib(baseline.process.pid)
+        result["rss_kib_1_bmc"] = process_rss_kb(baseline.process.pid)
         baseline.stop()
 
         started = time.perf_counter()
@@ -188,27 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["startup_seconds"] = round(time.perf_counter() - started, 2)
         try:
             time.sleep(1.0)
-            idle = rss_kib(server.process.pid)
+            idle = process_rss_kb(server.process.pid)
             result["rss_kib_idle"] = idle
             per_bmc = (idle - result["rss_kib_1_bmc"]) * 1024 / (args.nodes - 1)
             result["bytes_per_idle_bmc"] = round(per_bmc)
             _, login_seconds = login_all(server.ports, keep=False)
             result["login_close_all_seconds"] = round(login_seconds, 2)
             result["logins_per_second"] = round(args.nodes / login_seconds)
-            touched = rss_kib(server.process.pid)
+            touched = process_rss_kb(server.process.pid)
             result["bytes_per_bmc_after_login_close"] = round(
                 (touched - result["rss_kib_1_bmc"]) * 1024 / (args.nodes - 1)
             )
             held, _ = login_all(server.ports[: args.sessions], keep=True)
-            with_sessions = rss_kib(server.process.pid)
+            with_sessions = process_rss_kb(server.process.pid)
             result["bytes_per_open_session"] = round(
                 (with_sessions - touched) * 1024 / max(1, len(held))
             )
-            cpu_before = cpu_seconds(server.process.pid)
+            cpu_before = process_cpu_s(server.process.pid)
             wall = time.perf_counter()
             answered = drive(held, args.depth, args.seconds)
             wall = time.perf_counter() - wall
-            cpu = cpu_seconds(server.process.pid) - cpu_before
+            cpu = process_cpu_s(server.process.pid) - cpu_before
             result.update(
                 sessions=len(held),
                 depth=args.depth,
