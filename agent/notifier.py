@@ -242,7 +242,7 @@ class Notifier:
     ) -> tuple[int, int, int, NotificationError | None]:
         delivered = [result.event.key for result in results if result.verdict is Verdict.DELIVERED]
         if delivered:
-            await self._store.run(self._store.store.mark_delivered, delivered, now=self._clock())
+            await self._store.run(self._store.store.mark_delivered, delivered)
         dropped = deferred = 0
         failure: NotificationError | None = None
         for result in results:
@@ -257,7 +257,7 @@ class Notifier:
 
     async def _drop(self, key: int, instance: str, reason: str) -> None:
         log.warning("Nova power-update for instance %s dropped: %s", instance, reason)
-        await self._store.run(self._store.store.mark_dropped, key, reason, now=self._clock())
+        await self._store.run(self._store.store.mark_dropped, key, reason)
 
     async def _defer(
         self, events: Sequence[PowerEvent], attempts: dict[int, int], error: str
@@ -270,7 +270,6 @@ class Notifier:
                 event.key,
                 next_attempt_at=at,
                 error=error,
-                now=now,
             )
 
     def _backoff(self, attempts: int) -> float:

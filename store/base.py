@@ -284,11 +284,11 @@ class Store(abc.ABC):
         """One outbox row by id; StoreError if there is none."""
 
     @abc.abstractmethod
-    def mark_delivered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+    def mark_delivered(self, ids: Sequence[int]) -> None:
         """Mark pending (or meanwhile superseded) rows delivered."""
 
     @abc.abstractmethod
-    def mark_dropped(self, notification_id: int, reason: str, *, now: float | None = None) -> None:
+    def mark_dropped(self, notification_id: int, reason: str) -> None:
         """Give up on a pending row (e.g. Nova says the instance does not exist)."""
 
     @abc.abstractmethod
@@ -298,7 +298,6 @@ class Store(abc.ABC):
         *,
         next_attempt_at: float,
         error: str,
-        now: float | None = None,
     ) -> None:
         """Count a failed attempt and schedule the next one."""
 

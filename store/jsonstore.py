@@ -435,7 +435,7 @@ class JsonStore(Store):
                 txn.state.notifications[notification_id] = attrs.evolve(row, **changes)
                 txn.dirty = True
 
-    def mark_delivered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+    def mark_delivered(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         with self._writing() as txn:
@@ -448,7 +448,7 @@ class JsonStore(Store):
                     )
                     txn.dirty = True
 
-    def mark_dropped(self, notification_id: int, reason: str, *, now: float | None = None) -> None:
+    def mark_dropped(self, notification_id: int, reason: str) -> None:
         self._change_notification(
             notification_id, count_attempt=False, status="dropped", last_error=str(reason)
         )
@@ -459,7 +459,6 @@ class JsonStore(Store):
         *,
         next_attempt_at: float,
         error: str,
-        now: float | None = None,
     ) -> None:
         self._change_notification(
             notification_id,

@@ -498,7 +498,7 @@ class SqliteStore(Store):
             raise StoreError(f"no notification with id {notification_id}")
         return _notification_from_row(row)
 
-    def mark_delivered(self, ids: Sequence[int], *, now: float | None = None) -> None:
+    def mark_delivered(self, ids: Sequence[int]) -> None:
         if not ids:
             return
         with self._write() as conn:
@@ -508,7 +508,7 @@ class SqliteStore(Store):
                 [(int(i),) for i in ids],
             )
 
-    def mark_dropped(self, notification_id: int, reason: str, *, now: float | None = None) -> None:
+    def mark_dropped(self, notification_id: int, reason: str) -> None:
         with self._write() as conn:
             self._require_notification(conn, notification_id)
             conn.execute(
@@ -523,7 +523,6 @@ class SqliteStore(Store):
         *,
         next_attempt_at: float,
         error: str,
-        now: float | None = None,
     ) -> None:
         with self._write() as conn:
             self._require_notification(conn, notification_id)

@@ -505,7 +505,7 @@ def test_outbox_lifecycle(store: Store) -> None:
     assert len(store.due_notifications(now=T0 + 1, limit=1)) == 1
     first, second = store.due_notifications(now=T0 + 1)
 
-    store.defer_notification(first.id, next_attempt_at=T0 + 60, error="503 from nova", now=T0 + 2)
+    store.defer_notification(first.id, next_attempt_at=T0 + 60, error="503 from nova")
     deferred = store.get_notification(first.id)
     assert (deferred.attempts, deferred.next_attempt_at) == (1, T0 + 60)
     assert deferred.last_error == "503 from nova"
