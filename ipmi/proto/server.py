@@ -553,14 +553,13 @@ class BmcProtocol:
                 return self._set_privilege(session, request.data)
             if key == (NetFn.APP, Command.CLOSE_SESSION):
                 return self._close_session(session, request.data)
+            if key == (NetFn.APP, Command.GET_CHANNEL_AUTH_CAPABILITIES):
+                return (*self._auth_capabilities(request.data), False)
+            if key == (NetFn.APP, GET_CHANNEL_CIPHER_SUITES):
+                return (*self._cipher_suites(request.data), False)
         except MalformedPacketError:
             return CC_REQUEST_DATA_LENGTH_INVALID, b"", False
-        code, data = (
-            self._auth_capabilities(request.data)
-            if request.cmd == Command.GET_CHANNEL_AUTH_CAPABILITIES
-            else self._cipher_suites(request.data)
-        )
-        return code, data, False
+        return CC_INVALID_COMMAND, b"", False  # in the privilege table, but no handler
 
     def _device_id(self) -> bytes:
         return GetDeviceIdResponse(

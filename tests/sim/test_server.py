@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipmi.errors import MalformedPacketError
-from ipmi.proto import crypto, wire
+from ipmi.proto import crypto, server, wire
 from ipmi.proto.constants import ChassisAction, Command, NetFn, PayloadType, RmcpPlusStatus
 from ipmi.proto.messages import (
     ChassisControlRequest,
@@ -226,6 +226,25 @@ def test_unknown_command_gets_invalid_command() -> None:
     console = Console(bmc, clock)
     console.login()
     assert console.request(0x2C, 0x00, b"\x03")[0] == CC_INVALID_COMMAND
+    assert console.request(NetFn.APP, 0x59)[0] == CC_INVALID_COMMAND
+
+
+def test_in_session_channel_queries_are_answered_and_a_command_without_handler_is_invalid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    bmc, _ = make_bmc(clock)
+    console = Console(bmc, clock)
+    console.login()
+    code, data = console.request(NetFn.APP, Command.GET_CHANNEL_AUTH_CAPABILITIES, b"\x8e\x04")
+    assert code == 0 and len(data) == 8
+    code, data = console.request(NetFn.APP, 0x54, b"\x0e\x00\x80")
+    assert code == 0 and data[0] == 0x01  # the channel number, then the suite records
+    # A command someone adds to the privilege table but forgets to handle is refused,
+    # never answered with another command's data.
+    table = dict(server._REQUIRED_PRIVILEGE)
+    table[(NetFn.APP, 0x59)] = 1
+    monkeypatch.setattr(server, "_REQUIRED_PRIVILEGE", table)
     assert console.request(NetFn.APP, 0x59)[0] == CC_INVALID_COMMAND
 
 
