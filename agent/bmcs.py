@@ -3,22 +3,24 @@
 The service never talks to ``ipmi`` directly; it leases a :class:`NodeBmc` from a
 :class:`BmcPool` for one node and asks it for the power state in Ironic's words.
 
-* ``persistent`` (default): the session stays open across cycles in a worker task owned by
-  the pool (trio requires a session's context to be entered and left by one task). The
-  worker sends a keepalive when idle and closes the session after any failure, so the next
-  request starts from a fresh login.
-* ``per-cycle``: a fresh session for each lease (one node's work in one cycle), for BMCs
-  that have few session slots.
+* ``persistent`` (default): the session stays open across cycles. The pool keeps one small
+  record per node and no task: a command runs in the caller's task, logging in first when
+  the node has no session. After any failure the session is closed (in a short task of the
+  pool's), so the next command starts from a fresh login. One pool-wide task sends a
+  keepalive on sessions idle for ``keepalive_interval``; idle sessions cost no timer each.
+* ``per-cycle``: a fresh session for each lease (one node's work in one cycle), closed when
+  the lease ends, for BMCs that have few session slots.
 
-Per BMC endpoint (address, port) at most one command is in flight, and an optional minimum
-gap separates commands. Anything the opener yields that has ``get_power``/``set_power``/
-``keepalive``/``statistics`` will do, which is how the tests drive fake BMCs.
+Per BMC endpoint (address, port) at most one request is in flight (a login counts), and an
+optional minimum gap separates commands. Anything the opener yields that has ``get_power``/
+``set_power``/``keepalive``/``statistics`` will do, which is how the tests drive fake BMCs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,6 +51,8 @@ CLIENT_ACTIONS = {
 }
 # How long closing a session may take (Close Session to a BMC that may be gone).
 CLOSE_TIMEOUT = 2.0
+# At most this many keepalives in flight at once (a burst of idle sessions falls due together).
+KEEPALIVE_CONCURRENCY = 16
 
 
 class BmcSessionLike(Protocol):
@@ -77,6 +81,14 @@ class BmcEndpoint:
 
 
 BmcOpener = Callable[[BmcEndpoint], AbstractAsyncContextManager[BmcSessionLike]]
+"""Logs in on enter, sends Close Session on exit.
+
+The pool enters the context in one task (the first caller's) and leaves it in another (a
+closing task of its own), so the context must not hold a cancel scope or a nursery across
+its ``yield``. ``ipmi.open_bmc`` holds neither; an ``asynccontextmanager`` that only awaits
+before and after its ``yield`` is fine. If entering fails or is cancelled, the context must
+clean up after itself (``open_bmc`` closes a half-made session).
+"""
 
 
 class BmcUnavailable(AgentError):
@@ -146,23 +158,112 @@ class PoolCounters:
     failures_by_type: dict[str, int] = attrs.field(factory=dict)
 
 
-_STAT_FIELDS = ("logins", "retransmits", "drops")
-
-
-class _Throttle:
-    """One command in flight per BMC endpoint, with an optional gap between commands."""
-
-    def __init__(self, min_interval: float) -> None:
-        self.lock = trio.Lock()
-        self.min_interval = min_interval
-        self.last_end = -math.inf
-
-
 class NodeBmc(Protocol):
     """What a lease gives the service: power in Ironic's words."""
 
     async def get_power(self) -> str: ...
     async def set_power(self, action: str) -> None: ...
+
+
+def power_word(on: bool) -> str:
+    return POWER_ON if on else POWER_OFF
+
+
+def _client_action(action: str) -> str:
+    try:
+        return CLIENT_ACTIONS[action]
+    except KeyError:
+        raise ValueError(f"unknown power action {action!r}") from None
+
+
+# What a node's BMC work is doing, kept as a number and put into words only when asked.
+_LEASED, _WAITING, _LOGIN, _COMMAND = range(4)
+_STAGE_WORDS = (
+    "waiting for the session to {}",
+    "waiting for another command to {}",
+    "login to {}",
+    "a command to {}",
+)
+_NO_STATISTICS = (0, 0, 0)  # logins, retransmits, drops
+
+
+class _Gate:
+    """One request in flight per BMC endpoint, and when the last one ended.
+
+    A lock that costs nothing until contended: the waiting room is made on first need, and
+    release hands the gate straight to the longest waiter.
+    """
+
+    __slots__ = ("busy", "last_end", "waiting")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.last_end = -math.inf
+        self.waiting: trio.lowlevel.ParkingLot | None = None
+
+    async def acquire(self) -> None:
+        # Uncontended, no checkpoint: the request that follows checkpoints anyway.
+        if not self.busy:
+            self.busy = True
+            return
+        if self.waiting is None:
+            self.waiting = trio.lowlevel.ParkingLot()
+        await self.waiting.park()  # woken by release(), which keeps busy set for us
+
+    def release(self) -> None:
+        if self.waiting:
+            self.waiting.unpark()
+        else:
+            self.busy = False
+
+
+class _Record:
+    """One node's BMC: its session (if logged in) and what it last did. Also its lease."""
+
+    __slots__ = (
+        "context",
+        "endpoint",
+        "forgotten",
+        "gate",
+        "in_use",
+        "key",
+        "last_used",
+        "pool",
+        "seen",
+        "session",
+        "stage",
+    )
+
+    def __init__(self, pool: BmcPool, key: str, endpoint: BmcEndpoint, gate: _Gate) -> None:
+        self.pool = pool
+        self.key = key
+        self.endpoint = endpoint
+        self.gate = gate
+        self.session: BmcSessionLike | None = None
+        self.context: AbstractAsyncContextManager[BmcSessionLike] | None = None
+        self.seen = _NO_STATISTICS  # the session's counters already added to the pool's
+        self.last_used = -math.inf
+        self.in_use = False  # someone holds the gate for this record
+        self.forgotten = False
+        self.stage = _LEASED
+
+    # A persistent lease is the record itself; leaving it leaves the session open.
+    async def __aenter__(self) -> _Record:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def get_power(self) -> str:
+        return POWER_ON if await self.pool._run(self, _read_power) else POWER_OFF
+
+    async def set_power(self, action: str) -> None:
+        word = _client_action(action)
+        await self.pool._run(self, lambda session: session.set_power(word))
+
+
+def _read_power(session: BmcSessionLike) -> Awaitable[bool]:
+    return session.get_power()
 
 
 class BmcPool:
@@ -180,313 +281,312 @@ class BmcPool:
         self._opener = opener
         self.keepalive_interval = keepalive_interval
         self.min_command_interval = min_command_interval
-        self._throttles: dict[tuple[str, int], _Throttle] = {}
-        self._workers: dict[str, _PersistentWorker] = {}
+        self._gates: dict[tuple[str, int], _Gate] = {}
+        self._records: dict[str, _Record] = {}  # persistent sessions, per node key
+        self._per_cycle: dict[str, _Record] = {}  # the latest per-cycle lease, for stage()
+        # Persistent sessions nobody is using, least recently used first.
+        self._idle: OrderedDict[str, _Record] = OrderedDict()
+        self._open = 0
         self._closed = False
-        self.counters = PoolCounters()
+        self._keepalive_scope = trio.CancelScope()
+        self._counters = PoolCounters()
         self.last_rtt: dict[str, float] = {}  # per node key, seconds
-        self.stages: dict[str, str] = {}  # per node key: what its BMC work last started
 
     # --- public -------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def lease(self, key: str, endpoint: BmcEndpoint) -> AsyncIterator[NodeBmc]:
+    def lease(self, key: str, endpoint: BmcEndpoint) -> AbstractAsyncContextManager[NodeBmc]:
         """The BMC of node ``key`` for one piece of work (one node in one cycle)."""
         if self._closed:
             raise BmcUnavailable("the BMC pool is closed")
-        self.stages[key] = f"waiting for the session to {endpoint.label}"
         if endpoint.session_mode == "per-cycle":
-            self._forget_worker(key)
-            async with self._per_cycle_session(key, endpoint) as session:
-                yield _DirectBmc(self, key, endpoint, session)
-            return
-        worker = self._workers.get(key)
-        if worker is None or worker.endpoint != endpoint or worker.finished:
-            self._forget_worker(key)
-            worker = _PersistentWorker(self, key, endpoint)
-            self._workers[key] = worker
-            self._nursery.start_soon(worker.run)
-        yield worker
+            self._forget(key)
+            return self._per_cycle_lease(key, endpoint)
+        record = self._records.get(key)
+        if record is None or record.endpoint != endpoint:
+            self._forget(key)
+            self._per_cycle.pop(key, None)
+            record = self._records[key] = _Record(self, key, endpoint, self._gate(endpoint))
+        record.stage = _LEASED
+        return record
 
     def forget(self, key: str) -> None:
         """Close the long-lived session of a node that left the inventory."""
-        self._forget_worker(key)
+        self._forget(key)
+        self._per_cycle.pop(key, None)
 
     def retain(self, keys: set[str]) -> None:
         """Close the long-lived sessions of every node not in ``keys`` (deleted nodes)."""
-        for key in [key for key in self._workers if key not in keys]:
-            self._forget_worker(key)
+        for key in [key for key in self._records if key not in keys]:
+            self._forget(key)
+        for key in [key for key in self._per_cycle if key not in keys]:
+            del self._per_cycle[key]
 
     def stage(self, key: str) -> str | None:
         """What node ``key``'s latest BMC work was doing (for "no answer within ..." errors)."""
-        return self.stages.get(key)
+        record = self._records.get(key) or self._per_cycle.get(key)
+        if record is None:
+            return None
+        return _STAGE_WORDS[record.stage].format(record.endpoint.label)
 
     def open_sessions(self) -> int:
-        return sum(1 for worker in self._workers.values() if worker.session_open)
+        return self._open
+
+    @property
+    def counters(self) -> PoolCounters:
+        """The totals, with the live sessions' latest counters added in when read."""
+        for record in self._records.values():
+            if record.session is not None:
+                self._add_statistics(record)
+        return self._counters
 
     async def aclose(self) -> None:
-        """Close every long-lived session (Close Session sent, bounded by CLOSE_TIMEOUT)."""
-        self._closed = True
-        for key in list(self._workers):
-            self._forget_worker(key)
+        """Close every long-lived session (Close Session sent, bounded by CLOSE_TIMEOUT).
 
-    # --- internals ----------------------------------------------------------------------
+        Sessions in use are closed by their user as soon as its command ends.
+        """
+        self._closed = True
+        self._keepalive_scope.cancel()
+        records = list(self._records.values())
+        self._records.clear()
+        self._idle.clear()
+        async with trio.open_nursery() as nursery:
+            for record in records:
+                record.forgotten = True
+                context = None if record.in_use else self._detach(record)
+                if context is not None:
+                    nursery.start_soon(self._close, context, record.endpoint.label)
+
+    # --- one request --------------------------------------------------------------------
+
+    async def _run(
+        self, record: _Record, command: Callable[[BmcSessionLike], Awaitable[Any]]
+    ) -> Any:
+        """Run ``command`` on ``record``'s session in the caller's task, logging in first."""
+        if record.forgotten or self._closed:
+            raise BmcUnavailable(f"session to {record.endpoint.label} is closed")
+        gate = record.gate
+        record.stage = _WAITING
+        await gate.acquire()
+        record.in_use = True
+        self._idle.pop(record.key, None)
+        started: float | None = None
+        try:
+            if self.min_command_interval > 0:
+                await trio.sleep_until(gate.last_end + self.min_command_interval)
+            session = record.session
+            if session is None:
+                record.stage = _LOGIN
+                session = await self._login(record)
+            record.stage = _COMMAND
+            started = trio.current_time()
+            result = await command(session)
+        except Exception as exc:
+            if started is not None:
+                self._count_failure(exc)
+                self._close_soon(record)  # the client already logged in again once
+            raise
+        finally:
+            # A caller cancelled mid-command keeps the session: the client forgets the
+            # request, drops its late answer as stale, and the session stays valid.
+            ended = self._release(record)
+        assert started is not None
+        rtt = ended - started
+        counters = self._counters
+        counters.requests += 1
+        counters.rtt_sum += rtt
+        self.last_rtt[record.key] = rtt
+        return result
+
+    async def _login(self, record: _Record) -> BmcSessionLike:
+        context = self._opener(record.endpoint)
+        # Cancelled or failed here, the context cleans up after itself (see BmcOpener).
+        session = await context.__aenter__()
+        record.session, record.context, record.seen = session, context, _NO_STATISTICS
+        self._open += 1
+        self._counters.sessions_opened += 1
+        return session
+
+    def _release(self, record: _Record) -> float:
+        """Give the gate back; the session goes back to the idle list, or is closed."""
+        ended = trio.current_time()
+        gate = record.gate
+        gate.last_end = ended
+        gate.release()
+        record.in_use = False
+        if record.session is not None:
+            if self._records.get(record.key) is record:
+                record.last_used = ended
+                self._idle[record.key] = record  # popped when taken: now the most recent
+            elif record.forgotten:
+                self._close_soon(record)
+        return ended
+
+    def _count_failure(self, exc: Exception) -> None:
+        counters = self._counters
+        counters.failures += 1
+        name = type(exc).__name__
+        counters.failures_by_type[name] = counters.failures_by_type.get(name, 0) + 1
+
+    # --- closing ------------------------------------------------------------------------
+
+    def _forget(self, key: str) -> None:
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        self._idle.pop(key, None)
+        record.forgotten = True
+        if not record.in_use:  # else its user closes it when done
+            self._close_soon(record)
+
+    def _detach(self, record: _Record) -> AbstractAsyncContextManager[BmcSessionLike] | None:
+        """Take the session off ``record`` (its counters added in); its context to close."""
+        context = record.context
+        if context is None:
+            return None
+        self._add_statistics(record)
+        record.session = record.context = None
+        self._idle.pop(record.key, None)
+        self._open -= 1
+        return context
+
+    def _close_soon(self, record: _Record) -> None:
+        context = self._detach(record)
+        if context is not None:
+            try:
+                self._nursery.start_soon(self._close, context, record.endpoint.label)
+            except RuntimeError:  # the pool has ended: nobody left to close it
+                log.debug("session to %s left unclosed", record.endpoint.label)
+
+    async def _close(self, context: AbstractAsyncContextManager[Any], label: str) -> None:
+        """Leave a session's context: Close Session, shielded and bounded."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+            try:
+                await context.__aexit__(None, None, None)
+            except Exception as exc:
+                log.debug("closing the session to %s failed: %s", label, describe_error(exc))
+        if scope.cancelled_caught:
+            log.debug("closing the session to %s timed out", label)
+
+    def _add_statistics(self, record: _Record) -> None:
+        """Add what ``record``'s session counted since last time to the pool's counters."""
+        session = record.session
+        if session is None:
+            return
+        try:
+            stats = session.statistics()
+        except Exception:  # a session without counters still works
+            return
+        now = (
+            int(getattr(stats, "logins", 0) or 0),
+            int(getattr(stats, "retransmits", 0) or 0),
+            int(getattr(stats, "drops", 0) or 0),
+        )
+        logins, retransmits, drops = record.seen
+        counters = self._counters
+        counters.logins += max(0, now[0] - logins)
+        counters.retransmits += max(0, now[1] - retransmits)
+        counters.drops += max(0, now[2] - drops)
+        record.seen = now
+
+    # --- per-cycle sessions -------------------------------------------------------------
 
     @asynccontextmanager
-    async def _per_cycle_session(
-        self, key: str, endpoint: BmcEndpoint
-    ) -> AsyncIterator[BmcSessionLike]:
-        """A session entered and left by the calling task; closing is shielded and bounded."""
-        body_error: Exception | None = None
-        self.stages[key] = f"login to {endpoint.label}"
-        with trio.CancelScope() as lifetime:
-            async with self._opener(endpoint) as session:
-                self.counters.sessions_opened += 1
-                try:
-                    yield session
-                except Exception as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    # A cancelled cycle still sends Close Session, but a dead BMC costs at
-                    # most CLOSE_TIMEOUT. The scope encloses the whole context (LIFO).
-                    lifetime.shield = True
-                    lifetime.deadline = trio.current_time() + CLOSE_TIMEOUT
-        if lifetime.cancelled_caught:
-            log.debug("closing the session to %s timed out", endpoint.label)
-            if body_error is not None:
-                raise body_error
-            await trio.lowlevel.checkpoint()  # re-delivers an outer cancellation, if any
-
-    def _forget_worker(self, key: str) -> None:
-        worker = self._workers.pop(key, None)
-        if worker is not None:
-            worker.shut_down()
-
-    def _throttle(self, endpoint: BmcEndpoint) -> _Throttle:
-        address = (endpoint.host, endpoint.port)
-        throttle = self._throttles.get(address)
-        if throttle is None:
-            throttle = self._throttles[address] = _Throttle(self.min_command_interval)
-        return throttle
-
-    async def _command(
-        self,
-        key: str,
-        endpoint: BmcEndpoint,
-        session: BmcSessionLike,
-        command: Callable[[], Awaitable[Any]],
-    ) -> Any:
-        throttle = self._throttle(endpoint)
-        self.stages[key] = f"waiting for another command to {endpoint.label}"
-        async with throttle.lock:
-            if throttle.min_interval > 0:
-                await trio.sleep_until(throttle.last_end + throttle.min_interval)
-            self.stages[key] = f"a command to {endpoint.label}"
-            started = trio.current_time()
-            before = _snapshot(session)
-            try:
-                result = await command()
-            except Exception as exc:
-                self.counters.failures += 1
-                name = type(exc).__name__
-                self.counters.failures_by_type[name] = (
-                    self.counters.failures_by_type.get(name, 0) + 1
-                )
-                raise
-            finally:
-                throttle.last_end = trio.current_time()
-                self._account(session, before)
-            rtt = throttle.last_end - started
-            self.counters.requests += 1
-            self.counters.rtt_sum += rtt
-            self.last_rtt[key] = rtt
-            return result
-
-    def _account(self, session: BmcSessionLike, before: dict[str, int]) -> None:
-        after = _snapshot(session)
-        for name in _STAT_FIELDS:
-            delta = after.get(name, 0) - before.get(name, 0)
-            if delta > 0:
-                setattr(self.counters, name, getattr(self.counters, name) + delta)
-
-
-def _snapshot(session: BmcSessionLike) -> dict[str, int]:
-    try:
-        stats = session.statistics()
-    except Exception:  # a session without counters still works
-        return {}
-    return {name: int(getattr(stats, name, 0) or 0) for name in _STAT_FIELDS}
-
-
-def power_word(on: bool) -> str:
-    return POWER_ON if on else POWER_OFF
-
-
-def _client_action(action: str) -> str:
-    try:
-        return CLIENT_ACTIONS[action]
-    except KeyError:
-        raise ValueError(f"unknown power action {action!r}") from None
-
-
-class _DirectBmc:
-    """A per-cycle session, opened and closed by the leasing task."""
-
-    def __init__(
-        self, pool: BmcPool, key: str, endpoint: BmcEndpoint, session: BmcSessionLike
-    ) -> None:
-        self._pool = pool
-        self._key = key
-        self._endpoint = endpoint
-        self._session = session
-
-    async def get_power(self) -> str:
-        session = self._session
-        on = await self._pool._command(self._key, self._endpoint, session, session.get_power)
-        return power_word(bool(on))
-
-    async def set_power(self, action: str) -> None:
-        session = self._session
-        word = _client_action(action)
-        await self._pool._command(
-            self._key, self._endpoint, session, lambda: session.set_power(word)
-        )
-
-
-@attrs.define(eq=False)
-class _Request:
-    command: Callable[[BmcSessionLike], Awaitable[Any]]
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: Any = None
-    error: Exception | None = None
-    abandoned: bool = False
-    scope: trio.CancelScope | None = None
-
-    def abandon(self) -> None:
-        self.abandoned = True
-        if self.scope is not None:
-            self.scope.cancel()
-
-
-class _PersistentWorker:
-    """Owns one node's long-lived session; serves one request at a time."""
-
-    def __init__(self, pool: BmcPool, key: str, endpoint: BmcEndpoint) -> None:
-        self.pool = pool
-        self.key = key
-        self.endpoint = endpoint
-        self._send, self._receive = trio.open_memory_channel[_Request](0)
-        self._caller_lock = trio.Lock()
-        self.session_open = False
-        self.finished = False
-
-    # --- caller side --------------------------------------------------------------------
-
-    async def get_power(self) -> str:
-        on = await self._call(lambda session: session.get_power())
-        return power_word(bool(on))
-
-    async def set_power(self, action: str) -> None:
-        word = _client_action(action)
-        await self._call(lambda session: session.set_power(word))
-
-    async def _call(self, command: Callable[[BmcSessionLike], Awaitable[Any]]) -> Any:
-        request = _Request(command)
-        async with self._caller_lock:
-            try:
-                await self._send.send(request)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise BmcUnavailable(f"session to {self.endpoint.label} is closed") from None
-            try:
-                await request.done.wait()
-            finally:
-                if not request.done.is_set():
-                    request.abandon()  # our deadline passed: stop the worker's attempt too
-        if request.error is not None:
-            raise request.error
-        return request.result
-
-    def shut_down(self) -> None:
-        self._send.close()
-
-    # --- worker side --------------------------------------------------------------------
-
-    async def run(self) -> None:
+    async def _per_cycle_lease(self, key: str, endpoint: BmcEndpoint) -> AsyncIterator[NodeBmc]:
+        """A session of this lease's own, logged in on first use and closed when it ends."""
+        record = self._per_cycle[key] = _Record(self, key, endpoint, self._gate(endpoint))
         try:
-            async with self._receive:
-                async for request in self._receive:
-                    await self._session_lifetime(request)
+            yield record
         finally:
-            self.finished = True
+            if record.in_use:  # used from another task still: it closes the session
+                record.forgotten = True
+            else:
+                context = self._detach(record)
+                if context is not None:
+                    # Before the lease ends (the BMC's slot is free for the next one), but
+                    # a dead BMC costs at most CLOSE_TIMEOUT, even in a cancelled cycle.
+                    await self._close(context, endpoint.label)
 
-    async def _session_lifetime(self, first: _Request) -> None:
-        """Open a session for ``first``, then serve until idle failure, error or shutdown."""
-        with trio.CancelScope() as lifetime:
-            first.scope = lifetime  # a caller that gives up during login stops the login
-            self.pool.stages[self.key] = f"login to {self.endpoint.label}"
-            try:
-                async with self.pool._opener(self.endpoint) as session:
-                    self.session_open = True
-                    self.pool.counters.sessions_opened += 1
-                    try:
-                        await self._serve(session, first)
-                    finally:
-                        self.session_open = False
-                        # Bound Close Session; the scope encloses the whole context (LIFO).
-                        lifetime.shield = True
-                        lifetime.deadline = trio.current_time() + CLOSE_TIMEOUT
-            except Exception as exc:
-                if not first.done.is_set():
-                    first.error = exc
-                    first.done.set()
-                log.debug("session to %s ended: %s", self.endpoint.label, describe_error(exc))
-        if not first.done.is_set():
-            first.error = BmcUnavailable(f"login to {self.endpoint.label} abandoned")
-            first.done.set()
+    def _gate(self, endpoint: BmcEndpoint) -> _Gate:
+        address = (endpoint.host, endpoint.port)
+        gate = self._gates.get(address)
+        if gate is None:
+            gate = self._gates[address] = _Gate()
+        return gate
 
-    async def _serve(self, session: BmcSessionLike, request: _Request | None) -> None:
-        while True:
-            if request is not None and not await self._execute(session, request):
-                return
-            request = None
-            with trio.move_on_after(self.pool.keepalive_interval):
-                try:
-                    request = await self._receive.receive()
-                except trio.EndOfChannel:
-                    return
-            if request is None:
-                try:
-                    with trio.fail_after(self.pool.keepalive_interval):
-                        await self.pool._command(
-                            self.key, self.endpoint, session, session.keepalive
-                        )
-                except (Exception, trio.TooSlowError) as exc:
-                    log.info(
-                        "keepalive to %s failed, closing the session: %s",
-                        self.endpoint.label,
-                        describe_error(exc),
-                    )
-                    return
+    # --- keepalive ----------------------------------------------------------------------
 
-    async def _execute(self, session: BmcSessionLike, request: _Request) -> bool:
-        """Run one request; False when the session should be closed afterwards."""
-        if request.abandoned:
-            return True
-        keep = True
-        with trio.CancelScope() as request.scope:
-            try:
-                request.result = await self.pool._command(
-                    self.key, self.endpoint, session, lambda: request.command(session)
+    async def _keepalive_loop(self) -> None:
+        """Send a keepalive on every session idle for ``keepalive_interval``."""
+        interval = self.keepalive_interval
+        slots = trio.Semaphore(KEEPALIVE_CONCURRENCY)
+        with self._keepalive_scope:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    idle = self._idle
+                    if not idle:
+                        await trio.sleep(interval)  # anything idle from now is due later
+                        continue
+                    key = next(iter(idle))
+                    record = idle[key]
+                    due = record.last_used + interval
+                    if due > trio.current_time():
+                        await trio.sleep_until(due)
+                        continue
+                    del idle[key]
+                    await slots.acquire()
+                    nursery.start_soon(self._keepalive, record, slots)
+
+    async def _keepalive(self, record: _Record, slots: trio.Semaphore) -> None:
+        try:
+            await self._keepalive_one(record)
+        finally:
+            slots.release()
+
+    async def _keepalive_one(self, record: _Record) -> None:
+        interval = self.keepalive_interval
+        gate = record.gate
+        acquired = False
+        with trio.move_on_after(interval):
+            await gate.acquire()
+            acquired = True
+        if not acquired:
+            return  # busy all along: in use, not idle
+        session = record.session
+        if (
+            session is None
+            or record.forgotten
+            or record.last_used + interval > trio.current_time()  # used meanwhile
+        ):
+            gate.release()
+            return
+        record.in_use = True
+        started = trio.current_time()
+        failure: str | None = None
+        try:
+            with trio.move_on_after(interval) as deadline:
+                if self.min_command_interval > 0:
+                    await trio.sleep_until(gate.last_end + self.min_command_interval)
+                started = trio.current_time()
+                await session.keepalive()
+            if deadline.cancelled_caught:
+                failure = "no answer before the deadline"
+        except Exception as exc:
+            self._count_failure(exc)
+            failure = describe_error(exc)
+        finally:
+            if failure is not None:
+                log.info(
+                    "keepalive to %s failed, closing the session: %s",
+                    record.endpoint.label,
+                    failure,
                 )
-            except Exception as exc:
-                request.error = exc
-                keep = False  # the client already re-logged in once; start fresh next time
-        if request.scope.cancelled_caught:
-            request.error = BmcUnavailable(f"request to {self.endpoint.label} abandoned")
-            keep = False
-        request.done.set()
-        return keep
+                self._close_soon(record)
+            ended = self._release(record)
+        if failure is None:
+            self._counters.requests += 1
+            self._counters.rtt_sum += ended - started
+            self.last_rtt[record.key] = ended - started
 
 
 @asynccontextmanager
@@ -504,11 +604,12 @@ async def open_bmc_pool(
             keepalive_interval=keepalive_interval,
             min_command_interval=min_command_interval,
         )
+        nursery.start_soon(pool._keepalive_loop)
         try:
             yield pool
         finally:
             await pool.aclose()
-            # Workers end on their own once their channel closes; never wait forever.
+            # Closing tasks are bounded by CLOSE_TIMEOUT; never wait forever.
             nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT + 1.0
 
 
