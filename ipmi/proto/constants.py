@@ -157,8 +157,14 @@ BMC_ADDRESS = 0x20  # IPMB slave address of the BMC (rsAddr)
 REMOTE_CONSOLE_ADDRESS = 0x81  # software ID of a remote console (rqAddr)
 CURRENT_CHANNEL = 0x0E  # "this channel" in Get Channel Authentication Capabilities
 
+# Completion codes (IPMI v2.0 table 5-2, and the command-specific ones noted).
 CC_OK = 0x00
+CC_INVALID_COMMAND = 0xC1
+CC_REQUEST_DATA_LENGTH_INVALID = 0xC7
+CC_PARAMETER_OUT_OF_RANGE = 0xC9
+CC_INVALID_DATA_FIELD = 0xCC
 CC_INSUFFICIENT_PRIVILEGE = 0xD4
+CC_NOT_IN_PRESENT_STATE = 0xD5
 CC_INVALID_SESSION_ID = 0x87  # Close Session: invalid session ID in request
 CC_PRIVILEGE_NOT_AVAILABLE = 0x80  # Set Session Privilege Level
 CC_PRIVILEGE_EXCEEDS_LIMIT = 0x81  # Set Session Privilege Level

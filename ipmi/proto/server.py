@@ -27,10 +27,13 @@ from ipmi.errors import MalformedPacketError
 from ipmi.proto import crypto, wire
 from ipmi.proto.constants import (
     CC_INSUFFICIENT_PRIVILEGE,
+    CC_INVALID_COMMAND,
+    CC_INVALID_DATA_FIELD,
     CC_INVALID_SESSION_ID,
     CC_OK,
     CC_PRIVILEGE_EXCEEDS_LIMIT,
     CC_PRIVILEGE_NOT_AVAILABLE,
+    CC_REQUEST_DATA_LENGTH_INVALID,
     CURRENT_CHANNEL,
     MAX_USERNAME_LENGTH,
     Command,
@@ -55,11 +58,6 @@ from ipmi.proto.messages import (
     SetSessionPrivilegeLevelResponse,
 )
 
-CC_INVALID_COMMAND = 0xC1
-CC_REQUEST_DATA_LENGTH_INVALID = 0xC7
-CC_PARAMETER_OUT_OF_RANGE = 0xC9
-CC_INVALID_DATA_FIELD = 0xCC
-CC_NOT_IN_PRESENT_STATE = 0xD5
 GET_CHANNEL_CIPHER_SUITES = 0x54
 LAN_CHANNEL = 1
 

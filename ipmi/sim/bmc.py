@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ipmi.proto.constants import CC_OK, ChassisAction
-from ipmi.proto.server import CC_NOT_IN_PRESENT_STATE, CC_PARAMETER_OUT_OF_RANGE
+from ipmi.proto.constants import (
+    CC_NOT_IN_PRESENT_STATE,
+    CC_OK,
+    CC_PARAMETER_OUT_OF_RANGE,
+    ChassisAction,
+)
 
 if TYPE_CHECKING:
     from ipmi.proto.server import BmcProtocol

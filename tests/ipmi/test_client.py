@@ -31,8 +31,8 @@ from ipmi import (
     open_bmc,
 )
 from ipmi.proto import wire
-from ipmi.proto.constants import ChassisAction, Command, NetFn, PayloadType
-from ipmi.proto.server import CC_NOT_IN_PRESENT_STATE, BmcProtocol, ServerPolicy
+from ipmi.proto.constants import CC_NOT_IN_PRESENT_STATE, ChassisAction, Command, NetFn, PayloadType
+from ipmi.proto.server import BmcProtocol, ServerPolicy
 
 PASSWORD = "correct horse"
 USERNAME = "admin"

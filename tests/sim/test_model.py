@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipmi.proto.constants import ChassisAction
-from ipmi.proto.server import CC_NOT_IN_PRESENT_STATE, CC_PARAMETER_OUT_OF_RANGE
+from ipmi.proto.constants import CC_NOT_IN_PRESENT_STATE, CC_PARAMETER_OUT_OF_RANGE, ChassisAction
 from ipmi.sim import Faults, PowerTiming, SimBmc, parse_selection, write_inventory
 
 

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from ipmi.errors import MalformedPacketError
 from ipmi.proto import crypto, server, wire
-from ipmi.proto.constants import ChassisAction, Command, NetFn, PayloadType, RmcpPlusStatus
+from ipmi.proto.constants import (
+    CC_INVALID_COMMAND,
+    CC_NOT_IN_PRESENT_STATE,
+    ChassisAction,
+    Command,
+    NetFn,
+    PayloadType,
+    RmcpPlusStatus,
+)
 from ipmi.proto.messages import (
     ChassisControlRequest,
     CloseSessionRequest,
@@ -24,8 +32,6 @@ from ipmi.proto.messages import (
     SetSessionPrivilegeLevelRequest,
 )
 from ipmi.proto.server import (
-    CC_INVALID_COMMAND,
-    CC_NOT_IN_PRESENT_STATE,
     BmcProtocol,
     ServerPolicy,
     is_session_packet,
