@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from agent.bmcs import (
+    CLOSE_CONCURRENCY,
     KEEPALIVE_CONCURRENCY,
     BmcEndpoint,
     BmcPool,
@@ -399,3 +400,31 @@ async def test_a_waiter_cancelled_at_the_gate_lets_the_others_through(
         assert await read(pool, "c", 10001) == POWER_ON
     assert bmc.max_in_flight == 1
     assert [name for _, name in bmc.commands] == ["status", "status"]
+
+
+async def test_closing_the_pool_closes_every_session_with_a_few_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    count = CLOSE_CONCURRENCY + 44
+    fleet = fake_fleet(count)
+    closing = peak = 0
+
+    @asynccontextmanager
+    async def slow_to_close(point: BmcEndpoint) -> AsyncIterator[FakeSession]:
+        nonlocal closing, peak
+        async with fleet.opener(point) as session:
+            try:
+                yield session
+            finally:
+                closing += 1
+                peak = max(peak, closing)
+                await trio.sleep(0.1)  # Close Session's round trip
+                closing -= 1
+
+    async with open_bmc_pool(slow_to_close) as pool:
+        async with trio.open_nursery() as nursery:
+            for index in range(count):
+                nursery.start_soon(read, pool, f"node-{index}", 10001 + index)
+        assert pool.open_sessions() == count
+    assert all(bmc.closes == 1 for bmc in fleet.bmcs.values())
+    assert peak == CLOSE_CONCURRENCY
