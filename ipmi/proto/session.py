@@ -126,7 +126,42 @@ class _Pending:
 
 
 class ClientSession:
-    """One RMCP+ session with one BMC, client side. See the module docstring."""
+    """One RMCP+ session with one BMC, client side. See the module docstring.
+
+    Slotted, and the login's nonces, GUID and SIK are dropped as soon as the keys exist:
+    an agent holds one of these per node for days."""
+
+    __slots__ = (
+        "_bmc_guid",
+        "_bmc_random",
+        "_console_random",
+        "_crypto",
+        "_entropy",
+        "_highest_in",
+        "_kg",
+        "_next_request_id",
+        "_out_seq",
+        "_password",
+        "_pending",
+        "_priv_request_id",
+        "_probe",
+        "_probe_rq_seq",
+        "_rq_seq",
+        "_seen_mask",
+        "_sik",
+        "_suite_index",
+        "_suites",
+        "_tag",
+        "_username",
+        "_window",
+        "bmc_kg_set",
+        "bmc_session_id",
+        "console_session_id",
+        "drops",
+        "privilege",
+        "state",
+        "suite",
+    )
 
     def __init__(
         self,
@@ -251,7 +286,8 @@ class ClientSession:
 
     def forget(self, request_id: int) -> None:
         """Stop waiting for a request; a late answer is then dropped as stale."""
-        self._pending.pop(request_id, None)
+        if self._pending.pop(request_id, None) is not None and not self._pending:
+            self._pending.clear()
 
     def close(self) -> bytes:
         """The Close Session datagram (no answer is needed); the state becomes CLOSED."""
@@ -435,6 +471,7 @@ class ClientSession:
                 f"BMC's RAKP4 integrity check value does not verify: wrong K_G{hint}"
             )
         self._crypto = SessionCrypto(suite, self._sik, self._entropy)
+        self._forget_login_secrets()
         if self.privilege <= Privilege.USER:
             self.state = State.ESTABLISHED
             return LoginComplete(suite.id, self.privilege)
@@ -445,6 +482,11 @@ class ClientSession:
             request.NETFN, request.CMD, request.encode()
         )
         return LoginStep(datagram)
+
+    def _forget_login_secrets(self) -> None:
+        """The nonces, GUID and SIK are only needed until the keys are derived (a re-login
+        draws new ones); the password stays, for a transparent re-login."""
+        self._console_random = self._bmc_random = self._bmc_guid = self._sik = b""
 
     def _status_error(self, message: str, status: int) -> IpmiError:
         text = f"BMC answered {message} with {status_name(status)}"
@@ -466,43 +508,43 @@ class ClientSession:
         if not wire.is_v2(datagram):
             return self._drop("unauthenticated")  # IPMI 1.5 or ASF: never part of a session
         try:
-            packet = wire.decode_v2(datagram, crypto.suite.integrity_length)
+            flags, session_id, sequence, payload, signed, auth_code = wire.split_v2(
+                datagram, crypto.suite.integrity_length
+            )
         except MalformedPacketError:
             return self._drop("malformed")
-        if not packet.authenticated:
+        if not flags & wire.PAYLOAD_AUTHENTICATED:
             return self._drop("unauthenticated")
-        if packet.session_id != self.console_session_id:
+        if session_id != self.console_session_id:
             return self._drop("wrong-session")
-        if not codes_match(crypto.mac(packet.signed), packet.auth_code):
+        if not crypto.authentic(signed, auth_code):
             return self._drop("integrity")
-        if not self._accept_sequence(packet.sequence):
+        if not self._accept_sequence(sequence):
             return self._drop("replay")
-        if packet.payload_type != PayloadType.IPMI:
+        if flags & wire.PAYLOAD_TYPE_MASK != PayloadType.IPMI:
             return self._drop("unexpected")
         # From here on the packet provably comes from the BMC: a violation poisons.
-        if not packet.encrypted:
+        if not flags & wire.PAYLOAD_ENCRYPTED:
             self._poison("BMC sent an unencrypted payload in an encrypted session")
         try:
-            response = wire.IpmiResponse.decode(crypto.decrypt(packet.payload))
+            netfn, cmd, rq_seq, completion_code, data = wire.split_response(crypto.decrypt(payload))
         except MalformedPacketError as error:
             self._poison(f"BMC sent an authenticated but invalid message ({error})")
-        request_id = self._match(response)
+        request_id = self._match(netfn, cmd, rq_seq)
         if request_id is None:
             return self._drop("stale")
         if request_id == self._priv_request_id and self.state is State.AWAIT_PRIV:
-            return self._receive_privilege(response)
-        return Response(
-            request_id, response.netfn, response.cmd, response.completion_code, response.data
-        )
+            return self._receive_privilege(completion_code, data)
+        return Response(request_id, netfn, cmd, completion_code, data)
 
-    def _receive_privilege(self, response: wire.IpmiResponse) -> Event:
-        if response.completion_code != 0:
+    def _receive_privilege(self, completion_code: int, data: bytes) -> Event:
+        if completion_code != 0:
             raise NegotiationError(
                 f"BMC refused privilege {self.privilege.name.lower()} "
-                f"(completion code 0x{response.completion_code:02x})"
+                f"(completion code 0x{completion_code:02x})"
             )
         try:
-            granted = msg.SetSessionPrivilegeLevelResponse.decode(response.data).privilege
+            granted = msg.SetSessionPrivilegeLevelResponse.decode(data).privilege
         except MalformedPacketError:
             granted = -1
         if granted != self.privilege:
@@ -512,14 +554,13 @@ class ClientSession:
         self.state = State.ESTABLISHED
         return LoginComplete(self._require_suite().id, self.privilege)
 
-    def _match(self, response: wire.IpmiResponse) -> int | None:
-        for request_id, pending in self._pending.items():
-            if (
-                pending.rq_seq == response.rq_seq
-                and pending.netfn | 1 == response.netfn
-                and pending.cmd == response.cmd
-            ):
-                del self._pending[request_id]
+    def _match(self, netfn: int, cmd: int, rq_seq: int) -> int | None:
+        pending_requests = self._pending
+        for request_id, pending in pending_requests.items():
+            if pending.rq_seq == rq_seq and pending.netfn | 1 == netfn and pending.cmd == cmd:
+                del pending_requests[request_id]
+                if not pending_requests:
+                    pending_requests.clear()  # frees the table a deletion leaves behind
                 return request_id
         return None
 
@@ -541,13 +582,14 @@ class ClientSession:
         return True
 
     def _request(self, netfn: int, cmd: int, data: bytes) -> tuple[int, bytes]:
-        in_use = {pending.rq_seq for pending in self._pending.values()}
-        if len(in_use) >= RQ_SEQ_MODULO:
-            raise IpmiError("64 requests outstanding: no free rqSeq")
         rq_seq = self._take_rq_seq()
-        while rq_seq in in_use:
-            rq_seq = self._take_rq_seq()
-        message = wire.IpmiRequest(netfn, cmd, rq_seq, data).encode()
+        if self._pending:
+            in_use = {pending.rq_seq for pending in self._pending.values()}
+            if len(in_use) >= RQ_SEQ_MODULO:
+                raise IpmiError("64 requests outstanding: no free rqSeq")
+            while rq_seq in in_use:
+                rq_seq = self._take_rq_seq()
+        message = wire.request_message(netfn, cmd, rq_seq, data)
         datagram = self._seal(message)
         request_id = self._next_request_id
         self._next_request_id += 1

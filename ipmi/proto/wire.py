@@ -230,44 +230,57 @@ def is_v2(datagram: bytes) -> bool:
 def decode_v2(datagram: bytes, auth_code_length: int = 0) -> V2Packet:
     """Split an RMCP+ datagram. An authenticated one needs ``auth_code_length`` (the
     session's integrity code length); its code is returned unverified in ``auth_code``."""
-    message_class, body = split_rmcp(datagram)
-    if message_class != RMCP_CLASS_IPMI:
-        raise MalformedPacketError("not an IPMI message")
-    if len(body) < _V2_HEADER.size:
-        raise MalformedPacketError("RMCP+ session header too short")
-    auth_type, flags, session_id, sequence, length = _V2_HEADER.unpack_from(body)
-    if auth_type != AUTH_TYPE_RMCP_PLUS:
-        raise MalformedPacketError("not an RMCP+ (IPMI 2.0) packet")
-    payload_type = flags & PAYLOAD_TYPE_MASK
-    if payload_type == PAYLOAD_TYPE_OEM_EXPLICIT:
-        raise MalformedPacketError("OEM explicit payloads are not supported")
-    end = _V2_HEADER.size + length
-    payload = body[_V2_HEADER.size : end]
-    if len(payload) != length:
-        raise MalformedPacketError("RMCP+ payload shorter than its length field")
-    authenticated = bool(flags & PAYLOAD_AUTHENTICATED)
-    if not authenticated:
-        if len(body) != end:
-            raise MalformedPacketError("trailing bytes after an unauthenticated payload")
-        return V2Packet(payload_type, session_id, sequence, payload, bool(flags & 0x80))
-    if auth_code_length <= 0:
-        raise MalformedPacketError("authenticated packet before integrity keys exist")
-    pad = integrity_pad_length(length)
-    signed_end = end + pad + 2
-    if len(body) != signed_end + auth_code_length:
-        raise MalformedPacketError("RMCP+ trailer has the wrong length")
-    if body[signed_end - 2] != pad or body[signed_end - 1] != NEXT_HEADER:
-        raise MalformedPacketError("bad RMCP+ integrity pad or next header")
+    flags, session_id, sequence, payload, signed, auth_code = split_v2(datagram, auth_code_length)
     return V2Packet(
-        payload_type,
+        flags & PAYLOAD_TYPE_MASK,
         session_id,
         sequence,
         payload,
         bool(flags & PAYLOAD_ENCRYPTED),
-        True,
-        body[signed_end:],
-        body[:signed_end],
+        bool(flags & PAYLOAD_AUTHENTICATED),
+        auth_code,
+        signed,
     )
+
+
+def split_v2(
+    datagram: bytes, auth_code_length: int = 0
+) -> tuple[int, int, int, bytes, bytes, bytes]:
+    """:func:`decode_v2` without building a :class:`V2Packet`, for the per-packet path:
+    (payload type byte with the encrypted/authenticated bits, session id, sequence,
+    payload, signed range, auth code); the last two are empty when unauthenticated."""
+    if len(datagram) < 4:
+        raise MalformedPacketError("datagram shorter than an RMCP header")
+    if datagram[0] != RMCP_VERSION:
+        raise MalformedPacketError(f"not RMCP version 1.0 (0x{datagram[0]:02x})")
+    if datagram[3] & 0x1F != RMCP_CLASS_IPMI:
+        split_rmcp(datagram)  # raises for an unknown class
+        raise MalformedPacketError("not an IPMI message")
+    if len(datagram) < 4 + _V2_HEADER.size:
+        raise MalformedPacketError("RMCP+ session header too short")
+    auth_type, flags, session_id, sequence, length = _V2_HEADER.unpack_from(datagram, 4)
+    if auth_type != AUTH_TYPE_RMCP_PLUS:
+        raise MalformedPacketError("not an RMCP+ (IPMI 2.0) packet")
+    if flags & PAYLOAD_TYPE_MASK == PAYLOAD_TYPE_OEM_EXPLICIT:
+        raise MalformedPacketError("OEM explicit payloads are not supported")
+    start = 4 + _V2_HEADER.size
+    end = start + length
+    payload = datagram[start:end]
+    if len(payload) != length:
+        raise MalformedPacketError("RMCP+ payload shorter than its length field")
+    if not flags & PAYLOAD_AUTHENTICATED:
+        if len(datagram) != end:
+            raise MalformedPacketError("trailing bytes after an unauthenticated payload")
+        return flags, session_id, sequence, payload, b"", b""
+    if auth_code_length <= 0:
+        raise MalformedPacketError("authenticated packet before integrity keys exist")
+    pad = -(_V2_HEADER.size + length + 2) % 4  # integrity_pad_length, inlined
+    signed_end = end + pad + 2
+    if len(datagram) != signed_end + auth_code_length:
+        raise MalformedPacketError("RMCP+ trailer has the wrong length")
+    if datagram[signed_end - 2] != pad or datagram[signed_end - 1] != NEXT_HEADER:
+        raise MalformedPacketError("bad RMCP+ integrity pad or next header")
+    return flags, session_id, sequence, payload, datagram[4:signed_end], datagram[signed_end:]
 
 
 # --- IPMI LAN messages -------------------------------------------------------------------------
@@ -292,10 +305,16 @@ class IpmiRequest:
     rq_lun: int = 0
 
     def encode(self) -> bytes:
-        head = bytes((self.rs_addr, (self.netfn << 2 | self.rs_lun) & 0xFF))
-        body = bytes((self.rq_addr, (self.rq_seq << 2 | self.rq_lun) & 0xFF, self.cmd))
-        body += self.data
-        return head + bytes((checksum(head),)) + body + bytes((checksum(body),))
+        return request_message(
+            self.netfn,
+            self.cmd,
+            self.rq_seq,
+            self.data,
+            rs_addr=self.rs_addr,
+            rs_lun=self.rs_lun,
+            rq_addr=self.rq_addr,
+            rq_lun=self.rq_lun,
+        )
 
     @classmethod
     def decode(cls, message: bytes) -> Self:
@@ -339,6 +358,30 @@ class IpmiResponse:
             rs_addr,
             seq_lun & 3,
         )
+
+
+def request_message(
+    netfn: int,
+    cmd: int,
+    rq_seq: int,
+    data: bytes = b"",
+    *,
+    rs_addr: int = BMC_ADDRESS,
+    rs_lun: int = 0,
+    rq_addr: int = REMOTE_CONSOLE_ADDRESS,
+    rq_lun: int = 0,
+) -> bytes:
+    """The bytes of an :class:`IpmiRequest`, without building one (per-packet path)."""
+    head = bytes((rs_addr, (netfn << 2 | rs_lun) & 0xFF))
+    body = bytes((rq_addr, (rq_seq << 2 | rq_lun) & 0xFF, cmd)) + data
+    return head + bytes((-sum(head) & 0xFF,)) + body + bytes((-sum(body) & 0xFF,))
+
+
+def split_response(message: bytes) -> tuple[int, int, int, int, bytes]:
+    """(response NetFn, cmd, rqSeq, completion code, data) of an IPMI response message, with
+    the same checks as :meth:`IpmiResponse.decode` but no object (per-packet path)."""
+    _, netfn_lun, _, seq_lun, cmd, rest = _split_lan(message, 8)
+    return netfn_lun >> 2, cmd, seq_lun >> 2, rest[0], rest[1:]
 
 
 def _split_lan(message: bytes, minimum: int) -> tuple[int, int, int, int, int, bytes]:
