@@ -13,6 +13,7 @@ fifth of the client's CPU. The checkpoint rules are documented on each method.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -116,12 +117,20 @@ async def connect_udp(host: str, port: int) -> UdpEndpoint:
     if not infos:
         raise OSError(f"cannot resolve {host}")
     family, kind, proto, _, address = infos[0]
+    peer = peer_label(host, port)
     sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
-        # A UDP connect only records the peer (no packet is sent): it cannot block.
+        # A UDP connect only records the peer and picks a local port: nothing to wait for.
+        # EAGAIN means no local port is free; trio's socket took that for "in progress"
+        # and returned an unconnected socket (EDESTADDRREQ on the first send).
         sock.connect(address)
+    except BlockingIOError:
+        sock.close()
+        raise OSError(
+            errno.EAGAIN, f"{peer}: no free local UDP port (ephemeral port range exhausted)"
+        ) from None
     except BaseException:
         sock.close()
         raise
-    return UdpEndpoint(sock, peer_label(host, port))
+    return UdpEndpoint(sock, peer)

@@ -6,6 +6,7 @@ transport is exercised against ipmi_sim, pyghmi and the simulator elsewhere.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,3 +209,21 @@ async def test_connect_resolves_names_and_rejects_the_unresolvable() -> None:
         endpoint.close()
     with pytest.raises(OSError):
         await connect_udp("no-such-host.invalid", 623)
+
+
+async def test_no_free_local_port_is_a_clear_error_not_an_unconnected_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Exhausting the machine's ephemeral ports in a test would hurt everyone else on it,
+    # so the kernel's EAGAIN from connect() is injected here.
+    opened: list[socket.socket] = []
+
+    def connect_without_a_free_port(self: socket.socket, address: object) -> None:
+        opened.append(self)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(socket.socket, "connect", connect_without_a_free_port)
+    with pytest.raises(OSError, match=r"127\.0\.0\.1:623: no free local UDP port") as caught:
+        await connect_udp("127.0.0.1", 623)
+    assert caught.value.errno == errno.EAGAIN
+    assert opened and opened[0].fileno() == -1  # closed, not leaked
