@@ -374,11 +374,14 @@ class BmcPool:
         self, record: _Record, command: Callable[[BmcSessionLike], Awaitable[Any]]
     ) -> Any:
         """Run ``command`` on ``record``'s session in the caller's task, logging in first."""
-        if record.forgotten or self._closed:
+        if self._closed:
             raise BmcUnavailable(f"session to {record.endpoint.label} is closed")
         gate = record.gate
         record.stage = _WAITING
         await gate.acquire()
+        if record.forgotten:  # before or while we waited: its session is closed
+            gate.release()
+            raise BmcUnavailable(f"session to {record.endpoint.label} is closed")
         record.in_use = True
         self._idle.pop(record.key, None)
         started: float | None = None

@@ -428,3 +428,28 @@ async def test_closing_the_pool_closes_every_session_with_a_few_tasks(
         assert pool.open_sessions() == count
     assert all(bmc.closes == 1 for bmc in fleet.bmcs.values())
     assert peak == CLOSE_CONCURRENCY
+
+
+async def test_a_node_forgotten_while_its_caller_waits_gets_no_new_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fleet = fake_fleet(1)
+    bmc = fleet[10001]
+    bmc.command_time = 2.0
+    refused: list[BaseException] = []
+
+    async def read_gone(pool: BmcPool) -> None:
+        try:
+            await read(pool, "gone", 10001)
+        except BmcUnavailable as exc:
+            refused.append(exc)
+
+    async with open_bmc_pool(fleet.opener) as pool, trio.open_nursery() as nursery:
+        nursery.start_soon(read, pool, "other", 10001)  # holds the BMC for 2 s
+        await trio.sleep(0.5)
+        nursery.start_soon(read_gone, pool)  # waits behind "other"
+        await trio.sleep(0.5)
+        assert pool.stage("gone") == "waiting for another command to 127.0.0.1:10001"
+        pool.forget("gone")
+    assert len(refused) == 1
+    assert bmc.logins == 1  # only "other" ever logged in
