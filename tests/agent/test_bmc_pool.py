@@ -453,3 +453,22 @@ async def test_a_node_forgotten_while_its_caller_waits_gets_no_new_session(
         pool.forget("gone")
     assert len(refused) == 1
     assert bmc.logins == 1  # only "other" ever logged in
+
+
+async def test_keepalives_keep_a_real_session_from_idling_out() -> None:
+    password = "pool-" + secrets.token_hex(4)
+    # The simulated BMC drops a session idle for 1 s; the pool's keepalive comes every 0.3 s.
+    async with open_fleet(1, password=password, power_on=True, idle_timeout=1.0) as fleet:
+        sim = fleet.bmcs[0]
+        point = BmcEndpoint(sim.address, sim.port, "admin", password)
+        async with open_bmc_pool(configured_opener(FAST_IPMI), keepalive_interval=0.3) as pool:
+            async with pool.lease("sim-0", point) as bmc:
+                assert await bmc.get_power() == POWER_ON
+            answered = sim.requests
+            await trio.sleep(2.5)
+            assert sim.requests >= answered + 3  # keepalives reached the BMC
+            assert fleet.session_count() == 1
+            async with pool.lease("sim-0", point) as bmc:
+                assert await bmc.get_power() == POWER_ON
+            assert pool.counters.logins == 1  # never logged in again
+            assert pool.counters.failures == 0
