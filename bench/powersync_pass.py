@@ -87,7 +87,11 @@ async def run_node(
 ) -> None:
     port = args.port_base + index
     retry = RetryPolicy(
-        first_timeout=args.retry_timeout, backoff=2.0, max_timeout=4.0, retries=args.retries
+        first_timeout=args.retry_timeout,
+        backoff=2.0,
+        max_timeout=max(4.0, args.retry_timeout),
+        retries=args.retries,
+        **({} if args.adaptive is None else {"adaptive": args.adaptive}),
     )
 
     def connect() -> Any:
@@ -197,6 +201,12 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=15.0, help="per node, seconds")
     parser.add_argument("--retry-timeout", type=float, default=1.0)
     parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RTT-adaptive first retransmission timeout for reads (default: the client's)",
+    )
     parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -47,7 +47,7 @@ from ipmi.proto.messages import (
     GetChassisStatusResponse,
     GetDeviceIdRequest,
 )
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
+from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response, State
 from ipmi.retry import RetryPolicy, RttEstimator
 from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 
@@ -412,7 +412,11 @@ class BmcSession:
         Fixed schedule: run n of the handshake waits ``timeouts()[n]`` for each step.
         Adaptive: run n waits the current RTO times ``backoff**n`` for each step (each
         answered step is measured: a restarted handshake drops every answer to an earlier
-        run, so none is ambiguous), until the fixed schedule's budget has expired.
+        run, so none is ambiguous), until the fixed schedule's budget has expired. Either
+        way at most ``retries + 1`` runs send Open Session: each may leave a session behind
+        on the BMC, which has only a few (often 4). Runs lost at the sessionless
+        capabilities probe cost the BMC nothing, and the last allowed run waits out the
+        budget on it; session steps never wait longer than ``max_timeout``.
         """
         self._logged_in = False
         policy = self._retry
@@ -420,13 +424,14 @@ class BmcSession:
         started = trio.current_time()
         attempt = 0
         spent = 0.0  # seconds of step waits that expired unanswered
-        while (step_wait := self._login_step_wait(fixed, attempt, spent)) is not None:
+        opened = 0  # runs that got as far as sending Open Session
+        while (step_wait := self._login_step_wait(fixed, attempt, spent, opened)) is not None:
             attempt += 1
             if attempt > 1:
                 self._counters.retransmits += 1
                 self._log_restart(attempt, started)
             try:
-                complete, expired = await self._handshake(step_wait)
+                complete, expired, opened_one = await self._handshake(step_wait)
             except (AuthenticationError, NegotiationError, SessionLostError) as exc:
                 # Never retried: a wrong password tried again only locks the user out.
                 raise type(exc)(f"{self.peer}: {exc}") from exc
@@ -436,27 +441,34 @@ class BmcSession:
                 self._counters.logins += 1
                 return
             spent += expired
+            opened += opened_one
         raise NoResponseError(
             f"{self.peer}: no answer to login after {attempt} attempts "
             f"({trio.current_time() - started:.1f} s)"
         )
 
     def _login_step_wait(
-        self, fixed: Iterator[float], run: int, spent: float
-    ) -> Callable[[], float] | None:
-        """How long each step of handshake run ``run`` (0-based) waits; None: give up."""
+        self, fixed: Iterator[float], run: int, spent: float, opened: int
+    ) -> Callable[[bool], float] | None:
+        """How long each step of handshake run ``run`` (0-based) waits, given whether the
+        step opens or uses a BMC session; None: give up."""
         policy = self._retry
         if not policy.adaptive:
             timeout = next(fixed, None)
-            return None if timeout is None else lambda: timeout
-        if policy.adaptive_wait(self._rtt.rto, run, spent) is None:
+            return None if timeout is None else lambda _: timeout
+        if opened > policy.retries or policy.adaptive_wait(self._rtt.rto, run, spent) is None:
             return None
+        last_session = opened == policy.retries
 
-        def wait() -> float:
+        def wait(session_step: bool) -> float:
             # Asked again before each step: the steps answered so far refine the RTO.
-            value = policy.adaptive_wait(self._rtt.rto, run, spent)
+            value = policy.adaptive_wait(
+                self._rtt.rto, run, spent, final=last_session and session_step
+            )
             assert value is not None  # run and spent do not change within one run
-            return value
+            # A BMC forgets a half-open login within seconds (OpenBMC: 3 s): never wait
+            # longer on a session step than the fixed schedule would.
+            return min(value, policy.max_timeout) if session_step else value
 
         return wait
 
@@ -484,14 +496,17 @@ class BmcSession:
         )
 
     async def _handshake(
-        self, step_wait: Callable[[], float]
-    ) -> tuple[LoginComplete | None, float]:
-        """One run of the handshake: (LoginComplete, 0), or (None, the wait that expired)
-        when a step went unanswered for ``step_wait()`` seconds."""
+        self, step_wait: Callable[[bool], float]
+    ) -> tuple[LoginComplete | None, float, bool]:
+        """One run of the handshake: (LoginComplete or None when a step went unanswered,
+        the wait that expired, whether Open Session was sent)."""
         machine = self._machine
         datagram = machine.begin_login()
+        opened = False
         while True:
-            wait = step_wait()
+            session_step = machine.state is not State.AWAIT_AUTH_CAP
+            opened = opened or session_step
+            wait = step_wait(session_step)
             sent_at = trio.current_time()
             await self._send(datagram)
             event = await self._next_event(
@@ -500,10 +515,10 @@ class BmcSession:
                 lambda e: isinstance(e, (LoginStep, LoginComplete)),
             )
             if event is None:
-                return None, wait
+                return None, wait, opened
             self._rtt.sample(trio.current_time() - sent_at)
             if isinstance(event, LoginComplete):
-                return event, 0.0
+                return event, 0.0, opened
             assert isinstance(event, LoginStep)
             datagram = event.datagram
 

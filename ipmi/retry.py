@@ -84,17 +84,20 @@ class RetryPolicy:
         extra = ADAPTIVE_EXTRA_RETRANSMISSIONS if self.adaptive else 0
         return self.retries + 1 + extra
 
-    def adaptive_wait(self, first: float, attempt: int, spent: float) -> float | None:
+    def adaptive_wait(
+        self, first: float, attempt: int, spent: float, *, final: bool = False
+    ) -> float | None:
         """The wait after send number ``attempt`` (0 = the first send) of an adaptive request
         whose first wait is ``first``, when ``spent`` seconds of waits have already expired;
         None when the budget or the datagram allowance is used up (give up).
 
-        The last allowed send waits out whatever is left of the budget.
+        The last allowed send (or any the caller declares ``final``) waits out whatever is
+        left of the budget.
         """
         remaining = self.budget() - spent
         if attempt >= self.max_attempts or remaining <= _EPSILON:
             return None
-        if attempt == self.max_attempts - 1:
+        if final or attempt == self.max_attempts - 1:
             return remaining
         return min(first * self.backoff**attempt, self.max_timeout, remaining)
 

@@ -409,3 +409,42 @@ async def test_caller_deadline_still_rules(autojump_clock: object) -> None:
             bmc.alive = True
             assert await session.get_power() is True
             assert session.statistics().logins == 1
+
+
+async def test_a_login_opens_no_more_sessions_than_the_fixed_schedule(
+    autojump_clock: object,
+) -> None:
+    """A BMC that completes RAKP but never grants the privilege: every run leaves a
+    session behind on it. At most retries + 1 runs may do that (BMCs have about 4 slots),
+    as with the fixed schedule; the last one waits max_timeout, as the fixed one would."""
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(
+            bmc, nursery, latency(0.0, drop={("to_client", "privilege"): set(range(1, 20))})
+        )
+        started = trio.current_time()
+        with pytest.raises(NoResponseError, match="no answer to login after 4 attempts"):
+            async with bmc_session(network, retry=ADAPTIVE):
+                pytest.fail("logged in without the privilege answer")
+        took = trio.current_time() - started
+    assert network.labels().count("open") == 4
+    assert took == pytest.approx(0.05 + 0.1 + 0.2 + 4.0)  # the last: max_timeout
+
+
+async def test_runs_lost_at_the_sessionless_probe_do_not_count_against_sessions(
+    autojump_clock: object,
+) -> None:
+    bmc = FakeBmc(on=True)
+    drop = {("to_client", "privilege"): {1, 2, 3}, ("to_bmc", "v15"): {2, 3}}
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, latency(0.0, drop=drop))
+        started = trio.current_time()
+        async with bmc_session(network, retry=ADAPTIVE) as session:
+            took = trio.current_time() - started
+            assert await session.get_power() is True
+            stats = session.statistics()
+    assert network.labels().count("v15") == 6
+    assert network.labels().count("open") == 4
+    assert stats.logins == 1 and stats.retransmits == 5
+    # Nothing waited for the first probe (answered at once), then 50 ms doubling each run.
+    assert took == pytest.approx(0.05 + 0.1 + 0.2 + 0.4 + 0.8)
