@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from agent.bmc_gate import EndpointGate
 from agent.errors import AgentError
 from agent.policy import POWER_OFF, POWER_ON
 from ipmi import RetryPolicy, open_bmc
@@ -186,37 +187,8 @@ _STAGE_WORDS = (
     "login to {}",
     "a command to {}",
 )
-_NO_STATISTICS = (0, 0, 0)  # logins, retransmits, drops
-
-
-class _Gate:
-    """One request in flight per BMC endpoint, and when the last one ended.
-
-    A lock that costs nothing until contended: the waiting room is made on first need, and
-    release hands the gate straight to the longest waiter.
-    """
-
-    __slots__ = ("busy", "last_end", "waiting")
-
-    def __init__(self) -> None:
-        self.busy = False
-        self.last_end = -math.inf
-        self.waiting: trio.lowlevel.ParkingLot | None = None
-
-    async def acquire(self) -> None:
-        # Uncontended, no checkpoint: the request that follows checkpoints anyway.
-        if not self.busy:
-            self.busy = True
-            return
-        if self.waiting is None:
-            self.waiting = trio.lowlevel.ParkingLot()
-        await self.waiting.park()  # woken by release(), which keeps busy set for us
-
-    def release(self) -> None:
-        if self.waiting:
-            self.waiting.unpark()
-        else:
-            self.busy = False
+_STATISTICS = ("logins", "retransmits", "drops")  # what sessions count for the pool
+_NO_STATISTICS = (0, 0, 0)
 
 
 class _Record:
@@ -236,14 +208,14 @@ class _Record:
         "stage",
     )
 
-    def __init__(self, pool: BmcPool, key: str, endpoint: BmcEndpoint, gate: _Gate) -> None:
+    def __init__(self, pool: BmcPool, key: str, endpoint: BmcEndpoint, gate: EndpointGate) -> None:
         self.pool = pool
         self.key = key
         self.endpoint = endpoint
         self.gate = gate
         self.session: BmcSessionLike | None = None
         self.context: AbstractAsyncContextManager[BmcSessionLike] | None = None
-        self.seen = _NO_STATISTICS  # the session's counters already added to the pool's
+        self.seen: tuple[int, ...] = _NO_STATISTICS  # the session's counts already added
         self.last_used = -math.inf
         self.in_use = False  # someone holds the gate for this record
         self.forgotten = False
@@ -283,7 +255,7 @@ class BmcPool:
         self._opener = opener
         self.keepalive_interval = keepalive_interval
         self.min_command_interval = min_command_interval
-        self._gates: dict[tuple[str, int], _Gate] = {}
+        self._gates: dict[tuple[str, int], EndpointGate] = {}
         self._records: dict[str, _Record] = {}  # persistent sessions, per node key
         self._per_cycle: dict[str, _Record] = {}  # the latest per-cycle lease, for stage()
         # Persistent sessions nobody is using, least recently used first.
@@ -405,11 +377,7 @@ class BmcPool:
             # request, drops its late answer as stale, and the session stays valid.
             ended = self._release(record)
         assert started is not None
-        rtt = ended - started
-        counters = self._counters
-        counters.requests += 1
-        counters.rtt_sum += rtt
-        self.last_rtt[record.key] = rtt
+        self._count_request(record, ended - started)
         return result
 
     async def _login(self, record: _Record) -> BmcSessionLike:
@@ -435,6 +403,11 @@ class BmcPool:
             elif record.forgotten:
                 self._close_soon(record)
         return ended
+
+    def _count_request(self, record: _Record, rtt: float) -> None:
+        self._counters.requests += 1
+        self._counters.rtt_sum += rtt
+        self.last_rtt[record.key] = rtt
 
     def _count_failure(self, exc: Exception) -> None:
         counters = self._counters
@@ -492,16 +465,11 @@ class BmcPool:
             stats = session.statistics()
         except Exception:  # a session without counters still works
             return
-        now = (
-            int(getattr(stats, "logins", 0) or 0),
-            int(getattr(stats, "retransmits", 0) or 0),
-            int(getattr(stats, "drops", 0) or 0),
-        )
-        logins, retransmits, drops = record.seen
+        now = tuple(int(getattr(stats, name, 0) or 0) for name in _STATISTICS)
         counters = self._counters
-        counters.logins += max(0, now[0] - logins)
-        counters.retransmits += max(0, now[1] - retransmits)
-        counters.drops += max(0, now[2] - drops)
+        for name, count, seen in zip(_STATISTICS, now, record.seen, strict=True):
+            if count > seen:
+                setattr(counters, name, getattr(counters, name) + count - seen)
         record.seen = now
 
     # --- per-cycle sessions -------------------------------------------------------------
@@ -522,11 +490,11 @@ class BmcPool:
                     # a dead BMC costs at most CLOSE_TIMEOUT, even in a cancelled cycle.
                     await self._close(context, endpoint.label)
 
-    def _gate(self, endpoint: BmcEndpoint) -> _Gate:
+    def _gate(self, endpoint: BmcEndpoint) -> EndpointGate:
         address = (endpoint.host, endpoint.port)
         gate = self._gates.get(address)
         if gate is None:
-            gate = self._gates[address] = _Gate()
+            gate = self._gates[address] = EndpointGate()
         return gate
 
     # --- keepalive ----------------------------------------------------------------------
@@ -554,11 +522,11 @@ class BmcPool:
 
     async def _keepalive(self, record: _Record, slots: trio.Semaphore) -> None:
         try:
-            await self._keepalive_one(record)
+            await self._keepalive_unless_busy(record)
         finally:
             slots.release()
 
-    async def _keepalive_one(self, record: _Record) -> None:
+    async def _keepalive_unless_busy(self, record: _Record) -> None:
         interval = self.keepalive_interval
         gate = record.gate
         acquired = False
@@ -599,9 +567,7 @@ class BmcPool:
                 self._close_soon(record)
             ended = self._release(record)
         if failure is None:
-            self._counters.requests += 1
-            self._counters.rtt_sum += ended - started
-            self.last_rtt[record.key] = ended - started
+            self._count_request(record, ended - started)
 
 
 @asynccontextmanager

@@ -472,3 +472,32 @@ async def test_keepalives_keep_a_real_session_from_idling_out() -> None:
                 assert await bmc.get_power() == POWER_ON
             assert pool.counters.logins == 1  # never logged in again
             assert pool.counters.failures == 0
+
+
+async def test_the_endpoint_gate_is_fair_and_survives_a_cancelled_waiter(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from agent.bmc_gate import EndpointGate
+
+    gate = EndpointGate()
+    order: list[str] = []
+
+    async def user(name: str, hold: float) -> None:
+        await gate.acquire()
+        try:
+            order.append(name)
+            await trio.sleep(hold)
+        finally:
+            gate.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(user, "first", 1.0)
+        await trio.sleep(0.1)
+        for name in ("second", "third"):
+            nursery.start_soon(user, name, 0.5)
+            await trio.sleep(0.1)
+        with trio.move_on_after(0.2):
+            await user("impatient", 0.5)  # parked behind the others, then gives up
+        nursery.start_soon(user, "fourth", 0.5)
+    assert order == ["first", "second", "third", "fourth"]
+    assert gate.busy is False
