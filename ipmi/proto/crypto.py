@@ -252,7 +252,7 @@ class SessionCrypto:
 
     def authentic(self, signed: bytes, auth_code: bytes) -> bool:
         """Whether ``auth_code`` is the integrity code of ``signed`` (constant time)."""
-        return hmac.compare_digest(self.mac(signed), auth_code)
+        return codes_match(self.mac(signed), auth_code)
 
     def encrypt(self, plaintext: bytes) -> bytes:
         iv = self._entropy(AES_BLOCK)
