@@ -53,11 +53,13 @@ def peer_label(host: str, port: int) -> str:
 class UdpEndpoint:
     """A UDP socket connected to one BMC: the kernel filters out datagrams from anyone else.
 
-    ``sock`` must be a non-blocking, connected datagram socket; the endpoint owns it."""
+    ``sock`` must be a connected datagram socket (made non-blocking here); the endpoint
+    owns it."""
 
     __slots__ = ("_peer", "_sock")
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
+        sock.setblocking(False)  # a blocking send or recv would stall the whole trio run
         self._sock = sock
         self._peer = peer
 

@@ -194,6 +194,7 @@ async def test_close_is_idempotent_and_wakes_a_waiting_receiver() -> None:
 def test_close_outside_trio_and_repr() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     endpoint = UdpEndpoint(sock, "127.0.0.1:623")
+    assert not sock.getblocking()  # never a blocking call inside trio
     assert repr(endpoint) == "UdpEndpoint(127.0.0.1:623)"
     endpoint.close()
     endpoint.close()
