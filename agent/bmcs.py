@@ -98,20 +98,20 @@ class BmcUnavailable(AgentError):
     """The pool is closed or the request was abandoned."""
 
 
-def ipmi_opener(
-    *,
-    retry_timeout: float = 1.0,
-    retry_backoff: float = 2.0,
-    retries: int = 3,
-    max_timeout: float = 4.0,
-) -> BmcOpener:
-    """The production opener: ``ipmi.open_bmc`` with the configured retry policy."""
-    retry = RetryPolicy(
-        first_timeout=retry_timeout,
-        backoff=retry_backoff,
-        max_timeout=max(max_timeout, retry_timeout),
-        retries=retries,
+def retry_policy(ipmi: IpmiConfig) -> RetryPolicy:
+    """The ``[ipmi]`` section's retry settings as the client's policy."""
+    return RetryPolicy(
+        first_timeout=ipmi.retry_timeout,
+        backoff=ipmi.retry_backoff,
+        max_timeout=max(ipmi.retry_max_timeout, ipmi.retry_timeout),
+        retries=ipmi.retries,
+        adaptive=ipmi.adaptive_retry,
+        min_timeout=ipmi.retry_min_timeout,
     )
+
+
+def policy_opener(retry: RetryPolicy) -> BmcOpener:
+    """The production opener: ``ipmi.open_bmc`` with this retry policy."""
 
     def opener(endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSessionLike]:
         context: AbstractAsyncContextManager[BmcSessionLike] = open_bmc(
@@ -129,13 +129,8 @@ def ipmi_opener(
 
 
 def configured_opener(ipmi: IpmiConfig) -> BmcOpener:
-    """:func:`ipmi_opener` with the ``[ipmi]`` section's retry settings."""
-    return ipmi_opener(
-        retry_timeout=ipmi.retry_timeout,
-        retry_backoff=ipmi.retry_backoff,
-        retries=ipmi.retries,
-        max_timeout=ipmi.retry_max_timeout,
-    )
+    """The production opener with the ``[ipmi]`` section's retry settings."""
+    return policy_opener(retry_policy(ipmi))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -603,6 +598,7 @@ __all__: Sequence[str] = (
     "NodeBmc",
     "configured_opener",
     "describe_error",
-    "ipmi_opener",
     "open_bmc_pool",
+    "policy_opener",
+    "retry_policy",
 )

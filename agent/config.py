@@ -85,6 +85,8 @@ class IpmiConfig:
     retries: int = 3
     session_mode: str = "persistent"
     keepalive_interval: float = 25.0
+    adaptive_retry: bool = True
+    retry_min_timeout: float = 0.05
 
 
 @attrs.frozen
@@ -308,6 +310,13 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
         raise section.fail(
             "retry_max_timeout", f"must be >= retry_timeout ({retry_timeout:g})", retry_max_timeout
         )
+    retry_min_timeout = section.positive(
+        "retry_min_timeout", min(defaults.retry_min_timeout, retry_timeout)
+    )
+    if retry_min_timeout > retry_timeout:
+        raise section.fail(
+            "retry_min_timeout", f"must be <= retry_timeout ({retry_timeout:g})", retry_min_timeout
+        )
     return IpmiConfig(
         cipher_suites=section.cipher_suites("cipher_suites") or defaults.cipher_suites,
         privilege=section.choice("privilege", defaults.privilege, PRIVILEGES),
@@ -317,6 +326,8 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
         retries=section.integer("retries", defaults.retries, minimum=0, maximum=20),
         session_mode=section.choice("session_mode", defaults.session_mode, SESSION_MODES),
         keepalive_interval=section.positive("keepalive_interval", defaults.keepalive_interval),
+        adaptive_retry=section.boolean("adaptive_retry", defaults.adaptive_retry),
+        retry_min_timeout=retry_min_timeout,
     )
 
 

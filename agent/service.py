@@ -33,6 +33,7 @@ from agent.bmcs import (
     BmcPool,
     NodeBmc,
     describe_error,
+    retry_policy,
 )
 from agent.config import AgentConfig, IpmiConfig, node_inventory
 from agent.lanes import NodePace, run_lanes
@@ -57,7 +58,6 @@ from agent.sync_report import (
     node_change,
     node_result,
 )
-from ipmi import RetryPolicy
 from store import Node, NodeChange, Store, StoreError
 
 log = logging.getLogger("powersync.sync")
@@ -82,13 +82,7 @@ def jitter_delay(node_uuid: str, window: float) -> float:
 
 def retry_budget(ipmi: IpmiConfig) -> float:
     """How long the IPMI client waits on one silent request before giving up."""
-    policy = RetryPolicy(
-        first_timeout=ipmi.retry_timeout,
-        backoff=ipmi.retry_backoff,
-        max_timeout=max(ipmi.retry_max_timeout, ipmi.retry_timeout),
-        retries=ipmi.retries,
-    )
-    return sum(policy.timeouts())
+    return retry_policy(ipmi).budget()
 
 
 def endpoint_for(node: Node, ipmi: IpmiConfig) -> BmcEndpoint:

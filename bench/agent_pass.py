@@ -36,6 +36,7 @@ sync_jitter_window = 0
 [ipmi]
 session_mode = "{session_mode}"
 retry_timeout = {retry_timeout}
+adaptive_retry = {adaptive}
 cipher_suites = [{suites}]
 
 [store]
@@ -95,7 +96,7 @@ def prepare(args: argparse.Namespace, password: str) -> None:
 
 
 async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from agent.bmcs import ipmi_opener, open_bmc_pool
+    from agent.bmcs import configured_opener, open_bmc_pool
     from agent.config import load_config
     from agent.service import SyncService
     from agent.storeio import AsyncStore
@@ -111,18 +112,14 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             deadline=args.deadline,
             session_mode=args.session_mode,
             retry_timeout=args.retry_timeout,
+            adaptive="true" if args.adaptive else "false",
             suites=", ".join(str(s) for s in args.cipher_suites),
             store=store_path,
         )
     )
     config = load_config(str(config_path), environ={})
     ipmi = config.ipmi
-    opener = ipmi_opener(
-        retry_timeout=ipmi.retry_timeout,
-        retry_backoff=ipmi.retry_backoff,
-        retries=ipmi.retries,
-        max_timeout=ipmi.retry_max_timeout,
-    )
+    opener = configured_opener(ipmi)
     report: list[dict[str, Any]] = []
     with open_store(str(store_path)) as store:
         async with open_bmc_pool(opener, keepalive_interval=ipmi.keepalive_interval) as pool:
@@ -176,6 +173,12 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=15.0)
     parser.add_argument("--retry-timeout", type=float, default=1.0, help="first retransmit, s")
     parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
+    parser.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="RTT-adaptive retransmission of reads ([ipmi] adaptive_retry)",
+    )
     args = parser.parse_args()
     password = os.environ["BENCH_BMC_PASSWORD"]
     if args.prepare:

@@ -108,6 +108,8 @@ retry_max_timeout = 2
 retries = 2
 session_mode = "per-cycle"
 keepalive_interval = 20
+adaptive_retry = false
+retry_min_timeout = 0.02
 
 [store]
 backend = "json"
@@ -160,6 +162,8 @@ bmc_password_env = "N2_PW"
         retries=2,
         session_mode="per-cycle",
         keepalive_interval=20.0,
+        adaptive_retry=False,
+        retry_min_timeout=0.02,
     )
     assert config.store.backend == "json"
     assert config.store.path == os.path.join(str(tmp_path), "state/nodes.json")
@@ -224,6 +228,8 @@ ERRORS = [
     ("[ipmi]\nretries = -1\n", "[ipmi] retries must be an integer from 0 to 20 (got -1)"),
     ("[ipmi]\nretry_backoff = 0.5\n", "[ipmi] retry_backoff must be a number >= 1 (got 0.5)"),
     ("[ipmi]\nretry_timeout = 3\nretry_max_timeout = 2\n", "retry_max_timeout must be >= retry_"),
+    ("[ipmi]\nretry_min_timeout = 2\n", "[ipmi] retry_min_timeout must be <= retry_timeout (1)"),
+    ('[ipmi]\nadaptive_retry = "yes"\n', "[ipmi] adaptive_retry must be"),
     ('[store]\nbackend = "mysql"\n', "[store] backend must be one of 'sqlite', 'json'"),
     ('[store]\npath = ""\n', "[store] path must be a non-empty string"),
     ('[logging]\nformat = "xml"\n', "[logging] format must be one of 'text', 'json'"),
