@@ -268,17 +268,16 @@ def sweep_workers(
                     runs.extend(
                         run_contender(fleet, BY_NAME[name], options, condition, dead, 1, label)
                     )
-                if condition == "loss5" and args.tuned_retry_timeout:
-                    # what a shorter first retransmission (ipmipower uses 0.4 s) buys under loss
-                    workers = max(args.sweep_workers or [args.workers])
-                    retry = args.tuned_retry_timeout
+                if condition == "loss5" and args.fixed_retry_row:
+                    # The same run without RTT-adaptive retransmission: every lost datagram
+                    # waits the whole first timeout (what the client did before).
                     options = Options(
-                        workers=workers,
+                        workers=args.workers,
                         deadline=args.deadline,
                         timeout=args.timeout,
-                        retry_timeout=retry,
+                        adaptive=False,
                     )
-                    label = f"{name}@{workers},retry{retry:g}s"
+                    label = f"{name}@{args.workers},fixed-retry"
                     runs.extend(
                         run_contender(fleet, BY_NAME[name], options, condition, dead, 1, label)
                     )
@@ -325,7 +324,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=list(CONDITIONS),
     )
     parser.add_argument(
-        "--tuned-retry-timeout", type=float, default=0.4, help="sweep: first retransmit under loss"
+        "--no-fixed-retry-row",
+        dest="fixed_retry_row",
+        action="store_false",
+        help="sweep: skip the loss run with the fixed (non-adaptive) retransmission schedule",
     )
     parser.add_argument("--no-count-datagrams", dest="count_datagrams", action="store_false")
     parser.add_argument("--out", default="bench/results")

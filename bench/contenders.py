@@ -60,6 +60,7 @@ class Options:
     timeout: float = 600.0  # per client process
     op: str = "status"  # or "off"
     retry_timeout: float = 1.0  # the client's first retransmission timeout (its default)
+    adaptive: bool = True  # RTT-adaptive retransmission of reads (the client's default)
 
 
 def count_error(errors: dict[str, int], name: str) -> None:
@@ -296,6 +297,7 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
         *("--op", options.op, "--deadline", str(options.deadline)),
         *("--cipher-suites", str(fleet.cipher_suite)),
         *("--retry-timeout", str(options.retry_timeout)),
+        "--adaptive" if options.adaptive else "--no-adaptive",
     ]
     result, report = python_child("bench.powersync_pass", args, options)
     if report is None:
@@ -352,6 +354,7 @@ def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
         *("--workers", str(options.workers), "--cycles", "2"),
         *("--deadline", str(options.deadline), "--cipher-suites", str(fleet.cipher_suite)),
         *("--retry-timeout", str(options.retry_timeout)),
+        "--adaptive" if options.adaptive else "--no-adaptive",
     ]
     result, report = python_child("bench.agent_pass", args, options)
     if report is None:
