@@ -29,9 +29,11 @@ T = TypeVar("T")
 
 # A healthy node is stalled once it has taken STALL_FACTOR times a typical node's time, but
 # never sooner than STALL_FLOOR seconds (scheduling noise on a busy loop must not look like
-# a dead BMC) and never later than the pace's ceiling (one retransmission timeout).
+# a stall) and never later than the pace's ceiling (one retransmission timeout). Stepping
+# aside sends no datagram, so the floor is below the client's shortest retransmission wait:
+# a node waiting on a lost datagram steps aside before its retransmission is due.
 STALL_FACTOR = 4.0
-STALL_FLOOR = 0.05
+STALL_FLOOR = 0.01
 PACE_WEIGHT = 0.1  # weight of each new sample in the running mean
 
 
