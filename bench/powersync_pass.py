@@ -92,6 +92,7 @@ async def run_node(
         max_timeout=max(4.0, args.retry_timeout),
         retries=args.retries,
         **({} if args.adaptive is None else {"adaptive": args.adaptive}),
+        **({} if args.min_timeout is None else {"min_timeout": args.min_timeout}),
     )
 
     def connect() -> Any:
@@ -206,6 +207,9 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="RTT-adaptive first retransmission timeout for reads (default: the client's)",
+    )
+    parser.add_argument(
+        "--min-timeout", type=float, default=None, help="floor of the adaptive timeout, s"
     )
     parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
     args = parser.parse_args()
