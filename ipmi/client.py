@@ -317,7 +317,14 @@ class BmcSession:
                 if attempt > 1:
                     datagram = machine.retransmit(request_id)
                     self._counters.retransmits += 1
-                    self._log_retransmission(what, attempt - 1, started, adaptive=adaptive)
+                    total = policy.max_attempts - 1 if adaptive else policy.retries
+                    self._log_resend(
+                        f"no answer to {what}, retransmission",
+                        attempt - 1,
+                        total,
+                        started,
+                        adaptive=adaptive,
+                    )
                 sent_at = trio.current_time()
                 await self._send(datagram)
                 # A late answer to an earlier attempt carries the same rqSeq: it is accepted
@@ -351,29 +358,25 @@ class BmcSession:
             f"({trio.current_time() - started:.1f} s)"
         )
 
-    def _log_retransmission(
-        self, what: str, number: int, started: float, *, adaptive: bool
+    def _log_resend(
+        self, message: str, number: int, total: int, started: float, *, adaptive: bool
     ) -> None:
+        """``<message> <number> of <total>``, for retransmissions and handshake restarts."""
         elapsed = trio.current_time() - started
         if not adaptive:
             logger.warning(
-                "%s: no answer to %s, retransmission %d of %d after %.1f s",
-                self.peer,
-                what,
-                number,
-                self._retry.retries,
-                elapsed,
+                "%s: %s %d of %d after %.1f s", self.peer, message, number, total, elapsed
             )
             return
         # Before first_timeout the fixed schedule would not have resent yet: nothing an
         # operator has not seen before, and frequent on a lossy link. Later ones warn.
         logger.log(
             logging.DEBUG if elapsed < self._retry.first_timeout else logging.WARNING,
-            "%s: no answer to %s, retransmission %d of at most %d after %.2f s",
+            "%s: %s %d of at most %d after %.2f s",
             self.peer,
-            what,
+            message,
             number,
-            self._retry.max_attempts - 1,
+            total,
             elapsed,
         )
 
@@ -429,7 +432,13 @@ class BmcSession:
             attempt += 1
             if attempt > 1:
                 self._counters.retransmits += 1
-                self._log_restart(attempt, started)
+                self._log_resend(
+                    "login step unanswered, restarting the handshake: attempt",
+                    attempt,
+                    policy.max_attempts,
+                    started,
+                    adaptive=policy.adaptive,
+                )
             try:
                 complete, expired, opened_one = await self._handshake(step_wait)
             except (AuthenticationError, NegotiationError, SessionLostError) as exc:
@@ -471,29 +480,6 @@ class BmcSession:
             return min(value, policy.max_timeout) if session_step else value
 
         return wait
-
-    def _log_restart(self, attempt: int, started: float) -> None:
-        policy = self._retry
-        elapsed = trio.current_time() - started
-        if not policy.adaptive:
-            logger.warning(
-                "%s: login step unanswered, restarting the handshake (attempt %d of %d) "
-                "after %.1f s",
-                self.peer,
-                attempt,
-                policy.retries + 1,
-                elapsed,
-            )
-            return
-        logger.log(
-            logging.DEBUG if elapsed < policy.first_timeout else logging.WARNING,
-            "%s: login step unanswered, restarting the handshake (attempt %d of at most %d) "
-            "after %.2f s",
-            self.peer,
-            attempt,
-            policy.max_attempts,
-            elapsed,
-        )
 
     async def _handshake(
         self, step_wait: Callable[[bool], float]
