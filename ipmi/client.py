@@ -47,7 +47,7 @@ from ipmi.proto.messages import (
     GetChassisStatusResponse,
     GetDeviceIdRequest,
 )
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response, State
+from ipmi.proto.session import ClientSession, LoginComplete, LoginLost, LoginStep, Response, State
 from ipmi.retry import RetryPolicy, RttEstimator
 from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 
@@ -498,10 +498,15 @@ class BmcSession:
             event = await self._next_event(
                 machine,
                 sent_at + wait,
-                lambda e: isinstance(e, (LoginStep, LoginComplete)),
+                lambda e: isinstance(e, (LoginStep, LoginComplete, LoginLost)),
             )
             if event is None:
                 return None, wait, opened
+            if isinstance(event, LoginLost):
+                # The BMC timed the half-made session out while a step was under way: as
+                # good as unanswered (a NegotiationError would fail a BMC that is fine).
+                logger.debug("%s: %s", self.peer, event.reason)
+                return None, trio.current_time() - sent_at, opened
             self._rtt.sample(trio.current_time() - sent_at)
             if isinstance(event, LoginComplete):
                 return event, 0.0, opened

@@ -75,6 +75,12 @@ MAX_SEQUENCE = 0xFFFFFFFF
 RQ_SEQ_MODULO = 64
 
 
+# RAKP statuses meaning the BMC dropped the half-made session (its login timeout passed).
+SESSION_FORGOTTEN = frozenset(
+    {RmcpPlusStatus.INVALID_SESSION_ID, RmcpPlusStatus.INACTIVE_SESSION_ID}
+)
+
+
 class State(enum.Enum):
     IDLE = "idle"
     AWAIT_AUTH_CAP = "await-auth-cap"
@@ -100,6 +106,14 @@ class LoginStep:
 
 
 @attrs.frozen
+class LoginLost:
+    """The BMC no longer knows this half-made session (it timed the login out while a step
+    was on its way): begin the login again, as after an unanswered step."""
+
+    reason: str
+
+
+@attrs.frozen
 class LoginComplete:
     suite: int
     privilege: Privilege
@@ -114,7 +128,7 @@ class Response:
     data: bytes
 
 
-Event = LoginStep | LoginComplete | Response
+Event = LoginStep | LoginComplete | LoginLost | Response
 
 
 @attrs.define
@@ -412,6 +426,8 @@ class ClientSession:
     def _receive_rakp2(self, rakp2: msg.Rakp2) -> Event | None:
         if not self._is_ours(rakp2.tag, rakp2.console_session_id, rakp2.status):
             return self._drop("stale")
+        if rakp2.status in SESSION_FORGOTTEN:
+            return LoginLost(f"BMC answered RAKP2 with {status_name(rakp2.status)}")
         if rakp2.status != RmcpPlusStatus.NO_ERRORS:
             raise self._status_error("RAKP2", rakp2.status)
         suite = self._require_suite()
@@ -455,6 +471,8 @@ class ClientSession:
     def _receive_rakp4(self, rakp4: msg.Rakp4) -> Event | None:
         if not self._is_ours(rakp4.tag, rakp4.console_session_id, rakp4.status):
             return self._drop("stale")
+        if rakp4.status in SESSION_FORGOTTEN:
+            return LoginLost(f"BMC answered RAKP4 with {status_name(rakp4.status)}")
         if rakp4.status != RmcpPlusStatus.NO_ERRORS:
             raise self._status_error("RAKP4", rakp4.status)
         suite = self._require_suite()

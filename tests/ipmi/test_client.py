@@ -412,6 +412,22 @@ async def test_a_lost_login_step_restarts_the_handshake(autojump_clock: object) 
     assert stats.retransmits == 1
 
 
+async def test_a_login_the_bmc_timed_out_meanwhile_starts_again(autojump_clock: object) -> None:
+    # RAKP1 reaches the BMC after its 3 s login timeout: "invalid session ID" then means
+    # "start again", not "refused" (which would fail a BMC that is fine).
+    bmc = FakeBmc(on=True)
+    patient = attrs.evolve(FIXED_RETRY, first_timeout=4.0)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "rakp1", (1,), (3.5,)))
+        async with bmc_session(network, retry=patient) as session:
+            assert await session.get_power() is True
+            stats = session.statistics()
+    login = [label for label in network.labels() if label in ("open", "rakp1", "rakp3")]
+    assert login == ["open", "rakp1", "open", "rakp1", "rakp3"]
+    assert stats.logins == 1
+    assert stats.retransmits == 1
+
+
 async def test_session_dropped_by_the_bmc_is_re_established_once(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
