@@ -330,6 +330,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="sweep: skip the loss run with the fixed (non-adaptive) retransmission schedule",
     )
     parser.add_argument("--no-count-datagrams", dest="count_datagrams", action="store_false")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: write the tables and chart again from OUT/results.json",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -346,6 +351,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.render_only:
+        document = json.loads((out / "results.json").read_text())
+        write_results(document, out, document["settings"]["deadline"])
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     contenders = [BY_NAME[name] for name in args.contenders]
     document: dict[str, Any] = {
@@ -372,17 +381,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             document["runs"].extend(bench_fleet(fleet, args, contenders, skipped, powered_off))
     document["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document["skipped"] = skipped
+    write_results(document, out, args.deadline)
+    return 0
+
+
+def write_results(document: dict[str, Any], out: Path, deadline: float) -> None:
+    """Summary, targets, results.json, results.md and the chart, from the runs."""
     rows = report.summarize(document["runs"])
     document["summary"] = rows
-    verdicts = report.targets(rows, args.deadline)
+    verdicts = report.targets(rows, deadline)
     document["targets"] = verdicts
     (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
     (out / "results.md").write_text(
-        report.targets_markdown(verdicts) + "\n" + report.markdown(rows, skipped)
+        report.targets_markdown(verdicts) + "\n" + report.markdown(rows, document["skipped"])
     )
     report.chart(rows, out / "chart.png")
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'chart.png'}")
-    return 0
 
 
 if __name__ == "__main__":

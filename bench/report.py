@@ -339,6 +339,15 @@ def targets(rows: Sequence[dict[str, Any]], deadline: float) -> list[dict[str, A
                     f"+{growth:.1f} s ({dead['wall_s']:.1f} s vs {clean['wall_s']:.2f} s)",
                     growth <= deadline,
                 )
+                first_dead, first_clean = dead["first_cycle_wall_s"], clean["first_cycle_wall_s"]
+                if first_dead is not None and first_clean is not None:
+                    growth = first_dead - first_clean
+                    judge(
+                        f"10 % dead, the cycle that first finds them: grows <= {deadline:g} s",
+                        f"{name}, {where}",
+                        f"+{growth:.1f} s ({first_dead:.1f} s vs {first_clean:.2f} s)",
+                        growth <= deadline,
+                    )
         if size >= 10000:
             for name in POWERSYNC:
                 row = find(rows, name, fleet, size, "clean")
