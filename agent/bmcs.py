@@ -110,8 +110,9 @@ def retry_policy(ipmi: IpmiConfig) -> RetryPolicy:
     )
 
 
-def policy_opener(retry: RetryPolicy) -> BmcOpener:
-    """The production opener: ``ipmi.open_bmc`` with this retry policy."""
+def configured_opener(ipmi: IpmiConfig) -> BmcOpener:
+    """The production opener: ``ipmi.open_bmc`` with the ``[ipmi]`` section's retry settings."""
+    retry = retry_policy(ipmi)
 
     def opener(endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSessionLike]:
         context: AbstractAsyncContextManager[BmcSessionLike] = open_bmc(
@@ -126,11 +127,6 @@ def policy_opener(retry: RetryPolicy) -> BmcOpener:
         return context
 
     return opener
-
-
-def configured_opener(ipmi: IpmiConfig) -> BmcOpener:
-    """The production opener with the ``[ipmi]`` section's retry settings."""
-    return policy_opener(retry_policy(ipmi))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -599,6 +595,5 @@ __all__: Sequence[str] = (
     "configured_opener",
     "describe_error",
     "open_bmc_pool",
-    "policy_opener",
     "retry_policy",
 )
