@@ -32,6 +32,7 @@ from agent.bmc_gate import EndpointGate
 from agent.errors import AgentError
 from agent.policy import POWER_OFF, POWER_ON
 from ipmi import RetryPolicy, open_bmc
+from ipmi.transport import peer_label
 
 if TYPE_CHECKING:
     from agent.config import IpmiConfig
@@ -79,8 +80,7 @@ class BmcEndpoint:
 
     @property
     def label(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return peer_label(self.host, self.port)
 
 
 BmcOpener = Callable[[BmcEndpoint], AbstractAsyncContextManager[BmcSessionLike]]
@@ -220,7 +220,7 @@ class _Record:
         return None
 
     async def get_power(self) -> str:
-        return POWER_ON if await self.pool._run(self, _read_power) else POWER_OFF
+        return power_word(await self.pool._run(self, _read_power))
 
     async def set_power(self, action: str) -> None:
         word = _client_action(action)
