@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import trio
 import trio.testing
@@ -45,7 +47,7 @@ def learned_pace(typical: float = 0.01, ceiling: float = 1.0) -> NodePace:
 async def run(
     recorder: Recorder,
     healthy: list[str],
-    failing: list[str] = (),  # type: ignore[assignment]
+    failing: Sequence[str] = (),
     *,
     workers: int,
     failing_workers: int,
