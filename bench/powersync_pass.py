@@ -6,8 +6,8 @@
 ``fresh``: every cycle opens a new session per BMC (login, Get Chassis Status, Close Session),
 like an agent configured with ``session_mode = "per-cycle"``. ``persistent``: the first cycle
 logs in and the sessions stay open, so later cycles cost one round trip per BMC, like the
-agent's default. At most ``--workers`` BMC conversations are in flight (the agent's
-``sync_power_state_workers``), each under a per-node deadline (``sync_node_timeout``).
+agent's default. ``--workers`` workers pull the BMCs in turn (the agent's
+``sync_power_state_workers``), each BMC under a per-node deadline (``sync_node_timeout``).
 
 Prints one JSON line: per cycle the wall time, the process CPU (user+sys), the power read per
 BMC (None on failure), error counts and the summed client statistics (datagrams).
@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -42,32 +43,17 @@ def cpu_now() -> float:
 
 class Cycle:
     def __init__(self, count: int) -> None:
-        self.start = trio.Event()
-        self.done = trio.Event()
-        self.remaining = count
         self.powers: list[bool | None] = [None] * count
         self.errors: dict[str, int] = {}
         self.stats = dict.fromkeys(STAT_FIELDS, 0)
 
-    def finish(self, index: int, power: bool | None, error: str = "") -> None:
-        self.powers[index] = power
-        if error:
-            self.errors[error] = self.errors.get(error, 0) + 1
-        self.remaining -= 1
-        if self.remaining == 0:
-            self.done.set()
+    def fail(self, error: str) -> None:
+        self.errors[error] = self.errors.get(error, 0) + 1
 
-    def add_stats(self, before: dict[str, int], after: dict[str, int]) -> None:
+    def add_stats(self, session: Any) -> None:
+        snapshot = session.statistics()
         for field in STAT_FIELDS:
-            self.stats[field] += after[field] - before[field]
-
-
-def stats_of(session: Any) -> dict[str, int]:
-    snapshot = session.statistics()
-    return {field: int(getattr(snapshot, field, 0)) for field in STAT_FIELDS}
-
-
-ZERO = dict.fromkeys(STAT_FIELDS, 0)
+            self.stats[field] += int(getattr(snapshot, field, 0))
 
 
 async def power_off_and_confirm(session: Any) -> bool:
@@ -78,15 +64,14 @@ async def power_off_and_confirm(session: Any) -> bool:
     return False
 
 
-async def run_node(
-    args: argparse.Namespace,
-    index: int,
-    cycles: list[Cycle],
-    limiter: trio.CapacityLimiter,
-    password: str,
-) -> None:
-    port = args.port_base + index
-    retry = RetryPolicy(
+async def read_power(session: Any) -> bool:
+    return bool(await session.get_power())
+
+
+def retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    """One policy for every session, as the agent shares one. The adaptive options are
+    passed only when given, so that a client without them can run this too."""
+    return RetryPolicy(
         first_timeout=args.retry_timeout,
         backoff=2.0,
         max_timeout=max(4.0, args.retry_timeout),
@@ -95,96 +80,103 @@ async def run_node(
         **({} if args.min_timeout is None else {"min_timeout": args.min_timeout}),
     )
 
-    def connect() -> Any:
-        return open_bmc(
-            args.host,
-            port,
-            username=args.username,
-            password=password,
-            cipher_suites=tuple(args.cipher_suites),
-            retry=retry,
+
+class Pass:
+    """The fleet's sessions and a fixed set of workers, as the agent runs them: each worker
+    pulls the next BMC, logs in when it has no session, and runs the operation under the
+    per-node deadline. A session's context is entered by one task and left by another,
+    which ``open_bmc`` allows (it holds no cancel scope across its yield)."""
+
+    def __init__(self, args: argparse.Namespace, password: str) -> None:
+        self.args = args
+        self.password = password
+        self.retry = retry_policy(args)
+        self.sessions: dict[int, tuple[AbstractAsyncContextManager[Any], Any]] = {}
+        self.operation: Callable[[Any], Awaitable[bool]] = (
+            power_off_and_confirm if args.op == "off" else read_power
         )
 
-    operation: Callable[[Any], Any]
-    if args.op == "off":
-        operation = power_off_and_confirm
-    else:
+    def connect(self, index: int) -> AbstractAsyncContextManager[Any]:
+        args = self.args
+        return open_bmc(
+            args.host,
+            args.port_base + index,
+            username=args.username,
+            password=self.password,
+            cipher_suites=tuple(args.cipher_suites),
+            retry=self.retry,
+        )
 
-        async def operation(session: Any) -> bool:
-            return bool(await session.get_power())
+    async def close(self, index: int, cycle: Cycle | None) -> None:
+        context, session = self.sessions.pop(index)
+        with trio.CancelScope(shield=True):
+            await context.__aexit__(None, None, None)
+        if cycle is not None:  # a fresh session's Close Session belongs to its cycle
+            cycle.add_stats(session)
 
-    # A session's whole life is inside one cancel scope (its nursery must nest inside), whose
-    # deadline is moved to "now + per-node deadline" for each cycle's work and lifted while
-    # the session waits for the next cycle. The limiter is held only while working.
-    number = 0
-    while number < len(cycles):
-        cycle = cycles[number]
-        await cycle.start.wait()
-        await limiter.acquire()
-        holding, finished, error = True, False, "deadline"
-        session: Any = None
-        counted = dict(ZERO)
-        with trio.CancelScope(deadline=trio.current_time() + args.deadline) as life:
+    async def one(self, index: int, cycle: Cycle) -> None:
+        error = "deadline"
+        with trio.move_on_after(self.args.deadline):
             try:
-                async with connect() as session:
-                    while True:
-                        power = await operation(session)
-                        now_stats = stats_of(session)
-                        cycle.add_stats(counted, now_stats)
-                        counted = now_stats
-                        cycle.finish(index, power)
-                        finished = True
-                        limiter.release()
-                        holding = False
-                        number += 1
-                        if args.mode == "fresh" or number == len(cycles):
-                            break
-                        life.deadline = math.inf
-                        cycle = cycles[number]
-                        await cycle.start.wait()
-                        await limiter.acquire()
-                        holding, finished = True, False
-                        life.deadline = trio.current_time() + args.deadline
+                if index not in self.sessions:
+                    context = self.connect(index)
+                    self.sessions[index] = (context, await context.__aenter__())
+                cycle.powers[index] = await self.operation(self.sessions[index][1])
             except IpmiError as exc:
                 error = type(exc).__name__
-        if session is not None and args.mode == "fresh":
-            # a fresh session's Close Session belongs to its cycle; a long-lived one's to
-            # the process's teardown, after the last measured cycle
-            cycle.add_stats(counted, stats_of(session))
-        if holding:
-            limiter.release()
-        if not finished:
-            cycle.finish(index, None, error)
-            number += 1
+            else:
+                if self.args.mode == "fresh":
+                    await self.close(index, cycle)
+                return
+        cycle.fail(error)
+        if index in self.sessions:
+            await self.close(index, cycle)
+
+    async def worker(self, queue: deque[int], cycle: Cycle) -> None:
+        while queue:
+            await self.one(queue.popleft(), cycle)
+
+    async def cycle(self, cycle: Cycle) -> None:
+        queue = deque(range(self.args.count))
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(self.args.workers, self.args.count)):
+                nursery.start_soon(self.worker, queue, cycle)
+
+    def totals(self) -> dict[str, int]:
+        """Statistics summed over the open (long-lived) sessions."""
+        sums = Cycle(0)
+        for _, session in self.sessions.values():
+            sums.add_stats(session)
+        return sums.stats
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    password = os.environ["BENCH_BMC_PASSWORD"]
-    cycles = [Cycle(args.count) for _ in range(args.cycles)]
-    limiter = trio.CapacityLimiter(args.workers)
+    fleet = Pass(args, os.environ["BENCH_BMC_PASSWORD"])
     report: list[dict[str, Any]] = []
-    async with trio.open_nursery() as nursery:
-        for index in range(args.count):
-            nursery.start_soon(run_node, args, index, cycles, limiter, password)
-        await trio.lowlevel.checkpoint()
-        for number, cycle in enumerate(cycles):
-            if number:
-                await trio.sleep(args.pause)
-            cpu0, wall0 = cpu_now(), time.monotonic()
-            cycle.start.set()
-            if cycle.remaining:
-                await cycle.done.wait()
-            wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
-            report.append(
-                {
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                    "powers": cycle.powers,
-                    "errors": cycle.errors,
-                    "stats": cycle.stats,
-                }
-            )
-        nursery.cancel_scope.cancel()  # close the long-lived sessions
+    counted = fleet.totals()
+    for number in range(args.cycles):
+        if number:
+            await trio.sleep(args.pause)
+        cycle = Cycle(args.count)
+        cpu0, wall0 = cpu_now(), time.monotonic()
+        await fleet.cycle(cycle)
+        wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
+        # Long-lived sessions: their datagrams this cycle, read after the timed part.
+        now = fleet.totals()
+        for field in STAT_FIELDS:
+            cycle.stats[field] += now[field] - counted.get(field, 0)
+        counted = now
+        report.append(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "powers": cycle.powers,
+                "errors": cycle.errors,
+                "stats": cycle.stats,
+            }
+        )
+    for index in list(fleet.sessions):  # close the long-lived sessions
+        await fleet.close(index, None)
     return {"cycles": report}
 
 
