@@ -10,6 +10,7 @@ import errno
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 import trio
@@ -28,6 +29,16 @@ def udp_peer(host: str = "127.0.0.1") -> Iterator[socket.socket]:
         yield peer
     finally:
         peer.close()
+
+
+class NoNames(trio.abc.HostnameResolver):
+    """Answers every name lookup with "name or service not known"."""
+
+    async def getaddrinfo(self, host: object, port: object, *args: object) -> NoReturn:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    async def getnameinfo(self, sockaddr: object, flags: int) -> NoReturn:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
 
 async def connected_pair(host: str = "127.0.0.1") -> tuple[UdpEndpoint, socket.socket]:
@@ -208,8 +219,14 @@ async def test_connect_resolves_names_and_rejects_the_unresolvable() -> None:
         assert peer.recv(100) == b"by name"
         assert repr(endpoint) == f"UdpEndpoint(localhost:{peer.getsockname()[1]})"
         endpoint.close()
-    with pytest.raises(OSError):
-        await connect_udp("no-such-host.invalid", 623)
+    # An unknown name: the resolver here is a name service that knows no names, because a
+    # real lookup would ask the machine's DNS server, which is not on loopback.
+    previous = trio.socket.set_custom_hostname_resolver(NoNames())
+    try:
+        with pytest.raises(OSError):
+            await connect_udp("no-such-host.invalid", 623)
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
 
 
 async def test_no_free_local_port_is_a_clear_error_not_an_unconnected_socket(
