@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from ipmi.errors import MalformedPacketError
 from ipmi.proto import crypto, wire
 from ipmi.proto.constants import Command, NetFn
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, State
+from ipmi.proto.session import State
 from tests.ipmi import vectors as v
-from tests.ipmi.tinybmc import TinyBmc, deterministic_entropy
+from tests.ipmi.test_session import login, make_session
+from tests.ipmi.tinybmc import TinyBmc
 
 SEALER = crypto.SessionCrypto(crypto.SUITE_17, b"s" * 32, lambda n: bytes(range(n)))
 SEEDS = [
@@ -124,17 +125,9 @@ def test_session_crypto_keeps_only_k1_and_checks_codes_in_constant_time(
 
 
 def test_a_logged_in_session_forgets_the_login_secrets_but_keeps_the_password() -> None:
-    session = ClientSession(
-        username=b"admin", password=b"password", entropy=deterministic_entropy(b"client")
-    )
+    session = make_session(password=b"password")
     bmc = TinyBmc()
-    datagram = session.begin_login()
-    while True:
-        event = session.receive(bmc.handle(datagram))  # type: ignore[arg-type]
-        if isinstance(event, LoginComplete):
-            break
-        assert isinstance(event, LoginStep)
-        datagram = event.datagram
+    login(session, bmc)
     assert session.state is State.ESTABLISHED
     assert not hasattr(session, "__dict__")
     for secret in ("_console_random", "_bmc_random", "_bmc_guid", "_sik"):
@@ -148,12 +141,7 @@ def test_a_logged_in_session_forgets_the_login_secrets_but_keeps_the_password() 
         assert answer is not None and answer.request_id == request_id  # type: ignore[union-attr]
         assert session.outstanding == 0
     # A later re-login draws fresh nonces and still works with the kept password.
-    datagram = session.begin_login()
+    session.begin_login()
     assert session._console_random != b""
-    while True:
-        event = session.receive(bmc.handle(datagram))  # type: ignore[arg-type]
-        if isinstance(event, LoginComplete):
-            break
-        assert isinstance(event, LoginStep)
-        datagram = event.datagram
+    login(session, bmc)  # begins once more: the handshake from the start
     assert session.state is State.ESTABLISHED and session._sik == b""
