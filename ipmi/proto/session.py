@@ -301,7 +301,7 @@ class ClientSession:
     def forget(self, request_id: int) -> None:
         """Stop waiting for a request; a late answer is then dropped as stale."""
         if self._pending.pop(request_id, None) is not None and not self._pending:
-            self._pending.clear()
+            self._pending.clear()  # frees the table the last deletion leaves behind
 
     def close(self) -> bytes:
         """The Close Session datagram (no answer is needed); the state becomes CLOSED."""
@@ -573,12 +573,9 @@ class ClientSession:
         return LoginComplete(self._require_suite().id, self.privilege)
 
     def _match(self, netfn: int, cmd: int, rq_seq: int) -> int | None:
-        pending_requests = self._pending
-        for request_id, pending in pending_requests.items():
+        for request_id, pending in self._pending.items():
             if pending.rq_seq == rq_seq and pending.netfn | 1 == netfn and pending.cmd == cmd:
-                del pending_requests[request_id]
-                if not pending_requests:
-                    pending_requests.clear()  # frees the table a deletion leaves behind
+                self.forget(request_id)  # answered: no longer pending
                 return request_id
         return None
 

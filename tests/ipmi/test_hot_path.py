@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -140,6 +141,7 @@ def test_a_logged_in_session_forgets_the_login_secrets_but_keeps_the_password() 
         answer = session.receive(bmc.handle(datagram))  # type: ignore[arg-type]
         assert answer is not None and answer.request_id == request_id  # type: ignore[union-attr]
         assert session.outstanding == 0
+        assert sys.getsizeof(session._pending) == sys.getsizeof({})  # its table freed too
     # A later re-login draws fresh nonces and still works with the kept password.
     session.begin_login()
     assert session._console_random != b""
