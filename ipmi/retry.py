@@ -49,6 +49,7 @@ class RetryPolicy:
     retries: int = 3
     adaptive: bool = True
     min_timeout: float = 0.05
+    _budget: float = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.first_timeout > 0:
@@ -61,6 +62,8 @@ class RetryPolicy:
             raise ValueError("retries must be >= 0")
         if not self.min_timeout > 0:
             raise ValueError("min_timeout must be > 0")
+        # Every adaptive wait needs it: summed once here, not on every request.
+        object.__setattr__(self, "_budget", sum(self.timeouts()))
 
     def timeouts(self) -> Iterator[float]:
         """The fixed schedule: how long to wait after the first send and each retransmission."""
@@ -71,7 +74,7 @@ class RetryPolicy:
 
     def budget(self) -> float:
         """The fixed schedule's total wait: how long a silent BMC is waited for."""
-        return sum(self.timeouts())
+        return self._budget
 
     @property
     def floor(self) -> float:
