@@ -22,9 +22,10 @@ module gives it a socket, a clock, entropy and patience:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import ClassVar, Final, Protocol
 
@@ -423,12 +424,11 @@ class BmcSession:
         """
         self._logged_in = False
         policy = self._retry
-        fixed = iter(policy.timeouts())
         started = trio.current_time()
         attempt = 0
         spent = 0.0  # seconds of step waits that expired unanswered
         opened = 0  # runs that got as far as sending Open Session
-        while (step_wait := self._login_step_wait(fixed, attempt, spent, opened)) is not None:
+        while (step_wait := self._login_step_wait(attempt, spent, opened)) is not None:
             attempt += 1
             if attempt > 1:
                 self._counters.retransmits += 1
@@ -457,13 +457,13 @@ class BmcSession:
         )
 
     def _login_step_wait(
-        self, fixed: Iterator[float], run: int, spent: float, opened: int
+        self, run: int, spent: float, opened: int
     ) -> Callable[[bool], float] | None:
         """How long each step of handshake run ``run`` (0-based) waits, given whether the
         step opens or uses a BMC session; None: give up."""
         policy = self._retry
         if not policy.adaptive:
-            timeout = next(fixed, None)
+            timeout = next(itertools.islice(policy.timeouts(), run, None), None)
             return None if timeout is None else lambda _: timeout
         if opened > policy.retries or policy.adaptive_wait(self._rtt.rto, run, spent) is None:
             return None
