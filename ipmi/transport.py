@@ -74,11 +74,12 @@ class UdpEndpoint:
         which the retransmission logic deals with."""
         await trio.lowlevel.checkpoint_if_cancelled()
         sock = self._sock
-        for _attempt in range(SEND_ATTEMPTS):
+        for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
                 sock.send(datagram)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+                if attempt < SEND_ATTEMPTS:  # room is only worth waiting for to use it
+                    await trio.lowlevel.wait_writable(sock)
             except ConnectionRefusedError:
                 # An earlier datagram drew an ICMP port-unreachable; the kernel reports it
                 # on this call instead of sending, and clears it: try again.
