@@ -27,7 +27,7 @@ from agent.bmcs import (
 )
 from agent.config import IpmiConfig
 from agent.policy import POWER_OFF, POWER_ON
-from ipmi.sim import open_fleet
+from ipmi.sim import Fleet, open_fleet
 from tests.agent.fake_bmc import FakeBmcError, FakeFleet, FakeSession
 
 FAST_IPMI = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0.4, retries=4)
@@ -46,8 +46,10 @@ def fake_fleet(count: int) -> FakeFleet:
 
 def task_count() -> int:
     """Every task in this trio run, found from the root task down."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
     count = 0
-    stack = [trio.lowlevel.current_root_task()]
+    stack = [root]
     while stack:
         task = stack.pop()
         count += 1
@@ -271,7 +273,11 @@ async def test_the_real_client_keeps_a_session_whose_command_was_abandoned() -> 
             with trio.move_on_after(0.3) as deadline:
                 await get()
             assert deadline.cancelled_caught
-            await trio.sleep(1.2)  # the late answer(s) are waiting in the socket now
+            # Every late answer is sent (waiting in our socket) before the next request goes
+            # out, however loaded the machine: a fixed sleep left only 0.2 s of margin.
+            with trio.fail_after(10):
+                while fleet.statistics()["delayed_pending"]:
+                    await trio.sleep(0.05)
             fleet.set_faults(slow=frozenset())
             sim.set_power(False)
             assert await get() == POWER_OFF
@@ -285,6 +291,14 @@ async def test_the_real_client_keeps_a_session_whose_command_was_abandoned() -> 
 # --- closing ------------------------------------------------------------------------------
 
 
+async def sessions_on_the_bmcs(fleet: Fleet, count: int) -> None:
+    """Wait (bounded) until the simulator holds ``count`` sessions: Close Session arrived."""
+    with trio.move_on_after(10):
+        while fleet.session_count() != count:
+            await trio.sleep(0.02)
+    assert fleet.session_count() == count
+
+
 async def test_forget_retain_and_aclose_send_close_session_to_the_simulator() -> None:
     password = "pool-" + secrets.token_hex(4)
     async with open_fleet(3, password=password, power_on=True) as fleet:
@@ -295,11 +309,11 @@ async def test_forget_retain_and_aclose_send_close_session_to_the_simulator() ->
                     assert await bmc.get_power() == POWER_ON
             assert fleet.session_count() == 3 and pool.open_sessions() == 3
             pool.forget("k0")
-            await trio.sleep(0.5)
-            assert fleet.session_count() == 2 and pool.open_sessions() == 2
+            await sessions_on_the_bmcs(fleet, 2)
+            assert pool.open_sessions() == 2
             pool.retain({"k2"})
-            await trio.sleep(0.5)
-            assert fleet.session_count() == 1 and pool.open_sessions() == 1
+            await sessions_on_the_bmcs(fleet, 1)
+            assert pool.open_sessions() == 1
         assert fleet.session_count() == 0
         assert pool.counters.logins == 3
 
