@@ -278,6 +278,7 @@ class BmcPool:
         """Close the long-lived session of a node that left the inventory."""
         self._forget(key)
         self._per_cycle.pop(key, None)
+        self.last_rtt.pop(key, None)
 
     def retain(self, keys: set[str]) -> None:
         """Close the long-lived sessions of every node not in ``keys`` (deleted nodes)."""
@@ -285,6 +286,8 @@ class BmcPool:
             self._forget(key)
         for key in [key for key in self._per_cycle if key not in keys]:
             del self._per_cycle[key]
+        for key in [key for key in self.last_rtt if key not in keys]:
+            del self.last_rtt[key]
 
     def stage(self, key: str) -> str | None:
         """What node ``key``'s latest BMC work was doing (for "no answer within ..." errors)."""

@@ -311,9 +311,11 @@ async def test_forget_retain_and_aclose_send_close_session_to_the_simulator() ->
             pool.forget("k0")
             await sessions_on_the_bmcs(fleet, 2)
             assert pool.open_sessions() == 2
+            assert set(pool.last_rtt) == {"k1", "k2"}  # nothing kept for a deleted node
             pool.retain({"k2"})
             await sessions_on_the_bmcs(fleet, 1)
             assert pool.open_sessions() == 1
+            assert set(pool.last_rtt) == {"k2"}
         assert fleet.session_count() == 0
         assert pool.counters.logins == 3
 
