@@ -28,7 +28,8 @@ from typing import Any
 
 from bench.procs import process_cpu_s, process_rss_kb
 from ipmi.proto.constants import Command, NetFn
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
+from ipmi.proto.events import LoginComplete, LoginStep, Response
+from ipmi.proto.session import ClientSession
 
 PASSWORD = secrets.token_urlsafe(12)  # fresh for every run
 

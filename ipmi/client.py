@@ -42,13 +42,14 @@ from ipmi.errors import (
     SessionLostError,
 )
 from ipmi.proto.constants import ChassisAction, Privilege
+from ipmi.proto.events import LoginComplete, LoginLost, LoginStep, Response, State
 from ipmi.proto.messages import (
     ChassisControlRequest,
     GetChassisStatusRequest,
     GetChassisStatusResponse,
     GetDeviceIdRequest,
 )
-from ipmi.proto.session import ClientSession, LoginComplete, LoginLost, LoginStep, Response, State
+from ipmi.proto.session import ClientSession
 from ipmi.retry import RetryPolicy, RttEstimator
 from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 

@@ -114,6 +114,10 @@ CREDENTIALS_REFUSED = frozenset(
         RmcpPlusStatus.INVALID_INTEGRITY_CHECK_VALUE,
     }
 )
+# RAKP statuses meaning the BMC dropped the half-made session (its login timeout passed).
+SESSION_FORGOTTEN = frozenset(
+    {RmcpPlusStatus.INVALID_SESSION_ID, RmcpPlusStatus.INACTIVE_SESSION_ID}
+)
 
 
 def status_name(code: int) -> str:

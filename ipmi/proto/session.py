@@ -33,7 +33,6 @@ Invalid constructor arguments (user name over 16 bytes, password over 20) raise 
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Never
@@ -54,6 +53,7 @@ from ipmi.proto.constants import (
     MAX_PASSWORD_LENGTH,
     MAX_USERNAME_LENGTH,
     PRIVILEGE_REFUSED,
+    SESSION_FORGOTTEN,
     SUITE_REFUSED,
     PayloadType,
     Privilege,
@@ -70,65 +70,17 @@ from ipmi.proto.crypto import (
     session_integrity_key,
 )
 from ipmi.proto.crypto import cipher_suites as validated_suites
+from ipmi.proto.events import (
+    Event,
+    LoginComplete,
+    LoginLost,
+    LoginStep,
+    Response,
+    State,
+)
 
 MAX_SEQUENCE = 0xFFFFFFFF
 RQ_SEQ_MODULO = 64
-
-
-# RAKP statuses meaning the BMC dropped the half-made session (its login timeout passed).
-SESSION_FORGOTTEN = frozenset(
-    {RmcpPlusStatus.INVALID_SESSION_ID, RmcpPlusStatus.INACTIVE_SESSION_ID}
-)
-
-
-class State(enum.Enum):
-    IDLE = "idle"
-    AWAIT_AUTH_CAP = "await-auth-cap"
-    AWAIT_OPEN = "await-open"
-    AWAIT_RAKP2 = "await-rakp2"
-    AWAIT_RAKP4 = "await-rakp4"
-    AWAIT_PRIV = "await-priv"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-    POISONED = "poisoned"
-
-
-LOGIN_STATES = frozenset(
-    {State.AWAIT_AUTH_CAP, State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4, State.AWAIT_PRIV}
-)
-
-
-@attrs.frozen
-class LoginStep:
-    """Send ``datagram`` next (login is still in progress)."""
-
-    datagram: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
-
-
-@attrs.frozen
-class LoginLost:
-    """The BMC no longer knows this half-made session (it timed the login out while a step
-    was on its way): begin the login again, as after an unanswered step."""
-
-    reason: str
-
-
-@attrs.frozen
-class LoginComplete:
-    suite: int
-    privilege: Privilege
-
-
-@attrs.frozen
-class Response:
-    request_id: int
-    netfn: int  # the response NetFn (request NetFn + 1)
-    cmd: int
-    completion_code: int
-    data: bytes
-
-
-Event = LoginStep | LoginComplete | LoginLost | Response
 
 
 @attrs.define

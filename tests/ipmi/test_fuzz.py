@@ -16,7 +16,8 @@ from ipmi.errors import (
     SessionLostError,
 )
 from ipmi.proto import crypto, messages, wire
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response
+from ipmi.proto.events import LoginComplete, LoginStep, Response
+from ipmi.proto.session import ClientSession
 from tests.ipmi import vectors as v
 from tests.ipmi.tinybmc import TinyBmc, deterministic_entropy
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ipmi.errors import MalformedPacketError
 from ipmi.proto import crypto, wire
 from ipmi.proto.constants import Command, NetFn
-from ipmi.proto.session import State
+from ipmi.proto.events import State
 from tests.ipmi import vectors as v
 from tests.ipmi.test_session import login, make_session
 from tests.ipmi.tinybmc import TinyBmc

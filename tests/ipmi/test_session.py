@@ -8,13 +8,8 @@ from ipmi.errors import AuthenticationError, IpmiError, NegotiationError, Sessio
 from ipmi.proto import messages as m
 from ipmi.proto import wire
 from ipmi.proto.constants import Privilege
-from ipmi.proto.session import (
-    ClientSession,
-    LoginComplete,
-    LoginStep,
-    Response,
-    State,
-)
+from ipmi.proto.events import LoginComplete, LoginStep, Response, State
+from ipmi.proto.session import ClientSession
 from tests.ipmi.tinybmc import TinyBmc, deterministic_entropy
 
 

@@ -16,7 +16,7 @@ import pytest
 from ipmi.errors import AuthenticationError
 from ipmi.proto import messages as m
 from ipmi.proto import wire
-from ipmi.proto.session import State
+from ipmi.proto.events import State
 from tests.ipmi import transcript
 
 NAMES = ["ipmi_sim_suite3", "pyghmi_stock_suite3"]

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ipmi.proto.constants import Privilege
-from ipmi.proto.session import ClientSession, Event, LoginComplete, LoginStep, Response
+from ipmi.proto.events import Event, LoginComplete, LoginStep, Response
+from ipmi.proto.session import ClientSession
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "transcripts"
 

@@ -11,9 +11,10 @@ import pytest
 
 from ipmi.errors import AuthenticationError, NegotiationError
 from ipmi.proto.constants import ChassisAction, Command, NetFn, Privilege
+from ipmi.proto.events import LoginComplete, LoginStep, Response, State
 from ipmi.proto.messages import ChassisControlRequest, GetChassisStatusResponse
 from ipmi.proto.server import BmcProtocol, ServerPolicy
-from ipmi.proto.session import ClientSession, LoginComplete, LoginStep, Response, State
+from ipmi.proto.session import ClientSession
 from ipmi.sim.bmc import PowerTiming, SimBmc
 from tests.sim.console import PASSWORD, Clock, Entropy
 
