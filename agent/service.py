@@ -302,14 +302,16 @@ class SyncService:
                 if progress.skipped is None and progress.decision is None:
                     progress.skipped = "cut short by shutdown"
 
-        changes: list[tuple[Node, NodeChange]] = []
+        changes: list[NodeChange] = []
+        names: dict[str, str] = {}  # node uuid -> name, for the log of dropped changes
         for progress in work:
             results.append(node_result(progress))
             change = node_change(progress, self.holder)
             if change is not None:
-                changes.append((progress.node, change))
+                changes.append(change)
+                names[change.node_uuid] = progress.node.name
         with trio.CancelScope(shield=True):  # the batch is written even while stopping
-            applied, dropped = await self._apply(changes, cycle)
+            applied, dropped = await self._apply(changes, names, cycle)
         duration = trio.current_time() - started
         report = CycleReport(
             cycle=cycle,
@@ -340,7 +342,7 @@ class SyncService:
             duration,
             extra={"cycle": cycle},
         )
-        if self.notifier is not None and any(c.notification for _, c in changes):
+        if self.notifier is not None and any(c.notification for c in changes):
             self.notifier.wake()
         if kind == "sync":
             self.last_report = report
@@ -488,18 +490,16 @@ class SyncService:
                 log.log(decision.log_level, decision.message, extra=self._extra(progress, cycle))
 
     async def _apply(
-        self, changes: Sequence[tuple[Node, NodeChange]], cycle: int
+        self, changes: Sequence[NodeChange], names: Mapping[str, str], cycle: int
     ) -> tuple[bool, list[str]]:
         if not changes:
             return True, []
         store = self.store.store
-        names = {node.uuid: node.name for node, _ in changes}
-        batch = [change for _, change in changes]
 
         def apply_batch() -> list[str]:
             # The store drops a change whose node moved since the pass read it (an operator
             # or a power action got there first), in the same transaction as the write.
-            conflicts = store.apply(batch, now=self.wall())
+            conflicts = store.apply(changes, now=self.wall())
             return [names[uuid] for uuid in conflicts]
 
         try:
