@@ -59,7 +59,6 @@ class Options:
     deadline: float = 15.0  # per node, seconds (the agent's sync_node_timeout)
     timeout: float = 600.0  # per client process
     op: str = "status"  # or "off"
-    retry_timeout: float = 1.0  # the client's first retransmission timeout (its default)
     adaptive: bool = True  # RTT-adaptive retransmission of reads (the client's default)
 
 
@@ -296,7 +295,6 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
         *("--workers", str(options.workers), "--mode", mode, "--cycles", str(cycles)),
         *("--op", options.op, "--deadline", str(options.deadline)),
         *("--cipher-suites", str(fleet.cipher_suite)),
-        *("--retry-timeout", str(options.retry_timeout)),
         "--adaptive" if options.adaptive else "--no-adaptive",
     ]
     result, report = python_child("bench.powersync_pass", args, options)
@@ -353,7 +351,6 @@ def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
         *("--store", agent_store_template(fleet), "--session-mode", session_mode),
         *("--workers", str(options.workers), "--cycles", "2"),
         *("--deadline", str(options.deadline), "--cipher-suites", str(fleet.cipher_suite)),
-        *("--retry-timeout", str(options.retry_timeout)),
         "--adaptive" if options.adaptive else "--no-adaptive",
     ]
     result, report = python_child("bench.agent_pass", args, options)

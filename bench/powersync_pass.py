@@ -27,11 +27,7 @@ from typing import Any
 
 import trio
 
-try:
-    from ipmi import IpmiError, RetryPolicy, open_bmc
-except ImportError:  # before the package exports its public names
-    from ipmi.client import RetryPolicy, open_bmc  # type: ignore[no-redef]
-    from ipmi.errors import IpmiError  # type: ignore[no-redef]
+from ipmi import IpmiError, RetryPolicy, open_bmc
 
 STAT_FIELDS = ("sent", "received", "retransmits", "drops", "logins")
 
