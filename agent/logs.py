@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Final, TextIO
 
-from agent.config import LoggingConfig
+from agent.config.options import LoggingConfig
 
 MASK: Final = "******"
 _SECRET_WORDS: Final = ("password", "passwd", "secret", "token", "credential")

@@ -1,4 +1,4 @@
-"""Sync cycles of the real agent (``agent.service.SyncService``) in a child process.
+"""Sync cycles of the real agent (``agent.sync.service.SyncService``) in a child process.
 
     BENCH_BMC_PASSWORD=... python -m bench.agent_pass --prepare --store T.sqlite \
         --host 127.0.0.1 --port-base P --count N        # once: a store holding the fleet
@@ -96,10 +96,10 @@ def prepare(args: argparse.Namespace, password: str) -> None:
 
 
 async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from agent.bmcs import configured_opener, open_bmc_pool
-    from agent.config import load_config
-    from agent.service import SyncService
+    from agent.bmc.pool import configured_opener, open_bmc_pool
+    from agent.config.options import load_config
     from agent.storeio import AsyncStore
+    from agent.sync.service import SyncService
     from store import POWER_ON, open_store
 
     store_path = workdir / "agent.sqlite"

@@ -42,7 +42,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "agent.cli",
+                "agent.cli.main",
                 "sim",
                 "--nodes",
                 str(nodes),

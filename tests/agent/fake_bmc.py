@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from agent.bmcs import BmcEndpoint
+from agent.bmc.pool import BmcEndpoint
 from store import Store
 
 

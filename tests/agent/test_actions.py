@@ -1,4 +1,4 @@
-"""Power actions (agent.actions) on fake BMCs and a real SQLite store, on MockClock."""
+"""Power actions (agent.sync.actions) on fake BMCs and a real SQLite store, on MockClock."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from agent.actions import ActionResult, power_action, power_status
 from agent.errors import NodeError
-from agent.policy import POWER_OFF, POWER_ON
+from agent.sync.actions import ActionResult, power_action, power_status
+from agent.sync.policy import POWER_OFF, POWER_ON
 from store import Store, open_store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 from tests.agent.test_service import InlineStore, make_config, wall
@@ -158,8 +158,8 @@ async def test_refusals_are_one_clear_line(
 async def test_the_sync_skips_a_node_while_an_action_holds_it(
     store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from agent.bmcs import open_bmc_pool
-    from agent.service import SyncService
+    from agent.bmc.pool import open_bmc_pool
+    from agent.sync.service import SyncService
 
     (name,) = add_nodes(store, fleet, 1)
     store.update_node(name, power_state=POWER_ON)
@@ -228,7 +228,7 @@ def test_cli_refusals_are_one_line(
     argv: list[str],
     message: str,
 ) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     (name,) = add_nodes(store, fleet, 1)
     store.update_node(name, maintenance=True, maintenance_reason="rack move")
@@ -242,7 +242,7 @@ def test_cli_refusals_are_one_line(
 def test_cli_power_with_a_missing_store_names_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from agent.cli import main
+    from agent.cli.main import main
 
     config = tmp_path / "agent.toml"
     config.write_text(f'[store]\npath = "{tmp_path / "missing.sqlite"}"\n')

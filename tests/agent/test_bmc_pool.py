@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.bmcs import (
+from agent.bmc.pool import (
     CLOSE_CONCURRENCY,
     KEEPALIVE_CONCURRENCY,
     BmcEndpoint,
@@ -25,8 +25,8 @@ from agent.bmcs import (
     configured_opener,
     open_bmc_pool,
 )
-from agent.config import IpmiConfig
-from agent.policy import POWER_OFF, POWER_ON
+from agent.config.options import IpmiConfig
+from agent.sync.policy import POWER_OFF, POWER_ON
 from ipmi.sim import Fleet, open_fleet
 from tests.agent.fake_bmc import FakeBmcError, FakeFleet, FakeSession
 
@@ -493,7 +493,7 @@ async def test_keepalives_keep_a_real_session_from_idling_out() -> None:
 async def test_the_endpoint_gate_is_fair_and_survives_a_cancelled_waiter(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from agent.bmc_gate import EndpointGate
+    from agent.bmc.gate import EndpointGate
 
     gate = EndpointGate()
     order: list[str] = []

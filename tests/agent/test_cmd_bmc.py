@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.secrets import write_secret_file
+from agent.config.secrets import write_secret_file
 from tests.conftest import free_udp_ports, require_tool
 from tests.peers import clients
 from tests.peers.ipmi_sim import IpmiSimBmc, ipmi_sim_fleet
@@ -35,7 +35,7 @@ def powersync(
     environment = {k: v for k, v in os.environ.items() if k != "IPMI_PASSWORD"}
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args],
+        [sys.executable, "-m", "agent.cli.main", *args],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -163,7 +163,7 @@ def test_an_ipv6_bmc_is_named_once_in_brackets(tmp_path: Path) -> None:
     inventory = tmp_path / "bmcs.toml"
     sim = subprocess.Popen(
         [
-            *[sys.executable, "-m", "agent.cli", "sim", "--nodes", "1", "--host", "::1"],
+            *[sys.executable, "-m", "agent.cli.main", "sim", "--nodes", "1", "--host", "::1"],
             *["--port-base", "0", "--password-env", "SIM_PASSWORD"],
             *["--write-inventory", str(inventory)],
         ],

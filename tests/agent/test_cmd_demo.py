@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cmd_demo import run_demo
+from agent.cli.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_demo_command_runs_as_a_user_would() -> None:
     # What README's first command runs: the installed entry point, default size, exit 0.
     env = dict(os.environ, PATH="/usr/bin:/bin")  # no ipmitool/ipmi_sim from /usr/sbin needed
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo"],
+        [sys.executable, "-m", "agent.cli.main", "demo"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import agent.cli
-from agent.cli import main
-from agent.config import load_config
+from agent.cli.main import main
+from agent.config.options import load_config
 from store import NodeChange, open_store
 
 PASSWORD = "Bmc-pa55word"
@@ -58,9 +57,6 @@ class Cli:
 
 @pytest.fixture
 def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
-    # Only the command modules under test: these tests must not depend on the others importing
-    # (the subprocess test below runs the complete CLI).
-    monkeypatch.setattr(agent.cli, "COMMAND_MODULES", ("agent.cmd_node", "agent.cmd_status"))
     return Cli(tmp_path, capsys)
 
 
@@ -431,7 +427,7 @@ def powersync_command() -> list[str]:
     script = Path(sys.executable).with_name("powersync")
     # CI installs the project (pip install -e .), which creates the script; a bare checkout
     # runs the same entry point as a module.
-    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli.main"]
 
 
 def test_real_subprocess(cli: Cli) -> None:

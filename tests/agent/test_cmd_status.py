@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import agent.cli
-from agent.cli import main
-from agent.cmd_status import LAST_CYCLE_KEY, LAST_RECOVERY_KEY
+from agent.cli.main import main
+from agent.cli.status import LAST_CYCLE_KEY, LAST_RECOVERY_KEY
 from store import HistoryRecord, NodeChange, open_store
 
 INSTANCE_A = "7d8f1c1e-64c5-4b59-9d2b-0e4f1a1b2c3d"
@@ -19,8 +18,6 @@ INSTANCE_B = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    # Only the command modules under test (test_cmd_node runs the complete CLI as a subprocess).
-    monkeypatch.setattr(agent.cli, "COMMAND_MODULES", ("agent.cmd_node", "agent.cmd_status"))
     config = tmp_path / "agent.toml"
     config.write_text(
         '[store]\npath = "fleet.sqlite"\n[conductor]\nsync_power_state_interval = 60\n'

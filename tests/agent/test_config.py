@@ -1,4 +1,4 @@
-"""agent.config: the search order, every option, and one clear line for every mistake."""
+"""agent.config.options: the search order, every option, and one clear line for every mistake."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from agent.config.options import (
     BUILTIN_SOURCE,
     AgentConfig,
     ConductorConfig,
@@ -15,9 +15,9 @@ from agent.config import (
     load_config,
     parse_config,
 )
-from agent.config_reader import split_listen, validate_cipher_suites
+from agent.config.reader import split_listen, validate_cipher_suites
 from agent.errors import ConfigError
-from agent.nova_config import NovaConfig
+from agent.nova.config import NovaConfig
 
 SECRET = "s3cret-Pa55"
 
@@ -424,7 +424,7 @@ def test_example_file_is_the_default(tmp_path: Path) -> None:
 def test_every_option_is_documented() -> None:
     import attrs
 
-    from agent.config import NODE_KEYS, LoggingConfig, MetricsConfig, StoreConfig
+    from agent.config.options import NODE_KEYS, LoggingConfig, MetricsConfig, StoreConfig
 
     example = (ROOT / "agent.toml.example").read_text()
     reference = (ROOT / "docs" / "config.md").read_text()

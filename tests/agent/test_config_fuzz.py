@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import NODE_KEYS, AgentConfig, config_from_document
+from agent.config.options import NODE_KEYS, AgentConfig, config_from_document
 from agent.errors import ConfigError
 
 SECTION_KEYS = {
@@ -114,7 +114,7 @@ def test_any_ironic_json_gives_rows_or_config_error(document: object, with_passw
     import os
     import tempfile
 
-    from agent.inventory import read_inventory
+    from agent.config.inventory import read_inventory
 
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "nodes.json")

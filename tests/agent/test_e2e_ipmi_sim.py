@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import trio
 
-from agent.actions import power_action
-from agent.bmcs import configured_opener, open_bmc_pool
-from agent.config import AgentConfig, ConductorConfig, IpmiConfig
-from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
-from agent.service import SyncService
+from agent.bmc.pool import configured_opener, open_bmc_pool
+from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.storeio import AsyncStore
+from agent.sync.actions import power_action
+from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
+from agent.sync.service import SyncService
 from store import Store, open_store
 from tests.conftest import require_tool
 from tests.peers.ipmi_sim import IpmiSimBmc, ipmi_sim_fleet
@@ -192,7 +192,7 @@ async def test_power_action_while_the_daemon_runs(
     )
     config_path.chmod(0o600)
     env = dict(os.environ, PYTHONPATH=str(root))
-    argv = [sys.executable, "-m", "agent.cli", "--config", str(config_path)]
+    argv = [sys.executable, "-m", "agent.cli.main", "--config", str(config_path)]
 
     def cycles() -> int:
         text = store.get_meta("last_cycle")

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import trio
 
-from agent.bmcs import configured_opener, open_bmc_pool
-from agent.config import AgentConfig, ConductorConfig, IpmiConfig
-from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
-from agent.service import SyncService
+from agent.bmc.pool import configured_opener, open_bmc_pool
+from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.storeio import AsyncStore
+from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
+from agent.sync.service import SyncService
 from ipmi.sim import open_fleet, write_inventory
 from store import Store, open_store
 from tests.conftest import require_tool
@@ -176,7 +176,7 @@ async def test_loss_and_dead_bmcs_maintenance_then_recovery(tmp_path: Path) -> N
 
 
 def cli(config_path: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", "--config", str(config_path), *args]
+    return [sys.executable, "-m", "agent.cli.main", "--config", str(config_path), *args]
 
 
 def write_config(path: Path, store_path: Path) -> None:
@@ -307,7 +307,7 @@ async def test_daemon_and_power_action_in_separate_processes(tmp_path: Path) -> 
 
 def test_config_is_what_the_daemon_test_uses(tmp_path: Path) -> None:
     # The daemon test's config must load: a bad key would fail there with a less clear error.
-    from agent.config import load_config
+    from agent.config.options import load_config
 
     path = tmp_path / "agent.toml"
     write_config(path, tmp_path / "s.sqlite")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.config import load_config
+from agent.config.options import load_config
 from agent.errors import ConfigError
-from agent.housekeeping import DAY, prune_loop, prune_once
 from agent.storeio import AsyncStore
+from agent.sync.housekeeping import DAY, prune_loop, prune_once
 from store import HistoryRecord, NodeChange, Store, open_store
 
 NOW = 1_800_000_000.0

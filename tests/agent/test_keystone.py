@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.keystone import (
+from agent.nova.config import NovaConfig, parse_nova_section
+from agent.nova.keystone import (
     KeystoneSession,
     ServiceRefusedError,
     ServiceUnavailableError,
@@ -29,7 +30,6 @@ from agent.keystone import (
     select_endpoint,
     token_url,
 )
-from agent.nova_config import NovaConfig, parse_nova_section
 from tests.agent.fake_openstack import (
     Endpoint,
     FakeOpenStack,

@@ -1,4 +1,4 @@
-"""The pass scheduler (agent.lanes) on trio's MockClock: lanes, stalled workers, the pace."""
+"""The pass scheduler (agent.sync.lanes) on trio's MockClock: lanes, stalled workers, the pace."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.lanes import STALL_FACTOR, STALL_FLOOR, NodePace, run_lanes
+from agent.sync.lanes import STALL_FACTOR, STALL_FLOOR, NodePace, run_lanes
 from store import Store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 from tests.agent.test_service import Harness, make_config

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.config import LoggingConfig
+from agent.config.options import LoggingConfig
 from agent.logs import MASK, extra_fields, setup_logging
 
 

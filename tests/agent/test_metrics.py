@@ -1,4 +1,4 @@
-"""agent.metrics: the registry's exposition text, and the endpoint over real HTTP on loopback."""
+"""The metrics registry's exposition text, and the endpoint over real HTTP on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpx
 import pytest
 import trio
 
-from agent.metrics import (
+from agent.metrics.registry import (
     CONTENT_TYPE,
     MetricsError,
     Registry,

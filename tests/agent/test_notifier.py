@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import trio
 
-from agent.notifier import Notifier
-from agent.nova_config import NovaConfig, parse_nova_section
+from agent.nova.config import NovaConfig, parse_nova_section
+from agent.nova.notifier import Notifier
 from agent.storeio import AsyncStore
 from store import HistoryRecord, Node, NodeChange, Store, StoreError, open_store
 from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack
@@ -153,7 +153,7 @@ async def test_unknown_and_hostless_instances_dropped_with_reason(
     assert gone.instance_uuid is not None
     del cloud.instances[gone.instance_uuid]  # deleted in Nova
     power(store, [good, hostless, gone], "power off")
-    with caplog.at_level(logging.WARNING, logger="agent.notifier"):
+    with caplog.at_level(logging.WARNING, logger="agent.nova.notifier"):
         report = await notifier_for(cloud, store).drain_once()
     assert (report.delivered, report.dropped, report.deferred) == (1, 2, 0)
     counts = store.notification_counts()
@@ -243,7 +243,7 @@ async def test_refusal_reported_once(
     clock = WallClock()
     notifier = notifier_for(cloud, store, clock)
     power(store, nodes, "power off")
-    with caplog.at_level(logging.DEBUG, logger="agent.notifier"):
+    with caplog.at_level(logging.DEBUG, logger="agent.nova.notifier"):
         for _round in range(3):
             report = await notifier.drain_once()
             assert report.deferred == 2
@@ -260,7 +260,7 @@ async def test_forbidden_names_the_role(
 ) -> None:
     cloud.roles = ("member",)
     power(store, add_nodes(store, cloud, 1), "power on")
-    with caplog.at_level(logging.ERROR, logger="agent.notifier"):
+    with caplog.at_level(logging.ERROR, logger="agent.nova.notifier"):
         await notifier_for(cloud, store).drain_once()
     [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert "'service' role" in error
@@ -417,7 +417,7 @@ async def test_store_trouble_backs_off_and_recovers(
     flaky = FlakyStore(store, failures=3)
     config = config_for(cloud, retry_delay=0.02, retry_max_delay=0.1)
     notifier = Notifier(config, flaky, rng=random.Random(3), poll_interval=0.05)
-    with caplog.at_level(logging.ERROR, logger="agent.notifier"):
+    with caplog.at_level(logging.ERROR, logger="agent.nova.notifier"):
         async with trio.open_nursery() as nursery:
             await nursery.start(notifier.run)
             await wait_until(lambda: cloud.delivered() != [])

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.keystone import (
+from agent.nova.client import NovaClient, PowerEvent, Verdict, chunk_events
+from agent.nova.config import NovaConfig, parse_nova_section
+from agent.nova.keystone import (
     KeystoneSession,
     ServiceRefusedError,
     ServiceUnavailableError,
     open_http_client,
 )
-from agent.nova import NovaClient, PowerEvent, Verdict, chunk_events
-from agent.nova_config import NovaConfig, parse_nova_section
 from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack
 
 

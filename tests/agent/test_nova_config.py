@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config.options import load_config
 from agent.errors import ConfigError
-from agent.nova_config import NovaConfig, parse_nova_section
+from agent.nova.config import NovaConfig, parse_nova_section
 
 COMPLETE: dict[str, object] = {
     "send_power_notifications": True,

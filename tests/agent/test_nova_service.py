@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.bmcs import open_bmc_pool
-from agent.config import AgentConfig, ConductorConfig, IpmiConfig
-from agent.notifier import Notifier
-from agent.nova_config import parse_nova_section
-from agent.service import SyncService
+from agent.bmc.pool import open_bmc_pool
+from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.nova.config import parse_nova_section
+from agent.nova.notifier import Notifier
 from agent.storeio import AsyncStore
+from agent.sync.service import SyncService
 from store import open_store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack

@@ -1,4 +1,4 @@
-"""Table tests of the power-sync rules (agent.policy): pure functions, no mocks."""
+"""Table tests of the power-sync rules (agent.sync.policy): pure functions, no mocks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import attrs
 import pytest
 
-from agent.policy import (
+from agent.sync.policy import (
     FAULT_POWER_FAILURE,
     POWER_OFF,
     POWER_ON,

@@ -13,16 +13,16 @@ import pytest
 import trio
 import trio.testing
 
-from agent.bmcs import open_bmc_pool
-from agent.config import AgentConfig, ConductorConfig, IpmiConfig
-from agent.daemon import run_service
-from agent.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
-from agent.service import (
+from agent.bmc.pool import open_bmc_pool
+from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.storeio import AsyncStore
+from agent.sync.daemon import run_service
+from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
+from agent.sync.service import (
     META_LAST_CYCLE,
     SyncService,
     jitter_delay,
 )
-from agent.storeio import AsyncStore
 from store import Store, open_store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 
@@ -531,7 +531,7 @@ async def test_graceful_stop_finishes_quickly_and_closes_sessions(
 async def test_static_nodes_are_upserted_at_start(
     store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from agent.config import StaticNode
+    from agent.config.options import StaticNode
 
     fleet.add(10001, on=False)
     static = StaticNode(
@@ -566,7 +566,7 @@ async def test_static_nodes_are_upserted_at_start(
 async def test_metrics_follow_the_cycles(
     store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from agent.service_metrics import ServiceMetrics
+    from agent.metrics.sync import ServiceMetrics
 
     names = add_nodes(store, fleet, 4, instance=True)
     fleet[10004].error = "completion code 0xc3 (timeout)"
@@ -594,7 +594,7 @@ async def test_metrics_follow_the_cycles(
 async def test_metrics_endpoint_served_by_the_daemon(store: Store, fleet: FakeFleet) -> None:
     import httpx
 
-    from agent.service_metrics import ServiceMetrics
+    from agent.metrics.sync import ServiceMetrics
 
     add_nodes(store, fleet, 2)
     metrics = ServiceMetrics(host="127.0.0.1", port=0)
@@ -639,7 +639,7 @@ async def test_sync_once_shows_progress_for_large_fleets(
 ) -> None:
     import io
 
-    from agent.cmd_sync import format_result, format_summary, sync_once
+    from agent.cli.sync import format_result, format_summary, sync_once
 
     add_nodes(store, fleet, 60)
     for bmc in fleet.bmcs.values():
@@ -661,7 +661,7 @@ async def test_sync_once_starts_every_node_at_once_unless_asked_to_jitter(
     store: Store, fleet: FakeFleet
 ) -> None:
     # Real clock: bounds that only slowness could cross in the safe direction.
-    from agent.cmd_sync import sync_once
+    from agent.cli.sync import sync_once
 
     add_nodes(store, fleet, 20)
     started = trio.current_time()
@@ -699,7 +699,7 @@ async def test_a_bmc_that_stops_answering_mid_session_costs_one_deadline(
 
 
 def test_retry_budget_matches_the_client_policy() -> None:
-    from agent.service import retry_budget
+    from agent.sync.service import retry_budget
 
     assert retry_budget(IpmiConfig()) == pytest.approx(1 + 2 + 4 + 4)  # defaults: 11 s
     fast = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0.4, retries=4)

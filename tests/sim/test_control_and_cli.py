@@ -67,7 +67,7 @@ async def test_non_loopback_address_is_refused() -> None:
 
 def run_cli(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *argv],
+        [sys.executable, "-m", "agent.cli.main", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -114,7 +114,7 @@ def test_cli_serves_writes_inventory_and_stops_cleanly_on_sigterm(tmp_path: Path
         [
             sys.executable,
             "-m",
-            "agent.cli",
+            "agent.cli.main",
             "sim",
             "--nodes",
             "3",
@@ -163,7 +163,7 @@ def test_free_ports_are_reported_where_they_can_be_found() -> None:
     import argparse
     from types import SimpleNamespace
 
-    from agent.cmd_sim import _where_free_ports_are
+    from agent.cli.sim import _where_free_ports_are
 
     bmcs = [SimpleNamespace(port=40000 + i) for i in range(25)]
     args = argparse.Namespace(write_inventory="nodes.toml", control_socket=None)

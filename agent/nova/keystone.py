@@ -23,7 +23,7 @@ import httpx
 import trio
 
 from agent.errors import NotificationError
-from agent.nova_config import AUTH_APPLICATION_CREDENTIAL, NovaConfig
+from agent.nova.config import AUTH_APPLICATION_CREDENTIAL, NovaConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-from agent.config import (
+from agent.cli.common import (
+    format_time,
+    open_configured_store,
+    print_json,
+    print_table,
+    store_errors,
+)
+from agent.config.inventory import FORMATS, ImportRow, read_inventory
+from agent.config.options import (
     PRIVILEGES,
     SESSION_MODES,
     AgentConfig,
@@ -23,79 +28,21 @@ from agent.config import (
     node_inventory,
     parse_node,
 )
-from agent.config_reader import validate_cipher_suites
-from agent.errors import AgentError, NodeError
-from agent.inventory import FORMATS, ImportRow, read_inventory
-from agent.secrets import read_secret_env, read_secret_file
+from agent.config.reader import validate_cipher_suites
+from agent.config.secrets import read_secret_env, read_secret_file
+from agent.errors import NodeError
 from store import (
     DuplicateNode,
     HistoryRecord,
-    InvalidNode,
     Node,
     NodeChange,
     NodeLocked,
     NodeNotFound,
     Store,
     StoreError,
-    open_store,
 )
 
 OPERATOR = "operator"  # history cause for edits made here
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared with cmd_status
-
-
-def open_configured_store(config: AgentConfig, *, create: bool) -> Store:
-    """The store named by ``[store]``; for read-only commands a missing store is an error."""
-    path = config.store.path
-    if not create and not os.path.exists(path):
-        raise AgentError(
-            f"store {path} does not exist yet ([store] path in {config.source}); "
-            "add nodes with `powersync node add` or `powersync node import`"
-        )
-    try:
-        return open_store(path, config.store.backend)
-    except StoreError as exc:
-        message = str(exc)
-        raise AgentError(message if path in message else f"store {path}: {message}") from None
-
-
-@contextlib.contextmanager
-def store_errors(subject: str) -> Iterator[None]:
-    """Turn the store's exceptions into one-line agent errors about ``subject``."""
-    try:
-        yield
-    except NodeNotFound:
-        raise NodeError(f"{subject}: no such node") from None
-    except NodeLocked as exc:
-        raise NodeError(f"{subject}: {exc}") from None
-    except (DuplicateNode, InvalidNode) as exc:
-        raise NodeError(f"{subject}: {exc}") from None
-    except StoreError as exc:
-        raise AgentError(f"store: {exc}") from None
-
-
-def format_time(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(timestamp))
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [len(header) for header in headers]
-    for row in rows:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
-    for row in (headers, *rows):
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-
-
-def print_json(document: object) -> None:
-    json.dump(document, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def password_from_args(args: argparse.Namespace) -> str | None:

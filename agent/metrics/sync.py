@@ -1,4 +1,4 @@
-"""The metrics the sync service exports (Prometheus text format via agent.metrics).
+"""The metrics the sync service exports (Prometheus text format via agent.metrics.registry).
 
 Updated once per cycle from the cycle report, the store and the BMC pool's counters; the
 per-node "seconds since last successful read" gauge is computed at scrape time.
@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
-from agent.bmcs import BmcPool
-from agent.metrics import DURATION_BUCKETS, RTT_BUCKETS, Registry, serve_metrics
-from agent.sync_report import CycleReport
+from agent.bmc.pool import BmcPool
+from agent.metrics.registry import DURATION_BUCKETS, RTT_BUCKETS, Registry, serve_metrics
+from agent.sync.report import CycleReport
 from store import Node
 
 log = logging.getLogger("powersync.metrics")

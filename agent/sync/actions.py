@@ -19,12 +19,12 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from agent.bmcs import CLIENT_ACTIONS, BmcOpener, BmcSessionLike, describe_error, power_word
-from agent.config import AgentConfig
+from agent.bmc.pool import CLIENT_ACTIONS, BmcOpener, BmcSessionLike, describe_error, power_word
+from agent.config.options import AgentConfig
 from agent.errors import AgentError, NodeError
-from agent.policy import POWER_OFF, POWER_ON
-from agent.service import endpoint_for, holder_name
 from agent.storeio import AsyncStore
+from agent.sync.policy import POWER_OFF, POWER_ON
+from agent.sync.service import endpoint_for, holder_name
 from store import HistoryRecord, Node, NodeChange, NodeNotFound, StoreError
 
 ACTIONS = ("on", "off", "cycle", "reset", "soft-off")

@@ -8,11 +8,11 @@ import sys
 
 import trio
 
-from agent.actions import ACTIONS, power_action, power_status
-from agent.bmcs import configured_opener
-from agent.cmd_node import open_configured_store
-from agent.config import load_config
+from agent.bmc.pool import configured_opener
+from agent.cli.common import open_configured_store
+from agent.config.options import load_config
 from agent.storeio import AsyncStore
+from agent.sync.actions import ACTIONS, power_action, power_status
 
 
 def _positive(text: str) -> float:

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from agent.config.secrets import read_secret_file
 from agent.errors import ConfigError, SecretError
-from agent.secrets import read_secret_file
 
 AUTH_PASSWORD = "password"  # noqa: S105 (a plugin name, not a secret)
 AUTH_APPLICATION_CREDENTIAL = "v3applicationcredential"

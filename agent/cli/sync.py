@@ -11,14 +11,14 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmcs import BmcOpener, configured_opener, open_bmc_pool
-from agent.cmd_node import open_configured_store
-from agent.config import AgentConfig, load_config
+from agent.bmc.pool import BmcOpener, configured_opener, open_bmc_pool
+from agent.cli.common import open_configured_store
+from agent.config.options import AgentConfig, load_config
 from agent.errors import AgentError
 from agent.logs import setup_logging
-from agent.service import SyncService
 from agent.storeio import AsyncStore
-from agent.sync_report import CycleReport, NodeResult
+from agent.sync.report import CycleReport, NodeResult
+from agent.sync.service import SyncService
 from store import Store
 
 PROGRESS_MIN_NODES = 50  # smaller fleets finish before a progress line would help

@@ -14,8 +14,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from agent.cmd_node import format_time, open_configured_store, print_json, store_errors
-from agent.config import AgentConfig, load_config
+from agent.cli.common import format_time, open_configured_store, print_json, store_errors
+from agent.config.options import AgentConfig, load_config
 from store import Node
 
 LAST_CYCLE_KEY = "last_cycle"

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
-from agent.bmc_gate import EndpointGate
+from agent.bmc.gate import EndpointGate
 from agent.errors import AgentError
-from agent.policy import POWER_OFF, POWER_ON
+from agent.sync.policy import POWER_OFF, POWER_ON
 from ipmi import RetryPolicy, open_bmc
 from ipmi.transport import peer_label
 
 if TYPE_CHECKING:
-    from agent.config import IpmiConfig
+    from agent.config.options import IpmiConfig
 
 log = logging.getLogger("powersync.bmc")
 

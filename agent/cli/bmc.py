@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
+from agent.config.secrets import read_secret_env, read_secret_file
 from agent.errors import AgentError
-from agent.secrets import read_secret_env, read_secret_file
 from ipmi import IpmiError, open_bmc
 from ipmi.transport import peer_label
 

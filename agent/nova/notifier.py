@@ -26,16 +26,16 @@ import attrs
 import httpx
 import trio
 
-from agent.config import looks_like_uuid
+from agent.config.options import looks_like_uuid
 from agent.errors import NotificationError
-from agent.keystone import (
+from agent.nova.client import POWER_TAGS, EventResult, NovaClient, PowerEvent, Verdict, chunk_events
+from agent.nova.config import NovaConfig
+from agent.nova.keystone import (
     KeystoneSession,
     ServiceRefusedError,
     ServiceUnavailableError,
     open_http_client,
 )
-from agent.nova import POWER_TAGS, EventResult, NovaClient, PowerEvent, Verdict, chunk_events
-from agent.nova_config import NovaConfig
 from agent.storeio import AsyncStore
 from store import Notification
 

@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import attrs
 
-from agent.config import NODE_KEYS, StaticNode, parse_node
-from agent.config_reader import file_is_private, parse_toml
+from agent.config.options import NODE_KEYS, StaticNode, parse_node
+from agent.config.reader import file_is_private, parse_toml
 from agent.errors import ConfigError
 
 FORMATS: Final = ("toml", "csv", "json")

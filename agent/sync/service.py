@@ -1,14 +1,14 @@
-"""The power-sync service: the sync and recovery passes (the daemon is :mod:`agent.daemon`).
+"""The power-sync service: the sync and recovery passes (the daemon is :mod:`agent.sync.daemon`).
 
 ::
 
     SyncService
     ├─ sync loop       every sync_power_state_interval: one cycle, never overlapping
-    │   └─ agent.lanes: sync_power_state_workers workers (and the failing lane's) pull
+    │   └─ agent.sync.lanes: sync_power_state_workers workers (and the failing lane's) pull
     │      nodes in jitter-offset order, each under its per-node deadline
     └─ recovery loop   every power_failure_recovery_interval: "power failure" nodes
 
-Decisions come from :mod:`agent.policy`; BMC sessions from :mod:`agent.bmcs`. Each cycle's
+Decisions come from :mod:`agent.sync.policy`; BMC sessions from :mod:`agent.bmc.pool`. Each cycle's
 changes are written in one ``store.apply`` batch at its end; a change is dropped if the node
 changed under the cycle (an operator or a power action got there first).
 """
@@ -28,16 +28,17 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from agent.bmcs import (
+from agent.bmc.pool import (
     BmcEndpoint,
     BmcPool,
     NodeBmc,
     describe_error,
     retry_policy,
 )
-from agent.config import AgentConfig, IpmiConfig, node_inventory
-from agent.lanes import NodePace, run_lanes
-from agent.policy import (
+from agent.config.options import AgentConfig, IpmiConfig, node_inventory
+from agent.storeio import AsyncStore
+from agent.sync.lanes import NodePace, run_lanes
+from agent.sync.policy import (
     Action,
     Decision,
     Observation,
@@ -49,8 +50,7 @@ from agent.policy import (
     needs_recovery,
     skip_reason,
 )
-from agent.storeio import AsyncStore
-from agent.sync_report import (
+from agent.sync.report import (
     CycleReport,
     NodeProgress,
     NodeResult,
@@ -139,7 +139,7 @@ class SyncService:
             max_retries=config.conductor.power_state_sync_max_retries,
         )
         self.workers = config.conductor.sync_power_state_workers
-        # The failing lane (agent.lanes): nodes whose last pass failed, and recovery probes.
+        # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery probes.
         self.failing_workers = config.conductor.sync_failing_node_workers
         # A healthy node silent for much longer than usual (at most one retransmission
         # timeout) gets its worker replaced, so the healthy lane keeps moving.

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from agent.policy import Action, Decision, Observation
+from agent.sync.policy import Action, Decision, Observation
 from store import HistoryRecord, Node, NodeChange
 
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import attrs
 
-from agent.config_reader import (
+from agent.config.reader import (
     ALLOWED_CIPHER_SUITES,
     Section,
     file_is_private,
@@ -30,9 +30,9 @@ from agent.config_reader import (
     resolve_path,
     split_listen,
 )
+from agent.config.secrets import read_secret_file
 from agent.errors import ConfigError, SecretError
-from agent.nova_config import NovaConfig, parse_nova_section
-from agent.secrets import read_secret_file
+from agent.nova.config import NovaConfig, parse_nova_section
 
 PRIVILEGES: Final = ("user", "operator", "administrator")
 SESSION_MODES: Final = ("persistent", "per-cycle")

@@ -21,14 +21,14 @@ import attrs
 import httpx
 
 from agent.errors import NotificationError
-from agent.keystone import (
+from agent.nova.config import NovaConfig
+from agent.nova.keystone import (
     KeystoneSession,
     ServiceRefusedError,
     ServiceUnavailableError,
     Token,
     error_message,
 )
-from agent.nova_config import NovaConfig
 
 __all__ = [
     "MICROVERSION",

@@ -7,13 +7,13 @@ import logging
 
 import trio
 
-from agent.bmcs import configured_opener
-from agent.cmd_node import open_configured_store
-from agent.config import AgentConfig, load_config
-from agent.daemon import run_service
+from agent.bmc.pool import configured_opener
+from agent.cli.common import open_configured_store
+from agent.config.options import AgentConfig, load_config
 from agent.logs import setup_logging
-from agent.service_metrics import ServiceMetrics
+from agent.metrics.sync import ServiceMetrics
 from agent.storeio import AsyncStore
+from agent.sync.daemon import run_service
 
 log = logging.getLogger("powersync")
 
@@ -22,7 +22,7 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
     """Everything ``powersync run`` starts, on an open store."""
     notifier = None
     if config.nova.send_power_notifications:
-        from agent.notifier import Notifier
+        from agent.nova.notifier import Notifier
 
         notifier = Notifier(config.nova, astore)
     metrics = None

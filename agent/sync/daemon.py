@@ -9,8 +9,8 @@
        ├─ metrics     the Prometheus endpoint (when configured)
        ├─ prune       hourly: history older than [store] history_retention_days
        └─ work
-          ├─ sync loop       (agent.service.SyncService.sync_loop)
-          └─ recovery loop   (agent.service.SyncService.recovery_loop)
+          ├─ sync loop       (agent.sync.service.SyncService.sync_loop)
+          └─ recovery loop   (agent.sync.service.SyncService.recovery_loop)
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from functools import partial
 
 import trio
 
-from agent.bmcs import BmcOpener, configured_opener, open_bmc_pool
-from agent.config import AgentConfig
-from agent.housekeeping import prune_loop
-from agent.service import MetricsSink, Notifier, SyncService, retry_budget
+from agent.bmc.pool import BmcOpener, configured_opener, open_bmc_pool
+from agent.config.options import AgentConfig
 from agent.storeio import AsyncStore
+from agent.sync.housekeeping import prune_loop
+from agent.sync.service import MetricsSink, Notifier, SyncService, retry_budget
 from store import Store
 
 log = logging.getLogger("powersync.sync")
@@ -65,7 +65,7 @@ async def run_service(
 ) -> None:
     """The daemon: returns (normally) after SIGTERM/SIGINT or ``service.stop()``.
 
-    ``metrics`` (e.g. :class:`agent.service_metrics.ServiceMetrics`) gets every cycle; if it
+    ``metrics`` (e.g. :class:`agent.metrics.sync.ServiceMetrics`) gets every cycle; if it
     has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
     """
     astore = store if isinstance(store, AsyncStore) else AsyncStore(store)

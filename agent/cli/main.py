@@ -9,25 +9,17 @@ a traceback is printed only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
+from agent.cli import bmc, demo, node, power, run, sim, status, sync
 from agent.errors import AgentError
 
 # Command modules, in the order they appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = (
-    "agent.cmd_run",
-    "agent.cmd_sync",
-    "agent.cmd_node",
-    "agent.cmd_power",
-    "agent.cmd_status",
-    "agent.cmd_demo",
-    "agent.cmd_bmc",
-    "agent.cmd_sim",
-)
+COMMAND_MODULES: tuple[ModuleType, ...] = (run, sync, node, power, status, demo, bmc, sim)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
+from agent.config.secrets import read_secret_env, read_secret_file
 from agent.errors import ConfigError
-from agent.secrets import read_secret_env, read_secret_file
 from ipmi.errors import IpmiError
 from ipmi.sim import (
     Faults,

@@ -21,12 +21,12 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmcs import BmcPool, configured_opener, open_bmc_pool
-from agent.config import AgentConfig, ConductorConfig, IpmiConfig
+from agent.bmc.pool import BmcPool, configured_opener, open_bmc_pool
+from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.errors import AgentError
-from agent.service import SyncService
 from agent.storeio import AsyncStore
-from agent.sync_report import CycleReport
+from agent.sync.report import CycleReport
+from agent.sync.service import SyncService
 from store import Store, open_store
 
 DEMO_CONDUCTOR = ConductorConfig(
