@@ -1,0 +1,1 @@
+"""powersync redfish: a Redfish client on httpx + trio, and a Redfish fleet simulator."""
