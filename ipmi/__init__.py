@@ -12,6 +12,8 @@ IpmiError                   root of everything this package raises
 ├── MalformedPacketError    a datagram could not be decoded (the only error decoders raise)
 │   └── IntegrityCheckError an authenticated datagram failed its integrity check
 ├── CompletionCodeError     a command answered with a non-zero completion code (``.code``)
+├── ProtocolStateError      the session machine refused an illegal transition (a bug, never
+│                           caused by a BMC)
 └── SessionLostError        the session is gone (dropped by the BMC and one re-login failed,
                             or poisoned by a protocol violation); a new one must be opened
 """
@@ -31,6 +33,7 @@ from ipmi.errors import (
     MalformedPacketError,
     NegotiationError,
     NoResponseError,
+    ProtocolStateError,
     SessionLostError,
 )
 from ipmi.transport import DatagramEndpoint, connect_udp
@@ -46,6 +49,7 @@ __all__ = [
     "MalformedPacketError",
     "NegotiationError",
     "NoResponseError",
+    "ProtocolStateError",
     "RetryPolicy",
     "SessionLostError",
     "SessionStatistics",

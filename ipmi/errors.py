@@ -39,6 +39,11 @@ class CompletionCodeError(IpmiError):
         super().__init__(message or f"completion code 0x{code:02x}")
 
 
+class ProtocolStateError(IpmiError):
+    """The session machine was asked for a transition its state does not allow: a bug in
+    the machine or its driver, never something a BMC can cause."""
+
+
 class SessionLostError(IpmiError):
     """The session is gone: the BMC dropped it and re-login failed, or a protocol violation
     poisoned it. A new session must be established."""

@@ -77,6 +77,8 @@ from ipmi.proto.events import (
     LoginStep,
     Response,
     State,
+    Transition,
+    next_state,
 )
 
 MAX_SEQUENCE = 0xFFFFFFFF
@@ -208,32 +210,28 @@ class ClientSession:
         self.console_session_id = self._new_console_session_id()
         self._console_random = self._random(16)
         if self._probe:
-            self.state = State.AWAIT_AUTH_CAP
+            self._move(Transition.BEGIN_WITH_PROBE)
             self._probe_rq_seq = self._take_rq_seq()
             request = msg.GetChannelAuthCapabilitiesRequest(int(self.privilege))
             message = wire.IpmiRequest(
                 request.NETFN, request.CMD, self._probe_rq_seq, request.encode()
             ).encode()
             return wire.V15Packet(message).encode()
-        return self._open_session_request()
+        return self._open_session_request(Transition.BEGIN)
 
     def receive(self, datagram: bytes) -> Event | None:
         """Feed one received datagram; an event, or None when it was dropped (counted)."""
-        state = self.state
-        if state is State.ESTABLISHED:
+        if self.state is State.ESTABLISHED:  # the hot path: no table lookup, no try
             return self._receive_in_session(datagram)
+        receiver = _RECEIVERS.get(self.state)
+        if receiver is None:
+            return self._drop("closed")
         try:
-            if state is State.AWAIT_PRIV:
-                return self._receive_in_session(datagram)
-            if state is State.AWAIT_AUTH_CAP:
-                return self._receive_auth_cap(datagram)
-            if state in (State.AWAIT_OPEN, State.AWAIT_RAKP2, State.AWAIT_RAKP4):
-                return self._receive_setup(datagram)
+            return receiver(self, datagram)
         except (AuthenticationError, NegotiationError):
             # A failed login cannot continue; close() still frees a half-open BMC session.
-            self.state = State.POISONED
+            self._move(Transition.LOGIN_FAILED)
             raise
-        return self._drop("closed")
 
     def request(self, netfn: int, cmd: int, data: bytes = b"") -> tuple[int, bytes]:
         """Queue a request: (request_id, datagram to send)."""
@@ -258,7 +256,7 @@ class ClientSession:
     def close(self) -> bytes:
         """The Close Session datagram (no answer is needed); the state becomes CLOSED."""
         if self._crypto is None or self.state in (State.CLOSED, State.IDLE):
-            self.state = State.CLOSED
+            self._move(Transition.CLOSE)
             raise SessionLostError("no session to close")
         # Also from POISONED: the keys still work, and it frees the BMC's session slot.
         request = msg.CloseSessionRequest(self.bmc_session_id)
@@ -266,7 +264,7 @@ class ClientSession:
             _, datagram = self._request(request.NETFN, request.CMD, request.encode())
         finally:
             self._pending.clear()
-            self.state = State.CLOSED
+            self._move(Transition.CLOSE)
         return datagram
 
     # --- login ---------------------------------------------------------------------------
@@ -292,11 +290,11 @@ class ClientSession:
                 raise NegotiationError("BMC does not support IPMI 2.0 (RMCP+) on this channel")
             self.bmc_kg_set = caps.kg_set
         # A refused probe is only advisory: RMCP+ login is attempted anyway.
-        return LoginStep(self._open_session_request())
+        return LoginStep(self._open_session_request(Transition.CAPABILITIES_ANSWERED))
 
-    def _open_session_request(self) -> bytes:
+    def _open_session_request(self, transition: Transition) -> bytes:
         suite = self._suites[self._suite_index]
-        self.state = State.AWAIT_OPEN
+        self._move(transition)
         request = msg.OpenSessionRequest(
             tag=self._next_tag(),
             privilege=int(self.privilege),
@@ -314,19 +312,11 @@ class ClientSession:
             return self._drop("malformed")
         if packet.authenticated or packet.encrypted or packet.session_id != 0:
             return self._drop("unexpected")
-        expected = {
-            State.AWAIT_OPEN: PayloadType.OPEN_SESSION_RESPONSE,
-            State.AWAIT_RAKP2: PayloadType.RAKP2,
-            State.AWAIT_RAKP4: PayloadType.RAKP4,
-        }[self.state]
+        expected, handle = _SETUP_STEPS[self.state]
         if packet.payload_type != expected:
             return self._drop("unexpected")
         try:
-            if self.state is State.AWAIT_OPEN:
-                return self._receive_open(msg.OpenSessionResponse.decode(packet.payload))
-            if self.state is State.AWAIT_RAKP2:
-                return self._receive_rakp2(msg.Rakp2.decode(packet.payload))
-            return self._receive_rakp4(msg.Rakp4.decode(packet.payload))
+            return handle(self, packet.payload)
         except MalformedPacketError:
             return self._drop("malformed")
 
@@ -362,7 +352,7 @@ class ClientSession:
             return self._drop("malformed")
         self.suite = suite
         self.bmc_session_id = response.bmc_session_id
-        self.state = State.AWAIT_RAKP2
+        self._move(Transition.OPEN_ACCEPTED)
         rakp1 = msg.Rakp1(
             self._next_tag(), self.bmc_session_id, self._console_random, self.role, self._username
         )
@@ -373,7 +363,7 @@ class ClientSession:
         if self._suite_index >= len(self._suites):
             tried = ", ".join(str(suite.id) for suite in self._suites)
             raise NegotiationError(f"no acceptable cipher suite (tried {tried}): {reason}")
-        return LoginStep(self._open_session_request())
+        return LoginStep(self._open_session_request(Transition.SUITE_REFUSED))
 
     def _receive_rakp2(self, rakp2: msg.Rakp2) -> Event | None:
         if not self._is_ours(rakp2.tag, rakp2.console_session_id, rakp2.status):
@@ -417,7 +407,7 @@ class ClientSession:
             username=self._username,
         )
         rakp3 = msg.Rakp3(self._next_tag(), 0, self.bmc_session_id, code)
-        self.state = State.AWAIT_RAKP4
+        self._move(Transition.RAKP2_VERIFIED)
         return LoginStep(wire.encode_v2(PayloadType.RAKP3, rakp3.encode()))
 
     def _receive_rakp4(self, rakp4: msg.Rakp4) -> Event | None:
@@ -443,10 +433,10 @@ class ClientSession:
         self._crypto = SessionCrypto(suite, self._sik, self._entropy)
         self._forget_login_secrets()
         if self.privilege <= Privilege.USER:
-            self.state = State.ESTABLISHED
+            self._move(Transition.LOGIN_COMPLETE)
             return LoginComplete(suite.id, self.privilege)
         # RMCP+ sessions start at USER level; raise to the requested one.
-        self.state = State.AWAIT_PRIV
+        self._move(Transition.RAKP4_VERIFIED)
         request = msg.SetSessionPrivilegeLevelRequest(int(self.privilege))
         self._priv_request_id, datagram = self._request(
             request.NETFN, request.CMD, request.encode()
@@ -521,7 +511,7 @@ class ClientSession:
             raise NegotiationError(
                 f"BMC granted privilege {granted} instead of {self.privilege.name.lower()}"
             )
-        self.state = State.ESTABLISHED
+        self._move(Transition.LOGIN_COMPLETE)
         return LoginComplete(self._require_suite().id, self.privilege)
 
     def _match(self, netfn: int, cmd: int, rq_seq: int) -> int | None:
@@ -574,8 +564,12 @@ class ClientSession:
 
     # --- helpers -------------------------------------------------------------------------
 
+    def _move(self, transition: Transition) -> None:
+        """The only place the state changes: checked against ``TRANSITIONS``."""
+        self.state = next_state(self.state, transition)
+
     def _poison(self, reason: str) -> Never:
-        self.state = State.POISONED
+        self._move(Transition.VIOLATION)
         self._pending.clear()
         raise SessionLostError(reason)
 
@@ -604,3 +598,30 @@ class ClientSession:
             if session_id not in (0, self.console_session_id):
                 return session_id
         raise ValueError("entropy source keeps returning the same session id")
+
+
+# How receive() handles a datagram in each login state (ESTABLISHED is special-cased, and a
+# state not listed drops every datagram as "closed").
+_RECEIVERS: dict[State, Callable[[ClientSession, bytes], Event | None]] = {
+    State.AWAIT_AUTH_CAP: ClientSession._receive_auth_cap,
+    State.AWAIT_OPEN: ClientSession._receive_setup,
+    State.AWAIT_RAKP2: ClientSession._receive_setup,
+    State.AWAIT_RAKP4: ClientSession._receive_setup,
+    State.AWAIT_PRIV: ClientSession._receive_in_session,
+}
+
+# The pre-session login answers: the payload each state waits for, and its handler.
+_SETUP_STEPS: dict[State, tuple[PayloadType, Callable[[ClientSession, bytes], Event | None]]] = {
+    State.AWAIT_OPEN: (
+        PayloadType.OPEN_SESSION_RESPONSE,
+        lambda machine, payload: machine._receive_open(msg.OpenSessionResponse.decode(payload)),
+    ),
+    State.AWAIT_RAKP2: (
+        PayloadType.RAKP2,
+        lambda machine, payload: machine._receive_rakp2(msg.Rakp2.decode(payload)),
+    ),
+    State.AWAIT_RAKP4: (
+        PayloadType.RAKP4,
+        lambda machine, payload: machine._receive_rakp4(msg.Rakp4.decode(payload)),
+    ),
+}
