@@ -42,7 +42,7 @@ from ipmi.errors import (
     SessionLostError,
 )
 from ipmi.proto.constants import ChassisAction, Privilege
-from ipmi.proto.events import LoginComplete, LoginLost, LoginStep, Response, State
+from ipmi.proto.events import LoginComplete, LoginLost, LoginStep, Response
 from ipmi.proto.messages import (
     ChassisControlRequest,
     GetChassisStatusRequest,
@@ -171,7 +171,6 @@ class BmcSession:
         self._machine = machine  # one for the whole life of this object, across re-logins
         self._retry = retry
         self._lock = trio.Lock()
-        self._logged_in = False
         self._counters = _Counters()
         self._rtt = RttEstimator(retry)
         self._closed = False
@@ -251,7 +250,7 @@ class BmcSession:
         async with self._lock:
             if self._closed:
                 raise SessionLostError(f"{self.peer}: session is closed")
-            if not self._logged_in:
+            if not self._machine.established:
                 await self._login()
             try:
                 response = await self._exchange(
@@ -290,7 +289,6 @@ class BmcSession:
         try:
             request_id, datagram = machine.request(netfn, cmd, data)
         except SessionLostError as exc:
-            self._logged_in = False
             raise SessionLostError(f"{self.peer}: {exc}") from exc
         policy = self._retry
         adaptive = idempotent and policy.adaptive
@@ -354,7 +352,7 @@ class BmcSession:
             # cancelled by the caller, a late answer is dropped as stale, and the request
             # never occupies an rqSeq again.
             machine.forget(request_id)
-        self._logged_in = False
+        machine.abandon()  # presumed gone: the next command logs in first
         raise NoResponseError(
             f"{self.peer}: no answer to {what} after {attempt} attempts "
             f"({trio.current_time() - started:.1f} s)"
@@ -396,7 +394,6 @@ class BmcSession:
                     self._counters.drops += 1  # noise on the wire never ends a request
                     continue
                 except SessionLostError as exc:
-                    self._logged_in = False
                     raise SessionLostError(f"{self.peer}: {exc}") from exc
                 if event is None:
                     continue  # the machine dropped it, and counted it
@@ -423,7 +420,6 @@ class BmcSession:
         capabilities probe cost the BMC nothing, and the last allowed run waits out the
         budget on it; session steps never wait longer than ``max_timeout``.
         """
-        self._logged_in = False
         policy = self._retry
         started = trio.current_time()
         attempt = 0
@@ -446,7 +442,6 @@ class BmcSession:
                 # Never retried: a wrong password tried again only locks the user out.
                 raise type(exc)(f"{self.peer}: {exc}") from exc
             if complete is not None:
-                self._logged_in = True
                 self.cipher_suite = complete.suite
                 self._counters.logins += 1
                 return
@@ -491,7 +486,7 @@ class BmcSession:
         datagram = machine.begin_login()
         opened = False
         while True:
-            session_step = machine.state is not State.AWAIT_AUTH_CAP
+            session_step = not machine.probing
             opened = opened or session_step
             wait = step_wait(session_step)
             sent_at = trio.current_time()
@@ -519,7 +514,6 @@ class BmcSession:
         if self._closed:
             return
         self._closed = True
-        self._logged_in = False
         try:
             try:
                 # Also after a login that failed once the keys existed (e.g. privilege

@@ -47,6 +47,7 @@ class Transition(enum.Enum):
     LOGIN_COMPLETE = "login-complete"  # at the requested privilege
     LOGIN_FAILED = "login-failed"  # AuthenticationError or NegotiationError
     VIOLATION = "violation"  # a key holder broke the protocol, or sequence numbers ran out
+    ABANDONED = "abandoned"  # the driver gave up: no answer after every retransmission
     CLOSE = "close"  # close(), with or without a Close Session to send
 
 
@@ -80,6 +81,8 @@ TRANSITIONS: Final[Mapping[tuple[State, Transition], State]] = MappingProxyType(
         **{(state, Transition.LOGIN_FAILED): State.POISONED for state in _LOGIN_STEPS},
         # Only a packet or a datagram sealed with the session's keys can break the rules.
         **{(state, Transition.VIOLATION): State.POISONED for state in _KEYED},
+        # Presumed gone: the next use logs in again; close() still frees the BMC's slot.
+        (State.ESTABLISHED, Transition.ABANDONED): State.POISONED,
         **{(state, Transition.CLOSE): State.CLOSED for state in State},
     }
 )

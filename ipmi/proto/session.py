@@ -202,6 +202,24 @@ class ClientSession:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    @property
+    def established(self) -> bool:
+        """True when requests can be sent: logged in, not closed, poisoned or abandoned."""
+        return self.state is State.ESTABLISHED
+
+    @property
+    def probing(self) -> bool:
+        """True while the sessionless capabilities probe awaits its answer: no step so far
+        has opened or used a session on the BMC."""
+        return self.state is State.AWAIT_AUTH_CAP
+
+    def abandon(self) -> None:
+        """The driver gave up on the established session (no answer after every
+        retransmission): it is presumed gone, so :attr:`established` turns False and the
+        next use logs in again. :meth:`close` still works, with the keys it has."""
+        self._pending.clear()
+        self._move(Transition.ABANDONED)
+
     def begin_login(self) -> bytes:
         """(Re)start the handshake from scratch and return the first datagram."""
         self._reset_login_state()

@@ -446,6 +446,28 @@ async def test_session_dropped_by_the_bmc_is_re_established_once(
     assert any("logging in again" in r.getMessage() for r in caplog.records)
 
 
+async def test_after_a_re_login_whose_request_went_unanswered_the_next_command_logs_in_first(
+    autojump_clock: object,
+) -> None:
+    """The BMC forgets the session; the re-login works but the resent request is lost too.
+    The session is presumed gone: the next command starts with a login, instead of
+    spending another whole retransmission budget on it."""
+    bmc = FakeBmc(on=True)
+    async with trio.open_nursery() as nursery:
+        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (2, 3, 4, 5), ()))
+        async with bmc_session(network, retry=FIXED_RETRY) as session:
+            assert await session.get_power() is True
+            bmc.reboot()
+            with pytest.raises(NoResponseError):
+                await session.get_power()
+            sent_before = len(network.labels())
+            assert await session.get_power() is True
+            stats = session.statistics()
+    after = network.labels()[sent_before:]
+    assert after[: after.index("status")] == ["v15", "open", "rakp1", "rakp3", "privilege"]
+    assert stats.logins == 3
+
+
 async def test_a_dead_bmc_gives_no_response_error_after_one_re_login(
     autojump_clock: object,
 ) -> None:

@@ -441,3 +441,25 @@ def test_privilege_names() -> None:
 
 def test_login_step_repr_hides_bytes() -> None:
     assert "bytes" in repr(LoginStep(b"\x01\x02"))
+
+
+def test_an_abandoned_session_is_no_longer_established_but_still_closes() -> None:
+    session, bmc = established()
+    assert session.established and not session.probing
+    session.request(0x00, 0x01)  # never answered
+    session.abandon()
+    assert not session.established and session.state is State.POISONED
+    assert session.outstanding == 0
+    with pytest.raises(SessionLostError):
+        session.request(0x00, 0x01)
+    bmc.handle(session.close())  # the keys still free the BMC's slot
+    assert bmc.closed_session_ids == [bmc.bmc_session_id]
+
+
+def test_probing_is_true_only_while_the_probe_is_unanswered() -> None:
+    session, bmc = make_session(), TinyBmc()
+    assert not session.probing
+    datagram = session.begin_login()
+    assert session.probing
+    session.receive(bmc.handle(datagram))  # type: ignore[arg-type]
+    assert not session.probing and not session.established

@@ -151,6 +151,9 @@ def trigger(state: State, transition: Transition) -> RecordingSession:
             raises_ipmi_error(lambda: driven.machine.request(0x00, 0x01))
         else:
             raises_ipmi_error(driven.machine.close)
+    elif transition is Transition.ABANDONED:
+        driven = driven_in(state)
+        driven.machine.abandon()
     elif transition is Transition.SUITE_REFUSED:
         driven = driven_in(State.AWAIT_OPEN)
         driven.bmc.suites = (3,)
