@@ -410,6 +410,12 @@ class RedfishSession:
             )
         if scope.cancelled_caught:
             raise NoResponseError(f"{self.peer}: no answer to the login")
+        self._take_login(response)
+        # The caller's deadline may have passed while we were shielded: honour it now,
+        # with the token kept, so that close deletes the session.
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _take_login(self, response: httpx.Response) -> None:
         status = response.status_code
         if status in (200, 201):
             token = response.headers.get("X-Auth-Token")
