@@ -27,19 +27,22 @@ from store.errors import (
     StoreError,
 )
 from store.model import (
+    SETTABLE_FIELDS,
+    HistoryEntry,
+    HistoryRecord,
+    Node,
+    NodeChange,
+    Notification,
+)
+from store.validate import (
     NOTIFIABLE_STATES,
     POWER_ERROR,
     POWER_OFF,
     POWER_ON,
     POWER_STATES,
     REBOOTING,
-    SETTABLE_FIELDS,
     SOFT_POWER_OFF,
-    HistoryEntry,
-    HistoryRecord,
-    Node,
-    NodeChange,
-    Notification,
+    DriverInfo,
 )
 
 BACKENDS = ("sqlite", "json")
@@ -69,6 +72,7 @@ __all__ = [
     "REBOOTING",
     "SETTABLE_FIELDS",
     "SOFT_POWER_OFF",
+    "DriverInfo",
     "DuplicateNode",
     "HistoryEntry",
     "HistoryRecord",

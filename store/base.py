@@ -21,30 +21,32 @@ from typing import Self
 
 from store.errors import DuplicateNode, InvalidNode, StoreError
 from store.model import (
-    GUARD_FIELDS,
-    INVENTORY_FIELDS,
-    SETTABLE_FIELDS,
     HistoryEntry,
     Node,
     NodeChange,
     Notification,
     new_node,
-    parse_uuid,
-    validate_fields,
-    validate_history,
     validate_inventory,
-    validate_notification,
 )
+from store.plan import ApplyPlan, CheckedChange, check_changes
+from store.validate import Scalar
 
 log = logging.getLogger("store")
 
 
-def resolve_now(now: float | None) -> float:
+def check_now(now: object) -> float | None:
+    """A caller's ``now``, checked; None stays None ("the backend's clock")."""
     if now is None:
-        return time.time()
+        return None
     if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
         raise StoreError(f"now: must be a finite number of seconds, got {now!r}")
     return float(now)
+
+
+def resolve_now(now: float | None) -> float:
+    """A caller's ``now``, or this process's wall clock (the embedded backends' clock)."""
+    checked = check_now(now)
+    return time.time() if checked is None else checked
 
 
 def check_holder(holder: object) -> str:
@@ -134,19 +136,27 @@ class Store(abc.ABC):
         privilege: str = "administrator",
         instance_uuid: str | None = None,
         session_mode: str | None = None,
+        driver: str = "ipmi",
+        driver_info: Mapping[str, Scalar] | None = None,
+        provision_state: str | None = None,
         now: float | None = None,
     ) -> Node:
         """Add a node; DuplicateNode if the name exists, InvalidNode on a bad field."""
         fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
+            {
+                "name": name,
+                "bmc_address": bmc_address,
+                "bmc_port": bmc_port,
+                "bmc_username": bmc_username,
+                "bmc_password": bmc_password,
+                "cipher_suites": cipher_suites,
+                "privilege": privilege,
+                "instance_uuid": instance_uuid,
+                "session_mode": session_mode,
+                "driver": driver,
+                "driver_info": {} if driver_info is None else driver_info,
+                "provision_state": provision_state,
+            }
         )
         node = new_node(fields, now=resolve_now(now))
         self._insert_nodes([node])
@@ -177,6 +187,9 @@ class Store(abc.ABC):
         privilege: str = "administrator",
         instance_uuid: str | None = None,
         session_mode: str | None = None,
+        driver: str = "ipmi",
+        driver_info: Mapping[str, Scalar] | None = None,
+        provision_state: str | None = None,
         now: float | None = None,
     ) -> Node:
         """Add the node, or replace the inventory fields of the node with that name.
@@ -184,15 +197,20 @@ class Store(abc.ABC):
         Power state, maintenance, reservation and counters of an existing node are kept.
         """
         fields = validate_inventory(
-            name=name,
-            bmc_address=bmc_address,
-            bmc_port=bmc_port,
-            bmc_username=bmc_username,
-            bmc_password=bmc_password,
-            cipher_suites=cipher_suites,
-            privilege=privilege,
-            instance_uuid=instance_uuid,
-            session_mode=session_mode,
+            {
+                "name": name,
+                "bmc_address": bmc_address,
+                "bmc_port": bmc_port,
+                "bmc_username": bmc_username,
+                "bmc_password": bmc_password,
+                "cipher_suites": cipher_suites,
+                "privilege": privilege,
+                "instance_uuid": instance_uuid,
+                "session_mode": session_mode,
+                "driver": driver,
+                "driver_info": {} if driver_info is None else driver_info,
+                "provision_state": provision_state,
+            }
         )
         return self._upsert(fields, resolve_now(now))
 
@@ -254,7 +272,6 @@ class Store(abc.ABC):
 
     # --- state changes, history, outbox ---------------------------------------------------
 
-    @abc.abstractmethod
     def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
         """Write a batch of node changes, history rows and outbox rows in ONE transaction.
 
@@ -264,6 +281,18 @@ class Store(abc.ABC):
         ``expected`` fields moved, or whose node another holder has locked, is skipped too
         (checked in the same transaction as the write): the uuids of those are returned.
         """
+        at = check_now(now)
+        checked = check_changes(changes)
+        if not checked:
+            return []
+        plan = self._carry_out(checked, at)
+        for node_uuid in plan.missing:
+            log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)
+        return plan.conflicts
+
+    @abc.abstractmethod
+    def _carry_out(self, checked: Sequence[CheckedChange], now: float | None) -> ApplyPlan:
+        """In one write transaction: read the guard rows, plan_apply(), write the plan."""
 
     @abc.abstractmethod
     def history(self, node: str | None = None, *, limit: int = 100) -> list[HistoryEntry]:
@@ -349,74 +378,17 @@ def merge_fields(node: Node, fields: Mapping[str, object]) -> dict[str, object]:
     return {key: value for key, value in fields.items() if getattr(node, key) != value}
 
 
-def check_changes(changes: Sequence[NodeChange]) -> list[tuple[str, dict[str, object], NodeChange]]:
-    """Validate a whole apply() batch before anything is written.
-
-    Returns (canonical node uuid, validated fields, change) per change, in batch order.
-    """
-    checked: list[tuple[str, dict[str, object], NodeChange]] = []
-    for change in changes:
-        fields = validate_fields(change.fields, SETTABLE_FIELDS)
-        for field in change.expected or ():
-            if field not in GUARD_FIELDS:
-                raise InvalidNode(f"{field}: cannot be expected in apply() (only {GUARD_NAMES})")
-        if change.history is not None:
-            validate_history(change.history)
-        validate_notification(change.notification)
-        checked.append((parse_uuid(change.node_uuid) or change.node_uuid, fields, change))
-    return checked
-
-
-GUARD_NAMES = ", ".join(sorted(GUARD_FIELDS))
-
-
-def guard_fails(
-    change: NodeChange,
-    current: Mapping[str, object],
-    reservation_expires_at: float | None,
-    now: float,
-) -> bool:
-    """True when ``change`` must be skipped: an expected field moved, or another holds the lock.
-
-    ``current`` holds the node's present GUARD_FIELDS values, decoded."""
-    for field, value in (change.expected or {}).items():
-        if current[field] != value:
-            return True
-    if change.holder is None:
-        return False
-    holder = current["reservation"]
-    unexpired = reservation_expires_at is None or reservation_expires_at > now
-    return holder is not None and holder != change.holder and unexpired
-
-
-def log_skipped_change(node_uuid: str) -> None:
-    log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)
-
-
-_INVENTORY_DEFAULTS: dict[str, object] = {
-    "bmc_port": 623,
-    "cipher_suites": (17, 3),
-    "privilege": "administrator",
-    "instance_uuid": None,
-    "session_mode": None,
-}
-
-
 def prepare_new_nodes(specs: Sequence[Mapping[str, object]], now: float) -> list[Node]:
     """Validate a batch of add_node() argument mappings into new Node records."""
     nodes: list[Node] = []
     seen: set[str] = set()
     for index, spec in enumerate(specs):
         label = f"node {spec.get('name')!r}" if isinstance(spec.get("name"), str) else f"#{index}"
-        unknown = set(spec) - set(INVENTORY_FIELDS)
-        if unknown:
-            raise InvalidNode(f"{label}: {sorted(unknown)[0]}: is not a node inventory field")
-        values = {**_INVENTORY_DEFAULTS, **spec}
-        missing = [field for field in INVENTORY_FIELDS if field not in values]
-        if missing:
-            raise InvalidNode(f"{label}: {missing[0]}: is required")
+        values = dict(spec)
+        if values.get("driver_info", {}) is None:
+            values["driver_info"] = {}
         try:
-            fields = validate_inventory(**values)
+            fields = validate_inventory(values)
         except InvalidNode as exc:
             raise InvalidNode(f"{label}: {exc}") from None
         node = new_node(fields, now=now)

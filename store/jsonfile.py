@@ -1,9 +1,9 @@
 """The JSON store file: its format, how it is read, and how it is replaced atomically.
 
-Format (version 1)::
+Format (version 2)::
 
-    {"format": "powersync-store", "version": 1,
-     "nodes": [{...Node fields...}, ...],           sorted by name
+    {"format": "powersync-store", "version": 2,
+     "nodes": [{...Node fields...}, ...],           sorted by name; driver_info an object
      "history": [{"id", "node_uuid", "at", "from_state", "to_state", "cause", "message"}],
      "notifications": [{...Notification fields...}],
      "meta": {"key": "value"},
@@ -11,6 +11,10 @@ Format (version 1)::
 
 A write goes to a temporary file (mode 0600) in the same directory, is fsynced, renamed over
 the store and the directory is fsynced: a reader or a crash sees the old or the new version.
+
+Versions: 1 had no driver, driver_info, provision_state or health in a node; reading a
+version-1 document fills them in (driver "ipmi", driver_info {}, None), and the store rewrites
+the file as version 2 when it opens it.
 """
 
 from __future__ import annotations
@@ -24,13 +28,22 @@ from typing import Any
 import attrs
 
 from store.errors import InvalidNode, NodeNotFound, SchemaTooNew, StoreCorrupt, StoreError
-from store.model import UPDATABLE_FIELDS, Node, Notification, parse_uuid, validate_fields
+from store.model import UPDATABLE_FIELDS, Node, Notification, validate_fields
+from store.rows import node_from_json, node_to_json
+from store.validate import parse_uuid
 
 Stamp = tuple[int, int, int, int]
 
 FORMAT = "powersync-store"
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 _HISTORY_KEYS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
+# What a version-1 node lacks, as it is read: the fields schema 3 / format 2 added.
+_ADDED_IN_2: dict[str, Any] = {
+    "driver": "ipmi",
+    "driver_info": {},
+    "provision_state": None,
+    "health": None,
+}
 
 
 @attrs.define
@@ -43,14 +56,15 @@ class JsonState:
     meta: dict[str, str] = attrs.field(factory=dict)
     next_history_id: int = 1
     next_notification_id: int = 1
+    # The format version of the document this was read from (older ones are rewritten).
+    read_version: int = CURRENT_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "version": CURRENT_VERSION,
             "nodes": [
-                attrs.asdict(node, recurse=False)
-                for node in sorted(self.nodes.values(), key=lambda n: n.name)
+                node_to_json(node) for node in sorted(self.nodes.values(), key=lambda n: n.name)
             ],
             "history": self.history,
             "notifications": [attrs.asdict(n) for n in self.notifications.values()],
@@ -62,14 +76,14 @@ class JsonState:
         }
 
     @classmethod
-    def from_json(cls, document: Any) -> JsonState:
+    def from_json(cls, document: Any, version: int = CURRENT_VERSION) -> JsonState:
         """Rebuild the state; KeyError/TypeError/ValueError on a malformed document."""
-        state = cls()
+        state = cls(read_version=version)
         names: set[str] = set()
         for values in document["nodes"]:
-            values = dict(values)
-            values["cipher_suites"] = tuple(values["cipher_suites"])
-            node = Node(**values)
+            if version < 2:
+                values = {**_ADDED_IN_2, **values}
+            node = node_from_json(values)
             _check_node(node, names)
             state.nodes[node.uuid] = node
         for row in document["history"]:
@@ -197,7 +211,7 @@ def _parse(path: str, data: bytes) -> JsonState:
             f"this version understands up to {CURRENT_VERSION}. Upgrade powersync."
         )
     try:
-        return JsonState.from_json(document)
+        return JsonState.from_json(document, number)
     except InvalidNode as exc:
         raise _corrupt(path, str(exc)) from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -24,14 +24,12 @@ import attrs
 
 from store.base import (
     Store,
-    check_changes,
     check_holder,
     check_limit,
     check_meta,
     check_ttl,
     empty_counts,
-    guard_fails,
-    log_skipped_change,
+    log,
     log_takeover,
     merge_fields,
     resolve_now,
@@ -39,6 +37,7 @@ from store.base import (
 )
 from store.errors import DuplicateNode, NodeLocked, NodeNotFound, StoreError
 from store.jsonfile import (
+    CURRENT_VERSION,
     JsonState,
     Version,
     file_stamp,
@@ -51,11 +50,11 @@ from store.model import (
     UPDATABLE_FIELDS,
     HistoryEntry,
     Node,
-    NodeChange,
     Notification,
     new_node,
     validate_fields,
 )
+from store.plan import ApplyPlan, CheckedChange, GuardRow, plan_apply
 
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's lock on the file
 
@@ -88,7 +87,15 @@ class JsonStore(Store):
                 remove_stale_temporaries(path)
                 if os.path.exists(path):
                     warn_if_exposed(path)
-                    self._current()
+                    state = self._current()
+                    if state.read_version < CURRENT_VERSION:
+                        log.warning(
+                            "store %s: migrating format version %d to %d",
+                            path,
+                            state.read_version,
+                            CURRENT_VERSION,
+                        )
+                        self._save(attrs.evolve(state, read_version=CURRENT_VERSION))
                 else:
                     self._save(JsonState())
         except BaseException:
@@ -307,75 +314,58 @@ class JsonStore(Store):
 
     # --- state changes ------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
+    def _carry_out(self, checked: Sequence[CheckedChange], now: float | None) -> ApplyPlan:
         at = resolve_now(now)
-        checked = check_changes(changes)
-        if not checked:
-            return []
-        conflicts: list[str] = []
         with self._writing() as txn:
             state = txn.state
-            merged: dict[str, dict[str, object]] = {}
-            outbox: list[tuple[str, str, str]] = []
-            for node_uuid, fields, change in checked:
-                node = state.nodes.get(node_uuid)
-                if node is None:
-                    log_skipped_change(node_uuid)
-                    continue
-                guarded = {field: getattr(node, field) for field in GUARD_FIELDS}
-                if guard_fails(change, guarded, node.reservation_expires_at, at):
-                    conflicts.append(node_uuid)
-                    continue
-                merged.setdefault(node_uuid, {}).update(fields)
-                record = change.history
-                if record is not None:
-                    state.history.append(
-                        {
-                            "id": state.next_history_id,
-                            "node_uuid": node_uuid,
-                            "at": at,
-                            "from_state": record.from_state,
-                            "to_state": record.to_state,
-                            "cause": record.cause,
-                            "message": record.message,
-                        }
+            rows: dict[str, GuardRow] = {}
+            for item in checked:
+                node = state.nodes.get(item.node_uuid)
+                if node is not None:
+                    values = {field: getattr(node, field) for field in GUARD_FIELDS}
+                    rows[node.uuid] = GuardRow(
+                        node.instance_uuid, node.reservation_expires_at, values
                     )
-                    state.next_history_id += 1
-                if change.notification is not None and node.instance_uuid is not None:
-                    outbox.append((node_uuid, node.instance_uuid, change.notification))
-            for node_uuid, fields in merged.items():
+            plan = plan_apply(checked, rows, at)
+            for node_uuid, fields in plan.updates.items():
                 state.nodes[node_uuid] = attrs.evolve(
                     state.nodes[node_uuid],
                     **fields,  # type: ignore[arg-type]
                     updated_at=at,
                 )
-            self._enqueue(state, outbox, at)
+            for row in plan.history:
+                state.history.append(
+                    {
+                        "id": state.next_history_id,
+                        "node_uuid": row.node_uuid,
+                        "at": row.at,
+                        "from_state": row.record.from_state,
+                        "to_state": row.record.to_state,
+                        "cause": row.record.cause,
+                        "message": row.record.message,
+                    }
+                )
+                state.next_history_id += 1
+            superseded = set(plan.supersede)
+            for key, notification in state.notifications.items():
+                if notification.status == "pending" and notification.instance_uuid in superseded:
+                    state.notifications[key] = attrs.evolve(notification, status="superseded")
+            for queued in plan.outbox:
+                notification = Notification(
+                    id=state.next_notification_id,
+                    node_uuid=queued.node_uuid,
+                    instance_uuid=queued.instance_uuid,
+                    power_state=queued.power_state,
+                    created_at=queued.at,
+                    attempts=0,
+                    next_attempt_at=queued.at,
+                    last_error=None,
+                    status=queued.status,
+                )
+                state.notifications[notification.id] = notification
+                state.next_notification_id += 1
             txn.dirty = True
-        return conflicts
-
-    @staticmethod
-    def _enqueue(state: JsonState, outbox: list[tuple[str, str, str]], at: float) -> None:
-        """Queue notifications; only the newest pending row of an instance stays pending."""
-        if not outbox:
-            return
-        last_index = {instance: index for index, (_, instance, _) in enumerate(outbox)}
-        for key, row in state.notifications.items():
-            if row.status == "pending" and row.instance_uuid in last_index:
-                state.notifications[key] = attrs.evolve(row, status="superseded")
-        for index, (node_uuid, instance, power_state) in enumerate(outbox):
-            notification = Notification(
-                id=state.next_notification_id,
-                node_uuid=node_uuid,
-                instance_uuid=instance,
-                power_state=power_state,
-                created_at=at,
-                attempts=0,
-                next_attempt_at=at,
-                last_error=None,
-                status="pending" if last_index[instance] == index else "superseded",
-            )
-            state.notifications[notification.id] = notification
-            state.next_notification_id += 1
+        return plan
 
     def history(self, node: str | None = None, *, limit: int = 100) -> list[HistoryEntry]:
         limit = check_limit(limit)

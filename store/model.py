@@ -1,108 +1,137 @@
-"""Records the store hands out, and the validation of every value written into them.
+"""Records the store hands out, and the node's field list, declared once.
 
-Everything here is backend-neutral: the SQLite and JSON backends both validate through these
-functions, so a value one backend accepts the other accepts too.
+Every Node field carries metadata saying what it is (``kind``), how it is checked
+(``check``), its value for a new node (``initial``, or ``default`` for an inventory field a
+caller may leave out), how it is stored (``codec``) and whether apply() can guard on it.
+Everything else (INVENTORY_FIELDS, SETTABLE_FIELDS, GUARD_FIELDS, the SQL column lists, the
+JSON format, row -> Node) is derived from ``attrs.fields(Node)``: adding a field is one edit
+here plus a schema migration.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import re
 import uuid as uuid_module
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import attrs
 
-from store.errors import InvalidNode
+from store.validate import (
+    HISTORY_CAUSES,
+    DriverInfo,
+    Scalar,
+    invalid,
+    optional_text,
+    optional_time,
+    optional_word_text,
+    validate_address,
+    validate_bool,
+    validate_cipher_suites,
+    validate_count,
+    validate_driver,
+    validate_driver_info,
+    validate_instance_uuid,
+    validate_name,
+    validate_password,
+    validate_port,
+    validate_power_state,
+    validate_privilege,
+    validate_session_mode,
+    validate_username,
+)
 
-# Ironic's power-state words; None means "unknown".
-POWER_ON = "power on"
-POWER_OFF = "power off"
-REBOOTING = "rebooting"
-SOFT_POWER_OFF = "soft power off"
-POWER_ERROR = "error"
-POWER_STATES = frozenset({POWER_ON, POWER_OFF, REBOOTING, SOFT_POWER_OFF, POWER_ERROR})
-# Only these two states are ever reported to Nova.
-NOTIFIABLE_STATES = frozenset({POWER_ON, POWER_OFF})
-
-PRIVILEGES = ("user", "operator", "administrator")
-CIPHER_SUITES = frozenset({3, 17})
-SESSION_MODES = ("persistent", "per-cycle")
-HISTORY_CAUSES = frozenset({"sync", "action", "recovery", "max-retries", "operator"})
-NOTIFICATION_STATUSES = ("pending", "delivered", "dropped", "superseded")
-
-MAX_USERNAME_BYTES = 16  # IPMI v2.0 user name field
-MAX_PASSWORD_BYTES = 20  # IPMI v2.0 password field
-MAX_NAME_LENGTH = 255
 MASK = "******"
 
-# Inventory fields: what an operator gives when adding a node.
-INVENTORY_FIELDS = (
-    "name",
-    "bmc_address",
-    "bmc_port",
-    "bmc_username",
-    "bmc_password",
-    "cipher_suites",
-    "privilege",
-    "instance_uuid",
-    "session_mode",
-)
-# State fields the agent writes through NodeChange in apply().
-SETTABLE_FIELDS = frozenset(
-    {
-        "power_state",
-        "target_power_state",
-        "maintenance",
-        "maintenance_reason",
-        "fault",
-        "last_error",
-        "sync_failures",
-        "last_seen_at",
-    }
-)
-# Fields a NodeChange may expect to be unchanged (compare-and-set in apply()).
-GUARD_FIELDS = frozenset(
-    {"power_state", "target_power_state", "maintenance", "fault", "reservation"}
-)
-# update_node() accepts inventory and state fields (operator edits).
-UPDATABLE_FIELDS = frozenset(INVENTORY_FIELDS) | SETTABLE_FIELDS
+# Field kinds.
+IDENTITY = "identity"  # uuid: set once by the store
+INVENTORY = "inventory"  # what an operator gives: add_node / upsert_node / update_node
+STATE = "state"  # what the agent writes through NodeChange in apply() (and update_node)
+LOCK = "lock"  # reservation: only through the lock methods
+STAMP = "stamp"  # created_at / updated_at: set by the store
+
+# Storage codecs (how a value that is not a plain scalar is stored).
+SUITES = "suites"  # tuple of ints
+BOOL = "bool"
+MAPPING = "mapping"  # DriverInfo, stored as a JSON object
+
+NO_DEFAULT = object()
+NO_DRIVER_INFO = DriverInfo()
+
+
+def _field(
+    kind: str,
+    check: Callable[[object], object] | None = None,
+    *,
+    default: object = NO_DEFAULT,
+    initial: object = None,
+    codec: str | None = None,
+    guard: bool = False,
+    repr: bool = True,
+) -> Any:
+    return attrs.field(
+        repr=repr,
+        metadata={
+            "kind": kind,
+            "check": check,
+            "default": default,
+            "initial": initial,
+            "codec": codec,
+            "guard": guard,
+        },
+    )
 
 
 @attrs.frozen
 class Node:
     """One bare-metal node: inventory, last known power state and reservation."""
 
-    uuid: str
-    name: str
-    bmc_address: str
-    bmc_port: int
-    bmc_username: str
-    bmc_password: str = attrs.field(repr=False)
-    cipher_suites: tuple[int, ...]
-    privilege: str
-    session_mode: str | None
-    instance_uuid: str | None
-    power_state: str | None
-    target_power_state: str | None
-    maintenance: bool
-    maintenance_reason: str | None
-    fault: str | None
-    reservation: str | None
-    reservation_expires_at: float | None
-    last_error: str | None
-    sync_failures: int
-    last_seen_at: float | None
-    created_at: float
-    updated_at: float
+    uuid: str = _field(IDENTITY)
+    name: str = _field(INVENTORY, validate_name)
+    bmc_address: str = _field(INVENTORY, validate_address)
+    bmc_port: int = _field(INVENTORY, validate_port, default=623)
+    bmc_username: str = _field(INVENTORY, validate_username)
+    bmc_password: str = _field(INVENTORY, validate_password, repr=False)
+    cipher_suites: tuple[int, ...] = _field(
+        INVENTORY, validate_cipher_suites, default=(17, 3), codec=SUITES
+    )
+    privilege: str = _field(INVENTORY, validate_privilege, default="administrator")
+    session_mode: str | None = _field(INVENTORY, validate_session_mode, default=None)
+    instance_uuid: str | None = _field(INVENTORY, validate_instance_uuid, default=None)
+    power_state: str | None = _field(
+        STATE, partial(validate_power_state, "power_state"), guard=True
+    )
+    target_power_state: str | None = _field(
+        STATE, partial(validate_power_state, "target_power_state"), guard=True
+    )
+    maintenance: bool = _field(
+        STATE, partial(validate_bool, "maintenance"), initial=False, codec=BOOL, guard=True
+    )
+    maintenance_reason: str | None = _field(STATE, partial(optional_text, "maintenance_reason"))
+    fault: str | None = _field(STATE, partial(optional_text, "fault"), guard=True)
+    reservation: str | None = _field(LOCK, guard=True)
+    reservation_expires_at: float | None = _field(LOCK)
+    last_error: str | None = _field(STATE, partial(optional_text, "last_error"))
+    sync_failures: int = _field(STATE, partial(validate_count, "sync_failures"), initial=0)
+    last_seen_at: float | None = _field(STATE, partial(optional_time, "last_seen_at"))
+    created_at: float = _field(STAMP)
+    updated_at: float = _field(STAMP)
+    # Schema 3: the protocol-neutral BMC seam.
+    driver: str = _field(INVENTORY, validate_driver, default="ipmi")
+    driver_info: Mapping[str, Scalar] = _field(
+        INVENTORY, validate_driver_info, default=NO_DRIVER_INFO, codec=MAPPING
+    )
+    provision_state: str | None = _field(
+        INVENTORY, partial(optional_word_text, "provision_state"), default=None
+    )
+    health: str | None = _field(STATE, partial(optional_word_text, "health"))
 
     def masked(self) -> dict[str, Any]:
         """All fields as plain values for display, with the password replaced by a mask."""
-        values = attrs.asdict(self)
+        values = attrs.asdict(self, recurse=False)
         values["bmc_password"] = MASK
         values["cipher_suites"] = list(self.cipher_suites)
+        values["driver_info"] = dict(self.driver_info)
         return values
 
     def is_locked(self, now: float) -> bool:
@@ -112,6 +141,34 @@ class Node:
 
 def _expired(expires_at: float | None, now: float) -> bool:
     return expires_at is None or expires_at <= now
+
+
+def _names(kind: str) -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(Node) if f.metadata["kind"] == kind)
+
+
+NODE_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Node))
+# Inventory fields: what an operator gives when adding a node.
+INVENTORY_FIELDS = _names(INVENTORY)
+# State fields the agent writes through NodeChange in apply().
+SETTABLE_FIELDS = frozenset(_names(STATE))
+# Fields a NodeChange may expect to be unchanged (compare-and-set in apply()).
+GUARD_FIELDS = frozenset(f.name for f in attrs.fields(Node) if f.metadata["guard"])
+# update_node() accepts inventory and state fields (operator edits).
+UPDATABLE_FIELDS = frozenset(INVENTORY_FIELDS) | SETTABLE_FIELDS
+# What add_node() uses for an inventory field the caller leaves out.
+INVENTORY_DEFAULTS: dict[str, object] = {
+    f.name: f.metadata["default"]
+    for f in attrs.fields(Node)
+    if f.metadata["kind"] == INVENTORY and f.metadata["default"] is not NO_DEFAULT
+}
+# Field name -> codec, for the fields not stored as a plain scalar.
+CODECS: dict[str, str] = {
+    f.name: f.metadata["codec"] for f in attrs.fields(Node) if f.metadata["codec"]
+}
+_CHECKS: dict[str, Callable[[object], object]] = {
+    f.name: f.metadata["check"] for f in attrs.fields(Node) if f.metadata["check"]
+}
 
 
 @attrs.frozen
@@ -172,185 +229,19 @@ class Notification:
     status: str
 
 
+NOTIFICATION_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(Notification))
+HISTORY_FIELDS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
+
+
 # --- validation -------------------------------------------------------------------------
-
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-
-
-def _invalid(field: str, problem: str) -> InvalidNode:
-    return InvalidNode(f"{field}: {problem}")
-
-
-def validate_name(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _invalid("name", "must be a non-empty string")
-    if value != value.strip() or len(value) > MAX_NAME_LENGTH or not value.isprintable():
-        raise _invalid(
-            "name",
-            f"{value!r} must be printable, at most {MAX_NAME_LENGTH} characters, "
-            "without leading or trailing spaces",
-        )
-    if _parse_uuid(value) is not None:
-        # get_node() accepts a name or a uuid; a name that is a uuid would be ambiguous.
-        raise _invalid("name", f"{value!r} looks like a uuid; pick a name that does not")
-    return value
-
-
-def validate_address(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _invalid("bmc_address", "must be an IPv4/IPv6 address or a host name")
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        pass
-    else:
-        return value
-    hostname = value[:-1] if value.endswith(".") else value
-    labels = hostname.split(".")
-    if (
-        len(hostname) > 253
-        or not all(_HOSTNAME_LABEL.match(label) for label in labels)
-        # An all-numeric dotted name is a mistyped IPv4 address, not a host name.
-        or labels[-1].isdigit()
-    ):
-        raise _invalid("bmc_address", f"{value!r} is not an IPv4/IPv6 address or a host name")
-    return value
-
-
-def validate_port(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise _invalid("bmc_port", f"must be an integer from 1 to 65535, got {value!r}")
-    return value
-
-
-def validate_username(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise _invalid("bmc_username", "must be a non-empty string")
-    if len(value.encode("utf-8")) > MAX_USERNAME_BYTES or "\x00" in value:
-        raise _invalid(
-            "bmc_username", f"{value!r} is longer than {MAX_USERNAME_BYTES} bytes (IPMI limit)"
-        )
-    return value
-
-
-def validate_password(value: object) -> str:
-    # Never put the value in the message.
-    if not isinstance(value, str):
-        raise _invalid("bmc_password", "must be a string")
-    if len(value.encode("utf-8")) > MAX_PASSWORD_BYTES or "\x00" in value:
-        raise _invalid(
-            "bmc_password", f"longer than {MAX_PASSWORD_BYTES} bytes or contains NUL (IPMI limit)"
-        )
-    return value
-
-
-def validate_cipher_suites(value: object) -> tuple[int, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise _invalid("cipher_suites", f"must be a list of suite numbers, got {value!r}")
-    suites = tuple(value)
-    if (
-        not suites
-        or any(isinstance(s, bool) or not isinstance(s, int) for s in suites)
-        or not set(suites) <= CIPHER_SUITES
-        or len(set(suites)) != len(suites)
-    ):
-        raise _invalid(
-            "cipher_suites",
-            f"must be a non-empty list of distinct suites from {sorted(CIPHER_SUITES)}, "
-            f"got {list(suites)!r}",
-        )
-    return suites
-
-
-def validate_privilege(value: object) -> str:
-    if value not in PRIVILEGES:
-        raise _invalid("privilege", f"must be one of {', '.join(PRIVILEGES)}, got {value!r}")
-    assert isinstance(value, str)
-    return value
-
-
-def _parse_uuid(value: str) -> str | None:
-    try:
-        return str(uuid_module.UUID(value))
-    except ValueError:
-        return None
-
-
-def validate_instance_uuid(value: object) -> str | None:
-    if value is None:
-        return None
-    parsed = _parse_uuid(value) if isinstance(value, str) else None
-    if parsed is None:
-        raise _invalid("instance_uuid", f"must be a UUID, got {value!r}")
-    return parsed
-
-
-def validate_session_mode(value: object) -> str | None:
-    if value is not None and value not in SESSION_MODES:
-        raise _invalid(
-            "session_mode", f"must be one of {', '.join(SESSION_MODES)} or unset, got {value!r}"
-        )
-    return value
-
-
-def validate_power_state(field: str, value: object) -> str | None:
-    if value is not None and value not in POWER_STATES:
-        raise _invalid(
-            field, f"must be one of {', '.join(sorted(POWER_STATES))} or None, got {value!r}"
-        )
-    return value
-
-
-def _optional_text(field: str, value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _invalid(field, f"must be a string or None, got {value!r}")
-    return value
-
-
-def _optional_time(field: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _invalid(field, f"must be a finite number of seconds or None, got {value!r}")
-    return float(value)
 
 
 def validate_field(field: str, value: object) -> object:
     """Validate and normalise one field value; InvalidNode names the field."""
-    match field:
-        case "name":
-            return validate_name(value)
-        case "bmc_address":
-            return validate_address(value)
-        case "bmc_port":
-            return validate_port(value)
-        case "bmc_username":
-            return validate_username(value)
-        case "bmc_password":
-            return validate_password(value)
-        case "cipher_suites":
-            return validate_cipher_suites(value)
-        case "privilege":
-            return validate_privilege(value)
-        case "instance_uuid":
-            return validate_instance_uuid(value)
-        case "session_mode":
-            return validate_session_mode(value)
-        case "power_state" | "target_power_state":
-            return validate_power_state(field, value)
-        case "maintenance":
-            if not isinstance(value, bool):
-                raise _invalid(field, f"must be true or false, got {value!r}")
-            return value
-        case "maintenance_reason" | "fault" | "last_error":
-            return _optional_text(field, value)
-        case "sync_failures":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise _invalid(field, f"must be a non-negative integer, got {value!r}")
-            return value
-        case "last_seen_at":
-            return _optional_time(field, value)
-    raise _invalid(field, "is not a node field that can be set")
+    check = _CHECKS.get(field)
+    if check is None:
+        raise invalid(field, "is not a node field that can be set")
+    return check(value)
 
 
 def validate_fields(fields: Mapping[str, object], allowed: frozenset[str]) -> dict[str, object]:
@@ -358,86 +249,45 @@ def validate_fields(fields: Mapping[str, object], allowed: frozenset[str]) -> di
     clean: dict[str, object] = {}
     for field, value in fields.items():
         if field not in allowed:
-            raise _invalid(field, "is not a node field that can be set here")
+            raise invalid(field, "is not a node field that can be set here")
         clean[field] = validate_field(field, value)
     return clean
 
 
-def validate_inventory(
-    *,
-    name: object,
-    bmc_address: object,
-    bmc_port: object,
-    bmc_username: object,
-    bmc_password: object,
-    cipher_suites: object,
-    privilege: object,
-    instance_uuid: object,
-    session_mode: object,
-) -> dict[str, object]:
-    """Validate every inventory field of a new node."""
-    return validate_fields(
-        {
-            "name": name,
-            "bmc_address": bmc_address,
-            "bmc_port": bmc_port,
-            "bmc_username": bmc_username,
-            "bmc_password": bmc_password,
-            "cipher_suites": cipher_suites,
-            "privilege": privilege,
-            "instance_uuid": instance_uuid,
-            "session_mode": session_mode,
-        },
-        frozenset(INVENTORY_FIELDS),
-    )
+def validate_inventory(values: Mapping[str, object]) -> dict[str, object]:
+    """Validate every inventory field of a new node (defaults filled in for missing ones)."""
+    unknown = set(values) - set(INVENTORY_FIELDS)
+    if unknown:
+        raise invalid(sorted(unknown)[0], "is not a node inventory field")
+    full = {**INVENTORY_DEFAULTS, **values}
+    missing = [field for field in INVENTORY_FIELDS if field not in full]
+    if missing:
+        raise invalid(missing[0], "is required")
+    return validate_fields(full, frozenset(INVENTORY_FIELDS))
 
 
 def validate_history(record: HistoryRecord) -> None:
     validate_power_state("history.from_state", record.from_state)
     validate_power_state("history.to_state", record.to_state)
     if record.cause not in HISTORY_CAUSES:
-        raise _invalid(
+        raise invalid(
             "history.cause",
             f"must be one of {', '.join(sorted(HISTORY_CAUSES))}, got {record.cause!r}",
         )
     if not isinstance(record.message, str):
-        raise _invalid("history.message", "must be a string")
-
-
-def validate_notification(value: object) -> str | None:
-    if value is not None and value not in NOTIFIABLE_STATES:
-        raise _invalid("notification", f"must be 'power on', 'power off' or None, got {value!r}")
-    return value
+        raise invalid("history.message", "must be a string")
 
 
 def new_node(fields: Mapping[str, object], *, now: float) -> Node:
     """A fresh Node from validated inventory fields: unknown power state, no reservation."""
-    return Node(
-        uuid=str(uuid_module.uuid4()),
-        name=fields["name"],  # type: ignore[arg-type]
-        bmc_address=fields["bmc_address"],  # type: ignore[arg-type]
-        bmc_port=fields["bmc_port"],  # type: ignore[arg-type]
-        bmc_username=fields["bmc_username"],  # type: ignore[arg-type]
-        bmc_password=fields["bmc_password"],  # type: ignore[arg-type]
-        cipher_suites=fields["cipher_suites"],  # type: ignore[arg-type]
-        privilege=fields["privilege"],  # type: ignore[arg-type]
-        session_mode=fields["session_mode"],  # type: ignore[arg-type]
-        instance_uuid=fields["instance_uuid"],  # type: ignore[arg-type]
-        power_state=None,
-        target_power_state=None,
-        maintenance=False,
-        maintenance_reason=None,
-        fault=None,
-        reservation=None,
-        reservation_expires_at=None,
-        last_error=None,
-        sync_failures=0,
-        last_seen_at=None,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def parse_uuid(value: str) -> str | None:
-    """The canonical form of ``value`` if it is a UUID, else None."""
-    return _parse_uuid(value)
+    values: dict[str, Any] = {}
+    for field in attrs.fields(Node):
+        kind = field.metadata["kind"]
+        if kind == INVENTORY:
+            values[field.name] = fields[field.name]
+        elif kind == STAMP:
+            values[field.name] = now
+        else:
+            values[field.name] = field.metadata["initial"]
+    values["uuid"] = str(uuid_module.uuid4())
+    return Node(**values)

@@ -9,6 +9,9 @@ Versions:
   2  outbox ``status`` (pending/delivered/dropped/superseded) replacing the flags, with older
      pending rows of an instance superseded by its newest; nodes.session_mode,
      nodes.last_seen_at; the meta table; indexes for the outbox and history.
+  3  the protocol-neutral BMC seam: nodes.driver (existing nodes: "ipmi"), nodes.driver_info
+     (a JSON object, existing nodes: {}), nodes.provision_state, nodes.health; an index on
+     history time for prune(). The current schema itself is written in store/ddl.py.
 
 A migration runs inside the caller's write transaction, so it is all-or-nothing.
 """
@@ -19,49 +22,13 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
+from store import ddl
 from store.errors import SchemaTooNew, StoreCorrupt
 
 log = logging.getLogger("store")
 
 APPLICATION_ID = 0x50575359  # "PWSY"
-CURRENT_VERSION = 2
-
-NODE_COLUMNS = (
-    "uuid",
-    "name",
-    "bmc_address",
-    "bmc_port",
-    "bmc_username",
-    "bmc_password",
-    "cipher_suites",
-    "privilege",
-    "session_mode",
-    "instance_uuid",
-    "power_state",
-    "target_power_state",
-    "maintenance",
-    "maintenance_reason",
-    "fault",
-    "reservation",
-    "reservation_expires_at",
-    "last_error",
-    "sync_failures",
-    "last_seen_at",
-    "created_at",
-    "updated_at",
-)
-
-NOTIFICATION_COLUMNS = (
-    "id",
-    "node_uuid",
-    "instance_uuid",
-    "power_state",
-    "created_at",
-    "attempts",
-    "next_attempt_at",
-    "last_error",
-    "status",
-)
+CURRENT_VERSION = ddl.CURRENT_VERSION
 
 # Kept verbatim: tests build a version-1 file from it to prove the migration path.
 SCHEMA_V1 = """
@@ -110,61 +77,6 @@ CREATE TABLE notifications (
 );
 """
 
-SCHEMA_V2 = """
-CREATE TABLE nodes (
-    uuid TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    bmc_address TEXT NOT NULL,
-    bmc_port INTEGER NOT NULL,
-    bmc_username TEXT NOT NULL,
-    bmc_password TEXT NOT NULL,
-    cipher_suites TEXT NOT NULL,
-    privilege TEXT NOT NULL,
-    instance_uuid TEXT,
-    power_state TEXT,
-    target_power_state TEXT,
-    maintenance INTEGER NOT NULL DEFAULT 0,
-    maintenance_reason TEXT,
-    fault TEXT,
-    reservation TEXT,
-    reservation_expires_at REAL,
-    last_error TEXT,
-    sync_failures INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    session_mode TEXT,
-    last_seen_at REAL
-);
-CREATE TABLE history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
-    at REAL NOT NULL,
-    from_state TEXT,
-    to_state TEXT,
-    cause TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX history_by_node ON history(node_uuid, id);
-CREATE TABLE notifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
-    instance_uuid TEXT NOT NULL,
-    power_state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    status TEXT NOT NULL DEFAULT 'pending'
-);
-CREATE INDEX notifications_due ON notifications(status, next_attempt_at);
-CREATE INDEX notifications_by_instance ON notifications(instance_uuid, status);
-CREATE INDEX notifications_by_node ON notifications(node_uuid);
-CREATE TABLE meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
 
 def _execute_script(conn: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT the caller's transaction; run statement by statement.
@@ -175,7 +87,8 @@ def _execute_script(conn: sqlite3.Connection, script: str) -> None:
 
 def create_current(conn: sqlite3.Connection) -> None:
     """Create the current schema in an empty database (inside the caller's transaction)."""
-    _execute_script(conn, SCHEMA_V2)
+    for statement in ddl.current_schema(ddl.SQLITE):
+        conn.execute(statement)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {CURRENT_VERSION}")
 
@@ -223,8 +136,16 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    for statement in ddl.migration_2_to_3(ddl.SQLITE):
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] upgrades version n to n + 1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 def migrate(conn: sqlite3.Connection, from_version: int) -> None:

@@ -19,20 +19,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import attrs
-
 from store import schema
 from store.base import (
     Store,
-    check_changes,
     check_holder,
     check_limit,
     check_meta,
     check_ttl,
     create_private_file,
     empty_counts,
-    guard_fails,
-    log_skipped_change,
     log_takeover,
     merge_fields,
     resolve_now,
@@ -46,45 +41,33 @@ from store.errors import (
     StoreError,
 )
 from store.model import (
+    GUARD_FIELDS,
+    NODE_FIELDS,
+    NOTIFICATION_FIELDS,
     UPDATABLE_FIELDS,
     HistoryEntry,
     Node,
-    NodeChange,
     Notification,
     new_node,
-    parse_uuid,
     validate_fields,
 )
+from store.plan import ApplyPlan, CheckedChange, GuardRow, plan_apply
+from store.rows import from_column, node_from_row, to_column
+from store.validate import parse_uuid
 
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
 
-_NODE_SELECT = f"SELECT {', '.join(schema.NODE_COLUMNS)} FROM nodes"  # noqa: S608
-_NOTIFICATION_SELECT = f"SELECT {', '.join(schema.NOTIFICATION_COLUMNS)} FROM notifications"  # noqa: S608
-
-
-# NODE_COLUMNS lists the columns in Node's field order, so a row maps positionally.
-assert tuple(field.name for field in attrs.fields(Node)) == schema.NODE_COLUMNS
-_SUITES = schema.NODE_COLUMNS.index("cipher_suites")
-_MAINTENANCE = schema.NODE_COLUMNS.index("maintenance")
-
-
-def _node_from_row(row: Sequence[Any]) -> Node:
-    values = list(row)
-    values[_SUITES] = tuple(int(s) for s in values[_SUITES].split(","))
-    values[_MAINTENANCE] = bool(values[_MAINTENANCE])
-    return Node(*values)
-
-
-def _to_column(field: str, value: object) -> object:
-    if field == "cipher_suites":
-        return ",".join(str(suite) for suite in value)  # type: ignore[attr-defined]
-    if field == "maintenance":
-        return int(bool(value))
-    return value
+_NODE_SELECT = f"SELECT {', '.join(NODE_FIELDS)} FROM nodes"  # noqa: S608
+_NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_FIELDS)} FROM notifications"  # noqa: S608
+_GUARDS = sorted(GUARD_FIELDS)
+_GUARD_SELECT = (
+    f"SELECT uuid, instance_uuid, reservation_expires_at, {', '.join(_GUARDS)} "  # noqa: S608
+    "FROM nodes WHERE uuid IN "
+)
 
 
 def _notification_from_row(row: Sequence[Any]) -> Notification:
-    return Notification(**dict(zip(schema.NOTIFICATION_COLUMNS, row, strict=True)))
+    return Notification(*row)
 
 
 class SqliteStore(Store):
@@ -179,7 +162,7 @@ class SqliteStore(Store):
             row = conn.execute(f"{_NODE_SELECT} WHERE name = ?", (name_or_uuid,)).fetchone()
         if row is None:
             raise NodeNotFound(f"no node named or with uuid {name_or_uuid!r}")
-        return _node_from_row(row)
+        return node_from_row(row)
 
     @classmethod
     def _uuid_or_none(cls, conn: sqlite3.Connection, name_or_uuid: str) -> str | None:
@@ -191,10 +174,10 @@ class SqliteStore(Store):
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, node: Node) -> None:
-        values = [_to_column(c, getattr(node, c)) for c in schema.NODE_COLUMNS]
-        placeholders = ", ".join("?" for _ in schema.NODE_COLUMNS)
+        values = [to_column(field, getattr(node, field)) for field in NODE_FIELDS]
+        placeholders = ", ".join("?" for _ in NODE_FIELDS)
         conn.execute(
-            f"INSERT INTO nodes ({', '.join(schema.NODE_COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+            f"INSERT INTO nodes ({', '.join(NODE_FIELDS)}) VALUES ({placeholders})",  # noqa: S608
             values,
         )
 
@@ -203,7 +186,7 @@ class SqliteStore(Store):
         conn: sqlite3.Connection, node_uuid: str, fields: Mapping[str, object], now: float
     ) -> None:
         assignments = ", ".join(f"{field} = ?" for field in fields)
-        values = [_to_column(field, value) for field, value in fields.items()]
+        values = [to_column(field, value) for field, value in fields.items()]
         conn.execute(
             f"UPDATE nodes SET {assignments}, updated_at = ? WHERE uuid = ?",  # noqa: S608
             [*values, now, node_uuid],
@@ -259,7 +242,7 @@ class SqliteStore(Store):
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._lock, self._translate():
             rows = self._connection().execute(f"{_NODE_SELECT}{where} ORDER BY name", parameters)
-            return [_node_from_row(row) for row in rows]
+            return [node_from_row(row) for row in rows]
 
     def update_node(self, name_or_uuid: str, *, now: float | None = None, **fields: object) -> Node:
         clean = validate_fields(fields, UPDATABLE_FIELDS)
@@ -337,114 +320,66 @@ class SqliteStore(Store):
 
     # --- state changes ------------------------------------------------------------------
 
-    def apply(self, changes: Sequence[NodeChange], *, now: float | None = None) -> list[str]:
-        at = resolve_now(now)
-        checked = check_changes(changes)
-        if not checked:
-            return []
-        conflicts: list[str] = []
+    def _carry_out(self, checked: Sequence[CheckedChange], now: float | None) -> ApplyPlan:
         with self._write() as conn:
-            current = self._guard_rows(conn, {uuid for uuid, _, _ in checked})
-            # Merge each node's field changes in batch order, then write them grouped by shape.
-            merged: dict[str, dict[str, object]] = {}
-            history_rows: list[tuple[object, ...]] = []
-            outbox: list[tuple[str, str, str]] = []  # (node, instance, state) in batch order
-            for node_uuid, fields, change in checked:
-                row = current.get(node_uuid)
-                if row is None:
-                    log_skipped_change(node_uuid)
-                    continue
-                instance, expires, guarded = row
-                if guard_fails(change, guarded, expires, at):
-                    conflicts.append(node_uuid)
-                    continue
-                merged.setdefault(node_uuid, {}).update(fields)
-                record = change.history
-                if record is not None:
-                    history_rows.append(
-                        (
-                            node_uuid,
-                            at,
-                            record.from_state,
-                            record.to_state,
-                            record.cause,
-                            record.message,
-                        )
-                    )
-                if change.notification is not None and instance is not None:
-                    outbox.append((node_uuid, instance, change.notification))
+            at = resolve_now(now)
+            rows = self._guard_rows(conn, {item.node_uuid for item in checked})
+            plan = plan_apply(checked, rows, at)
+            # Grouped by the set of fields changed, so each shape is one executemany.
             by_shape: dict[tuple[str, ...], list[list[object]]] = {}
-            for node_uuid, fields in merged.items():
-                shape = tuple(fields)
-                values = [_to_column(f, v) for f, v in fields.items()]
-                by_shape.setdefault(shape, []).append([*values, at, node_uuid])
-            for shape, rows in by_shape.items():
+            for node_uuid, fields in plan.updates.items():
+                values = [to_column(f, v) for f, v in fields.items()]
+                by_shape.setdefault(tuple(fields), []).append([*values, at, node_uuid])
+            for shape, parameters in by_shape.items():
                 assignments = "".join(f"{field} = ?, " for field in shape)
                 conn.executemany(
                     f"UPDATE nodes SET {assignments}updated_at = ? WHERE uuid = ?",  # noqa: S608
-                    rows,
+                    parameters,
                 )
             conn.executemany(
                 "INSERT INTO history (node_uuid, at, from_state, to_state, cause, message) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                history_rows,
+                [
+                    (
+                        h.node_uuid,
+                        h.at,
+                        h.record.from_state,
+                        h.record.to_state,
+                        h.record.cause,
+                        h.record.message,
+                    )
+                    for h in plan.history
+                ],
             )
-            self._enqueue(conn, outbox, at)
-        return conflicts
+            conn.executemany(
+                "UPDATE notifications SET status = 'superseded' "
+                "WHERE instance_uuid = ? AND status = 'pending'",
+                [(instance,) for instance in plan.supersede],
+            )
+            conn.executemany(
+                "INSERT INTO notifications (node_uuid, instance_uuid, power_state, created_at, "
+                "attempts, next_attempt_at, last_error, status) VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
+                [
+                    (o.node_uuid, o.instance_uuid, o.power_state, o.at, o.at, o.status)
+                    for o in plan.outbox
+                ],
+            )
+        return plan
 
     @staticmethod
-    def _guard_rows(
-        conn: sqlite3.Connection, uuids: set[str]
-    ) -> dict[str, tuple[str | None, float | None, dict[str, object]]]:
-        """(instance_uuid, reservation expiry, GUARD_FIELDS values) of each existing node."""
+    def _guard_rows(conn: sqlite3.Connection, uuids: set[str]) -> dict[str, GuardRow]:
+        """The GuardRow of each existing node among ``uuids``."""
         wanted = sorted(uuids)
-        found: dict[str, tuple[str | None, float | None, dict[str, object]]] = {}
+        found: dict[str, GuardRow] = {}
         for start in range(0, len(wanted), 500):  # in chunks: SQLite's parameter limit
             chunk = wanted[start : start + 500]
             marks = ", ".join("?" for _ in chunk)
-            rows = conn.execute(
-                "SELECT uuid, instance_uuid, reservation_expires_at, power_state, "  # noqa: S608
-                f"target_power_state, maintenance, fault, reservation FROM nodes "
-                f"WHERE uuid IN ({marks})",
-                chunk,
-            )
-            for uuid, instance, expires, power, target, maintenance, fault, holder in rows:
-                guarded = {
-                    "power_state": power,
-                    "target_power_state": target,
-                    "maintenance": bool(maintenance),
-                    "fault": fault,
-                    "reservation": holder,
-                }
-                found[uuid] = (instance, expires, guarded)
+            for uuid, instance, expires, *guarded in conn.execute(
+                f"{_GUARD_SELECT}({marks})", chunk
+            ):
+                values = {f: from_column(f, v) for f, v in zip(_GUARDS, guarded, strict=True)}
+                found[uuid] = GuardRow(instance, expires, values)
         return found
-
-    @staticmethod
-    def _enqueue(conn: sqlite3.Connection, outbox: list[tuple[str, str, str]], at: float) -> None:
-        """Queue notifications; only the newest pending row of an instance stays pending."""
-        if not outbox:
-            return
-        last_index = {instance: index for index, (_, instance, _) in enumerate(outbox)}
-        conn.executemany(
-            "UPDATE notifications SET status = 'superseded' "
-            "WHERE instance_uuid = ? AND status = 'pending'",
-            [(instance,) for instance in last_index],
-        )
-        conn.executemany(
-            "INSERT INTO notifications (node_uuid, instance_uuid, power_state, created_at, "
-            "attempts, next_attempt_at, last_error, status) VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
-            [
-                (
-                    node_uuid,
-                    instance,
-                    state,
-                    at,
-                    at,
-                    "pending" if last_index[instance] == index else "superseded",
-                )
-                for index, (node_uuid, instance, state) in enumerate(outbox)
-            ],
-        )
 
     def history(self, node: str | None = None, *, limit: int = 100) -> list[HistoryEntry]:
         limit = check_limit(limit)

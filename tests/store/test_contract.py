@@ -89,24 +89,129 @@ def test_duplicate_name_refused(store: Store) -> None:
         ("bmc_port", "623"),
         ("bmc_port", True),
         ("bmc_username", ""),
-        ("bmc_username", "u" * 17),
-        ("bmc_username", "é" * 9),  # 18 bytes in UTF-8
-        ("bmc_password", "p" * 21),
+        ("bmc_username", "u" * 256),
+        ("bmc_username", "é" * 128),  # 256 bytes in UTF-8
+        ("bmc_username", "ad\x00min"),
+        ("bmc_password", "p" * 1025),
+        ("bmc_password", "pass\x00word"),
         ("bmc_password", None),
         ("cipher_suites", []),
-        ("cipher_suites", [0]),
         ("cipher_suites", [17, 3, 17]),
-        ("cipher_suites", [1, 3]),
+        ("cipher_suites", [256]),
+        ("cipher_suites", [-1]),
+        ("cipher_suites", [True]),
         ("cipher_suites", "17"),
-        ("privilege", "callback"),
+        ("privilege", ""),
+        ("privilege", "two words"),
+        ("privilege", "p" * 33),
+        ("privilege", 4),
+        ("driver", ""),
+        ("driver", "Redfish"),
+        ("driver", "red fish"),
+        ("driver", "d" * 33),
+        ("driver", None),
+        ("driver_info", "redfish_system_id=/x"),
+        ("driver_info", {"Bad Key": 1}),
+        ("driver_info", {"redfish_system_id": ["a"]}),
+        ("driver_info", {"redfish_system_id": "x" * 1025}),
+        ("driver_info", {"ratio": float("nan")}),
+        ("driver_info", {"redfish_password": "secret"}),  # secrets go in bmc_password
+        ("driver_info", {f"k{i}": i for i in range(65)}),
+        ("provision_state", ""),
+        ("provision_state", "x" * 1025),
+        ("provision_state", "line\nbreak"),
+        ("provision_state", 3),
         ("instance_uuid", "not-a-uuid"),
         ("session_mode", "sometimes"),
     ],
 )
 def test_invalid_inventory_names_the_field(store: Store, field: str, value: Any) -> None:
-    with pytest.raises(InvalidNode, match=f"^{field}:"):
+    with pytest.raises(InvalidNode, match=f"^{field}[:.]") as raised:
         add(store, **{field: value})
+    assert "secret" not in str(raised.value).replace("a secret", "")
     assert store.list_nodes() == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # Protocol limits are the driver's business, not the store's (IPMI: 16/20 bytes,
+        # suites 3 and 17, three privilege words).
+        ("bmc_username", "u" * 17),
+        ("bmc_username", "é" * 127),
+        ("bmc_password", "p" * 21),
+        ("bmc_password", "p" * 1024),
+        ("cipher_suites", [0]),
+        ("cipher_suites", [1, 3, 255]),
+        ("privilege", "callback"),
+        ("privilege", "ADMINISTRATOR"),
+        ("driver", "redfish"),
+        ("driver", "idrac-redfish_2"),
+        ("provision_state", "deploy wait"),
+    ],
+)
+def test_store_checks_only_shape(store: Store, field: str, value: Any) -> None:
+    node = add(store, **{field: value})
+    expected = tuple(value) if field == "cipher_suites" else value
+    assert getattr(node, field) == expected
+    assert getattr(store.get_node(node.uuid), field) == expected
+
+
+def test_driver_fields(store: Store) -> None:
+    plain = add(store, "plain")
+    assert (plain.driver, dict(plain.driver_info), plain.provision_state) == ("ipmi", {}, None)
+    assert plain.health is None
+    info = {
+        "redfish_system_id": "/redfish/v1/Systems/1",
+        "redfish_verify_ca": False,
+        "redfish_port": 8443,
+        "timeout": 2.5,
+        "ipmi_password_file": "/etc/powersync/bmc.pw",
+    }
+    node = add(store, "rf", driver="redfish", driver_info=info, provision_state="active")
+    again = store.get_node("rf")
+    assert again == node and hash(again) == hash(node)
+    assert again.driver == "redfish" and dict(again.driver_info) == info
+    assert again.driver_info["redfish_verify_ca"] is False
+    assert again.driver_info["redfish_port"] == 8443 and again.driver_info["timeout"] == 2.5
+    assert again.provision_state == "active"
+    assert again.masked()["driver_info"] == info
+    with pytest.raises(TypeError):
+        again.driver_info["timeout"] = 3  # type: ignore[index]
+    updated = store.update_node(
+        "rf", driver_info={"redfish_system_id": "/x"}, provision_state="deploy wait", now=T0 + 1
+    )
+    assert dict(updated.driver_info) == {"redfish_system_id": "/x"}
+    assert store.get_node("rf").provision_state == "deploy wait"
+    upserted = store.upsert_node(
+        name="rf", bmc_address="::1", bmc_username="u", bmc_password="p", driver="redfish"
+    )
+    assert dict(upserted.driver_info) == {} and upserted.provision_state is None
+    [bulk] = store.add_nodes(
+        [
+            {
+                "name": "bulk",
+                "bmc_address": "::1",
+                "bmc_username": "u",
+                "bmc_password": "p",
+                "driver": "redfish",
+                "driver_info": {"redfish_system_id": "/y"},
+            }
+        ]
+    )
+    assert store.get_node("bulk").driver_info == {"redfish_system_id": "/y"} == bulk.driver_info
+
+
+def test_health_is_a_state_field_set_by_apply(store: Store) -> None:
+    node = add(store)
+    store.apply([NodeChange(node.uuid, {"health": "fan 2 failed, psu 1 lost"})], now=T0 + 1)
+    assert store.get_node(node.uuid).health == "fan 2 failed, psu 1 lost"
+    store.apply([NodeChange(node.uuid, {"health": "ok"})], now=T0 + 2)
+    assert store.get_node(node.uuid).health == "ok"
+    with pytest.raises(InvalidNode, match=r"^health:"):
+        store.apply([NodeChange(node.uuid, {"health": ""})])
+    with pytest.raises(InvalidNode, match=r"^driver:"):
+        store.apply([NodeChange(node.uuid, {"driver": "redfish"})])  # inventory, not state
 
 
 @pytest.mark.parametrize(
@@ -594,7 +699,7 @@ def test_password_never_shown(store: Store, caplog: pytest.LogCaptureFixture) ->
         store.acquire_lock(node.uuid, "b", ttl=1, now=T0 + 2)
         store.apply([NodeChange("00000000-0000-4000-8000-000000000000", {})])
         with pytest.raises(InvalidNode) as too_long:
-            store.update_node(node.uuid, bmc_password=PASSWORD * 2)
+            store.update_node(node.uuid, bmc_password=PASSWORD * 70)
     assert PASSWORD not in repr(node)
     assert PASSWORD not in str(node)
     assert PASSWORD not in repr(store.list_nodes())
@@ -657,7 +762,8 @@ def test_add_nodes_in_one_batch(store: Store) -> None:
         ({"name": "x-2", "bmc_port": 0}, InvalidNode, r"^node 'x-2': bmc_port:"),
         ({"name": "x-2", "bmc_username": None}, InvalidNode, "bmc_username"),
         ({"name": "x-2", "colour": "red"}, InvalidNode, "colour"),
-        ({"name": "x-2", "bmc_password": PASSWORD * 2}, InvalidNode, "bmc_password"),
+        ({"name": "x-2", "bmc_password": PASSWORD * 70}, InvalidNode, "bmc_password"),
+        ({"name": "x-2", "driver": "Bad"}, InvalidNode, r"^node 'x-2': driver:"),
     ],
 )
 def test_add_nodes_is_all_or_nothing(

@@ -26,10 +26,11 @@ def test_file_is_readable_json(tmp_path: Path) -> None:
         node = add(store, instance_uuid=INSTANCE)
         store.apply([NodeChange(node.uuid, {"power_state": "power on"}, None, "power on")], now=T0)
     document = json.loads(path.read_text())
-    assert document["format"] == "powersync-store" and document["version"] == 1
+    assert document["format"] == "powersync-store" and document["version"] == 2
     [stored] = document["nodes"]
     assert stored["name"] == "node-1" and stored["power_state"] == "power on"
     assert stored["cipher_suites"] == [17, 3]
+    assert (stored["driver"], stored["driver_info"], stored["health"]) == ("ipmi", {}, None)
     assert document["notifications"][0]["instance_uuid"] == INSTANCE
 
 
@@ -106,11 +107,11 @@ def test_newer_version_refused(tmp_path: Path) -> None:
     with open_store(str(path), "json") as store:
         add(store)
     document = json.loads(path.read_text())
-    document["version"] = 2
+    document["version"] = 3
     path.write_text(json.dumps(document))
-    with pytest.raises(SchemaTooNew, match=f"{path}.*version 2"):
+    with pytest.raises(SchemaTooNew, match=f"{path}.*version 3"):
         open_store(str(path), "json")
-    assert json.loads(path.read_text())["version"] == 2
+    assert json.loads(path.read_text())["version"] == 3
 
 
 def test_reload_after_another_process_changed_the_file(tmp_path: Path) -> None:
@@ -164,7 +165,14 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("bmc_port", "623"), ("power_state", "on"), ("cipher_suites", [0]), ("name", "")],
+    [
+        ("bmc_port", "623"),
+        ("power_state", "on"),
+        ("cipher_suites", [256]),
+        ("name", ""),
+        ("driver", "Bad Driver"),
+        ("driver_info", ["not", "an", "object"]),
+    ],
 )
 def test_hand_edited_invalid_value_reported(tmp_path: Path, field: str, value: object) -> None:
     path = tmp_path / "s.json"

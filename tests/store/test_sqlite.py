@@ -110,12 +110,13 @@ def test_migration_from_version_1(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     path = tmp_path / "old.sqlite"
     build_v1(path)
     with caplog.at_level(logging.WARNING, logger="store"), open_store(str(path)) as store:
-        assert any("migrating schema version 1 to 2" in r.getMessage() for r in caplog.records)
+        assert any("migrating schema version 1 to 3" in r.getMessage() for r in caplog.records)
         node = store.get_node("old-1")
         assert node.uuid == NODE_1
         assert node.bmc_password == PASSWORD and node.cipher_suites == (17, 3)
         assert node.power_state == "power on" and node.sync_failures == 1
         assert node.session_mode is None and node.last_seen_at is None
+        assert (node.driver, dict(node.driver_info), node.health) == ("ipmi", {}, None)
         assert [h.message for h in store.history("old-1")] == ["v1 row"]
         assert store.notification_counts() == {
             "pending": 2,
