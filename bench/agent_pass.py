@@ -96,8 +96,9 @@ def prepare(args: argparse.Namespace, password: str) -> None:
 
 
 async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from agent.bmc.pool import configured_opener, open_bmc_pool
+    from agent.bmc.pool import open_bmc_pool
     from agent.config.options import load_config
+    from agent.drivers.ipmi import IpmiDriver
     from agent.storeio import AsyncStore
     from agent.sync.service import SyncService
     from store import POWER_ON, open_store
@@ -119,7 +120,7 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
     config = load_config(str(config_path), environ={})
     ipmi = config.ipmi
-    opener = configured_opener(ipmi)
+    opener = IpmiDriver(ipmi).open_session
     report: list[dict[str, Any]] = []
     with open_store(str(store_path)) as store:
         async with open_bmc_pool(opener, keepalive_interval=ipmi.keepalive_interval) as pool:
@@ -132,7 +133,7 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
                 recorded = {node.name: node.power_state for node in store.list_nodes()}
                 states = [recorded.get(node_name(i)) for i in range(args.count)]
-                counters = pool.counters
+                counters = pool.statistics()
                 errors: dict[str, int] = {}
                 for node_result in result.results:
                     if node_result.error:

@@ -1,7 +1,8 @@
 """The agent's BMC sessions: one per node, long-lived or per use, never two requests at once.
 
-The service never talks to ``ipmi`` directly; it leases a :class:`NodeBmc` from a
-:class:`BmcPool` for one node and asks it for the power state in Ironic's words.
+The service never talks to a protocol: it leases a :class:`NodeBmc` from a :class:`BmcPool`
+for one node and asks it for the power state in Ironic's words. Sessions come from an
+opener (:data:`agent.bmc.seam.BmcOpener`: the drivers', or a test's).
 
 * ``persistent`` (default): the session stays open across cycles. The pool keeps one small
   record per node and no task: a command runs in the caller's task, logging in first when
@@ -12,8 +13,8 @@ The service never talks to ``ipmi`` directly; it leases a :class:`NodeBmc` from 
   the lease ends, for BMCs that have few session slots.
 
 Per BMC endpoint (address, port) at most one request is in flight (a login counts), and an
-optional minimum gap separates commands. Anything the opener yields that has ``get_power``/
-``set_power``/``keepalive``/``statistics`` will do, which is how the tests drive fake BMCs.
+optional minimum gap separates commands. Only :class:`~agent.bmc.seam.BmcError` counts as a
+BMC failure (and closes the session); anything else is a bug and goes up unchanged.
 """
 
 from __future__ import annotations
@@ -23,35 +24,27 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
 
 from agent.bmc.gate import EndpointGate
-from agent.errors import AgentError
-from agent.sync.policy import POWER_OFF, POWER_ON
-from ipmi import RetryPolicy, open_bmc
-from ipmi.transport import peer_label
-
-if TYPE_CHECKING:
-    from agent.config.options import IpmiConfig
+from agent.bmc.seam import (
+    BmcEndpoint,
+    BmcError,
+    BmcOpener,
+    BmcSession,
+    BmcUnavailable,
+    describe_error,
+    power_word,
+    session_action,
+)
 
 log = logging.getLogger("powersync.bmc")
 
 SESSION_MODES = ("persistent", "per-cycle")
-# Client action words for the record's power states and the CLI's action names.
-CLIENT_ACTIONS = {
-    POWER_ON: "on",
-    POWER_OFF: "off",
-    "on": "on",
-    "off": "off",
-    "cycle": "cycle",
-    "reset": "reset",
-    "soft": "soft",
-    "soft-off": "soft",
-}
-# How long closing a session may take (Close Session to a BMC that may be gone).
+# How long closing a session may take (a logout to a BMC that may be gone).
 CLOSE_TIMEOUT = 2.0
 # At most this many keepalives in flight at once (a burst of idle sessions falls due together).
 KEEPALIVE_CONCURRENCY = 16
@@ -59,88 +52,9 @@ KEEPALIVE_CONCURRENCY = 16
 CLOSE_CONCURRENCY = 256
 
 
-class BmcSessionLike(Protocol):
-    async def get_power(self) -> bool: ...
-    async def set_power(self, action: str) -> None: ...
-    async def keepalive(self) -> None: ...
-    def statistics(self) -> Any: ...
-
-
-@attrs.frozen
-class BmcEndpoint:
-    """Where and how to log in to one node's BMC."""
-
-    host: str
-    port: int
-    username: str
-    password: str = attrs.field(repr=False)
-    cipher_suites: tuple[int, ...] = (17, 3)
-    privilege: str = "administrator"
-    session_mode: str = "persistent"
-
-    @property
-    def label(self) -> str:
-        return peer_label(self.host, self.port)
-
-
-BmcOpener = Callable[[BmcEndpoint], AbstractAsyncContextManager[BmcSessionLike]]
-"""Logs in on enter, sends Close Session on exit.
-
-The pool enters the context in one task (the first caller's) and leaves it in another (a
-closing task of its own), so the context must not hold a cancel scope or a nursery across
-its ``yield``. ``ipmi.open_bmc`` holds neither; an ``asynccontextmanager`` that only awaits
-before and after its ``yield`` is fine. If entering fails or is cancelled, the context must
-clean up after itself (``open_bmc`` closes a half-made session).
-"""
-
-
-class BmcUnavailable(AgentError):
-    """The pool is closed or the request was abandoned."""
-
-
-def retry_policy(ipmi: IpmiConfig) -> RetryPolicy:
-    """The ``[ipmi]`` section's retry settings as the client's policy."""
-    return RetryPolicy(
-        first_timeout=ipmi.retry_timeout,
-        backoff=ipmi.retry_backoff,
-        max_timeout=max(ipmi.retry_max_timeout, ipmi.retry_timeout),
-        retries=ipmi.retries,
-        adaptive=ipmi.adaptive_retry,
-        min_timeout=ipmi.retry_min_timeout,
-    )
-
-
-def configured_opener(ipmi: IpmiConfig) -> BmcOpener:
-    """The production opener: ``ipmi.open_bmc`` with the ``[ipmi]`` section's retry settings."""
-    retry = retry_policy(ipmi)
-
-    def opener(endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSessionLike]:
-        context: AbstractAsyncContextManager[BmcSessionLike] = open_bmc(
-            endpoint.host,
-            endpoint.port,
-            username=endpoint.username,
-            password=endpoint.password,
-            privilege=endpoint.privilege,
-            cipher_suites=endpoint.cipher_suites,
-            retry=retry,
-        )
-        return context
-
-    return opener
-
-
-def describe_error(exc: BaseException) -> str:
-    """The error text recorded on the node: the BMC path's own message, never a password."""
-    if isinstance(exc, trio.TooSlowError):
-        return "no answer before the deadline"
-    text = str(exc).strip()
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
 @attrs.define
 class PoolCounters:
-    """Totals across every session the pool opened (for metrics)."""
+    """Totals across every session the pool opened (for metrics): see ``statistics()``."""
 
     requests: int = 0
     failures: int = 0
@@ -159,17 +73,6 @@ class NodeBmc(Protocol):
     async def set_power(self, action: str) -> None: ...
 
 
-def power_word(on: bool) -> str:
-    return POWER_ON if on else POWER_OFF
-
-
-def _client_action(action: str) -> str:
-    try:
-        return CLIENT_ACTIONS[action]
-    except KeyError:
-        raise ValueError(f"unknown power action {action!r}") from None
-
-
 # What a node's BMC work is doing, kept as a number and put into words only when asked.
 _LEASED, _WAITING, _LOGIN, _COMMAND = range(4)
 _STAGE_WORDS = (
@@ -179,7 +82,6 @@ _STAGE_WORDS = (
     "a command to {}",
 )
 _STATISTICS = ("logins", "retransmits", "drops")  # what sessions count for the pool
-_NO_STATISTICS = (0, 0, 0)
 
 
 class _Record:
@@ -194,7 +96,6 @@ class _Record:
         "key",
         "last_used",
         "pool",
-        "seen",
         "session",
         "stage",
     )
@@ -204,9 +105,8 @@ class _Record:
         self.key = key
         self.endpoint = endpoint
         self.gate = gate
-        self.session: BmcSessionLike | None = None
-        self.context: AbstractAsyncContextManager[BmcSessionLike] | None = None
-        self.seen: tuple[int, ...] = _NO_STATISTICS  # the session's counts already added
+        self.session: BmcSession | None = None
+        self.context: AbstractAsyncContextManager[BmcSession] | None = None
         self.last_used = -math.inf
         self.in_use = False  # someone holds the gate for this record
         self.forgotten = False
@@ -223,11 +123,11 @@ class _Record:
         return power_word(await self.pool._run(self, _read_power))
 
     async def set_power(self, action: str) -> None:
-        word = _client_action(action)
+        word = session_action(action)
         await self.pool._run(self, lambda session: session.set_power(word))
 
 
-def _read_power(session: BmcSessionLike) -> Awaitable[bool]:
+def _read_power(session: BmcSession) -> Awaitable[bool]:
     return session.get_power()
 
 
@@ -299,13 +199,15 @@ class BmcPool:
     def open_sessions(self) -> int:
         return self._open
 
-    @property
-    def counters(self) -> PoolCounters:
-        """The totals, with the live sessions' latest counters added in when read."""
+    def statistics(self) -> PoolCounters:
+        """The totals so far: closed sessions' counts plus the live sessions' current ones."""
+        totals = attrs.evolve(
+            self._counters, failures_by_type=dict(self._counters.failures_by_type)
+        )
         for record in self._records.values():
             if record.session is not None:
-                self._add_statistics(record)
-        return self._counters
+                _add_counts(totals, record.session)
+        return totals
 
     async def aclose(self) -> None:
         """Close every long-lived session (Close Session sent, bounded by CLOSE_TIMEOUT).
@@ -336,9 +238,7 @@ class BmcPool:
 
     # --- one request --------------------------------------------------------------------
 
-    async def _run(
-        self, record: _Record, command: Callable[[BmcSessionLike], Awaitable[Any]]
-    ) -> Any:
+    async def _run(self, record: _Record, command: Callable[[BmcSession], Awaitable[Any]]) -> Any:
         """Run ``command`` on ``record``'s session in the caller's task, logging in first."""
         if self._closed:
             raise BmcUnavailable(f"session to {record.endpoint.label} is closed")
@@ -361,7 +261,7 @@ class BmcPool:
             record.stage = _COMMAND
             started = trio.current_time()
             result = await command(session)
-        except Exception as exc:
+        except BmcError as exc:
             if started is not None:
                 self._count_failure(exc)
                 self._close_soon(record)  # the client already logged in again once
@@ -374,11 +274,11 @@ class BmcPool:
         self._count_request(record, ended - started)
         return result
 
-    async def _login(self, record: _Record) -> BmcSessionLike:
+    async def _login(self, record: _Record) -> BmcSession:
         context = self._opener(record.endpoint)
         # Cancelled or failed here, the context cleans up after itself (see BmcOpener).
         session = await context.__aenter__()
-        record.session, record.context, record.seen = session, context, _NO_STATISTICS
+        record.session, record.context = session, context
         self._open += 1
         self._counters.sessions_opened += 1
         return session
@@ -403,10 +303,10 @@ class BmcPool:
         self._counters.rtt_sum += rtt
         self.last_rtt[record.key] = rtt
 
-    def _count_failure(self, exc: Exception) -> None:
+    def _count_failure(self, exc: BmcError) -> None:
         counters = self._counters
         counters.failures += 1
-        name = type(exc).__name__
+        name = exc.kind
         counters.failures_by_type[name] = counters.failures_by_type.get(name, 0) + 1
 
     # --- closing ------------------------------------------------------------------------
@@ -420,12 +320,13 @@ class BmcPool:
         if not record.in_use:  # else its user closes it when done
             self._close_soon(record)
 
-    def _detach(self, record: _Record) -> AbstractAsyncContextManager[BmcSessionLike] | None:
+    def _detach(self, record: _Record) -> AbstractAsyncContextManager[BmcSession] | None:
         """Take the session off ``record`` (its counters added in); its context to close."""
         context = record.context
         if context is None:
             return None
-        self._add_statistics(record)
+        assert record.session is not None
+        _add_counts(self._counters, record.session)
         record.session = record.context = None
         self._idle.pop(record.key, None)
         self._open -= 1
@@ -445,26 +346,10 @@ class BmcPool:
             scope.deadline = trio.current_time() + CLOSE_TIMEOUT
             try:
                 await context.__aexit__(None, None, None)
-            except Exception as exc:
+            except BmcError as exc:
                 log.debug("closing the session to %s failed: %s", label, describe_error(exc))
         if scope.cancelled_caught:
             log.debug("closing the session to %s timed out", label)
-
-    def _add_statistics(self, record: _Record) -> None:
-        """Add what ``record``'s session counted since last time to the pool's counters."""
-        session = record.session
-        if session is None:
-            return
-        try:
-            stats = session.statistics()
-        except Exception:  # a session without counters still works
-            return
-        now = tuple(int(getattr(stats, name, 0) or 0) for name in _STATISTICS)
-        counters = self._counters
-        for name, count, seen in zip(_STATISTICS, now, record.seen, strict=True):
-            if count > seen:
-                setattr(counters, name, getattr(counters, name) + count - seen)
-        record.seen = now
 
     # --- per-cycle sessions -------------------------------------------------------------
 
@@ -548,7 +433,7 @@ class BmcPool:
                 await session.keepalive()
             if deadline.cancelled_caught:
                 failure = "no answer before the deadline"
-        except Exception as exc:
+        except BmcError as exc:
             self._count_failure(exc)
             failure = describe_error(exc)
         finally:
@@ -564,6 +449,13 @@ class BmcPool:
             self._count_request(record, ended - started)
 
 
+def _add_counts(totals: PoolCounters, session: BmcSession) -> None:
+    """Add what ``session`` counted since its login to ``totals``."""
+    stats = session.statistics()
+    for name in _STATISTICS:
+        setattr(totals, name, getattr(totals, name) + int(getattr(stats, name, 0) or 0))
+
+
 @asynccontextmanager
 async def open_bmc_pool(
     opener: BmcOpener,
@@ -571,32 +463,34 @@ async def open_bmc_pool(
     keepalive_interval: float = 25.0,
     min_command_interval: float = 0.0,
 ) -> AsyncIterator[BmcPool]:
-    """A pool whose long-lived sessions are closed (Close Session sent) when the block ends."""
-    async with trio.open_nursery() as nursery:
-        pool = BmcPool(
-            nursery,
-            opener,
-            keepalive_interval=keepalive_interval,
-            min_command_interval=min_command_interval,
-        )
-        nursery.start_soon(pool._keepalive_loop)
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
-            # Closing tasks are bounded by CLOSE_TIMEOUT; never wait forever.
-            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT + 1.0
+    """A pool whose long-lived sessions are closed (logged out) when the block ends.
+
+    An exception from the block comes out as itself, not wrapped in the pool's nursery's
+    ExceptionGroup (the pool's own tasks raise nothing), so callers catch what they expect.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            pool = BmcPool(
+                nursery,
+                opener,
+                keepalive_interval=keepalive_interval,
+                min_command_interval=min_command_interval,
+            )
+            nursery.start_soon(pool._keepalive_loop)
+            try:
+                yield pool
+            finally:
+                await pool.aclose()
+                # Closing tasks are bounded by CLOSE_TIMEOUT; never wait forever.
+                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT + 1.0
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from group.exceptions[0].__cause__
+        raise
 
 
 __all__: Sequence[str] = (
-    "BmcEndpoint",
-    "BmcOpener",
     "BmcPool",
-    "BmcSessionLike",
-    "BmcUnavailable",
     "NodeBmc",
-    "configured_opener",
-    "describe_error",
     "open_bmc_pool",
-    "retry_policy",
 )

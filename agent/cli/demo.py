@@ -21,8 +21,9 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmc.pool import BmcPool, configured_opener, open_bmc_pool
+from agent.bmc.pool import BmcPool, open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.drivers.ipmi import IpmiDriver
 from agent.errors import AgentError
 from agent.storeio import AsyncStore
 from agent.sync.report import CycleReport
@@ -117,7 +118,7 @@ async def run_demo(
                     f"Imported them into a temporary SQLite store ({store_path}); "
                     "their recorded power state is unknown. Every other node has a Nova instance."
                 )
-                opener = configured_opener(DEMO_IPMI)
+                opener = IpmiDriver(DEMO_IPMI).open_session
                 async with open_bmc_pool(opener, keepalive_interval=25.0) as pool:
                     await _story(story, store, fleet, pool, rng, flips, dead, numbers)
                 counts = store.notification_counts()
@@ -175,7 +176,7 @@ async def _story(
     story.chapter(
         f"Sync cycle 1: read all {summary['nodes']} BMCs with {workers} workers "
         f"in {summary['duration']:.2f} s and recorded their state: {on} on, "
-        f"{summary['nodes'] - on} off ({pool.counters.sessions_opened} sessions opened, "
+        f"{summary['nodes'] - on} off ({pool.statistics().sessions_opened} sessions opened, "
         "kept open for the next cycles)."
     )
 

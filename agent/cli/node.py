@@ -21,15 +21,14 @@ from agent.cli.common import (
 )
 from agent.config.inventory import FORMATS, ImportRow, read_inventory
 from agent.config.options import (
-    PRIVILEGES,
     SESSION_MODES,
     AgentConfig,
     load_config,
     node_inventory,
     parse_node,
 )
-from agent.config.reader import validate_cipher_suites
 from agent.config.secrets import read_secret_env, read_secret_file
+from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_password, check_username
 from agent.errors import NodeError
 from store import (
     DuplicateNode,
@@ -223,18 +222,26 @@ def _inventory_changes(args: argparse.Namespace) -> dict[str, Any]:
     for option, field in simple.items():
         if getattr(args, option) is not None:
             fields[field] = getattr(args, option)
+    if args.username is not None:
+        try:
+            check_username(args.username)
+        except ValueError as exc:
+            raise NodeError(f"node {args.node}: --username {exc}") from None
     if args.no_instance:
         fields["instance_uuid"] = None
     if args.session_mode is not None:
         fields["session_mode"] = None if args.session_mode == "default" else args.session_mode
     if args.cipher_suites is not None:
         try:
-            fields["cipher_suites"] = validate_cipher_suites(_split_suites(args.cipher_suites))
+            fields["cipher_suites"] = check_cipher_suites(_split_suites(args.cipher_suites))
         except ValueError as exc:
             raise NodeError(f"node {args.node}: --cipher-suites {exc}") from None
     password = password_from_args(args)
     if password is not None:
-        fields["bmc_password"] = password
+        try:
+            fields["bmc_password"] = check_password(password)
+        except ValueError as exc:
+            raise NodeError(f"node {args.node}: {exc}") from None
     return fields
 
 

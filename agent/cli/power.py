@@ -8,9 +8,9 @@ import sys
 
 import trio
 
-from agent.bmc.pool import configured_opener
 from agent.cli.common import open_configured_store
 from agent.config.options import load_config
+from agent.drivers import configured_drivers
 from agent.storeio import AsyncStore
 from agent.sync.actions import ACTIONS, power_action, power_status
 
@@ -27,7 +27,8 @@ def _positive(text: str) -> float:
 
 def _handle(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    opener = configured_opener(config.ipmi)
+    drivers = configured_drivers(config)
+    opener = drivers.open
     with open_configured_store(config, create=False) as store:
         astore = AsyncStore(store)
         if args.action == "status":

@@ -7,7 +7,6 @@ import logging
 
 import trio
 
-from agent.bmc.pool import configured_opener
 from agent.cli.common import open_configured_store
 from agent.config.options import AgentConfig, load_config
 from agent.logs import setup_logging
@@ -40,7 +39,6 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
     await run_service(
         config,
         astore,
-        bmc_opener=configured_opener(config.ipmi),
         notifier=notifier,
         metrics=metrics,
     )

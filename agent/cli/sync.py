@@ -11,9 +11,11 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.bmc.pool import BmcOpener, configured_opener, open_bmc_pool
+from agent.bmc.pool import open_bmc_pool
+from agent.bmc.seam import BmcOpener
 from agent.cli.common import open_configured_store
 from agent.config.options import AgentConfig, load_config
+from agent.drivers import configured_drivers
 from agent.errors import AgentError
 from agent.logs import setup_logging
 from agent.storeio import AsyncStore
@@ -44,7 +46,7 @@ async def sync_once(
         )
     async with open_bmc_pool(
         opener,
-        keepalive_interval=config.ipmi.keepalive_interval,
+        keepalive_interval=configured_drivers(config).keepalive_interval,
         min_command_interval=config.conductor.min_command_interval,
     ) as pool:
         service = SyncService(config, AsyncStore(store), pool)
@@ -101,7 +103,7 @@ def _handle(args: argparse.Namespace) -> int:
             lambda: sync_once(
                 config,
                 store,
-                opener=configured_opener(config.ipmi),
+                opener=configured_drivers(config).open,
                 progress=progress,
                 jitter=args.jitter,
             )

@@ -22,7 +22,6 @@ from typing import Any, Final
 import attrs
 
 from agent.config.reader import (
-    ALLOWED_CIPHER_SUITES,
     Section,
     file_is_private,
     parse_toml,
@@ -31,10 +30,16 @@ from agent.config.reader import (
     split_listen,
 )
 from agent.config.secrets import read_secret_file
+from agent.drivers.ipmi import (
+    CIPHER_SUITES,
+    PRIVILEGES,
+    check_cipher_suites,
+    check_password,
+    check_username,
+)
 from agent.errors import ConfigError, SecretError
 from agent.nova.config import NovaConfig, parse_nova_section
 
-PRIVILEGES: Final = ("user", "operator", "administrator")
 SESSION_MODES: Final = ("persistent", "per-cycle")
 STORE_BACKENDS: Final = ("sqlite", "json")
 LOG_FORMATS: Final = ("text", "json")
@@ -42,8 +47,6 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 BUILTIN_SOURCE: Final = "<built-in default>"
 DEFAULT_CONFIG_NAME: Final = "agent.toml"
 CONFIG_ENV: Final = "POWERSYNC_CONFIG"
-MAX_USERNAME_BYTES: Final = 16  # IPMI v2.0 user name field
-MAX_PASSWORD_BYTES: Final = 20  # IPMI v2.0 password (key) field
 
 
 @attrs.frozen
@@ -77,7 +80,7 @@ class ConductorConfig:
 class IpmiConfig:
     """``[ipmi]``: defaults for every BMC session (a node may override suites, privilege, mode)."""
 
-    cipher_suites: tuple[int, ...] = ALLOWED_CIPHER_SUITES
+    cipher_suites: tuple[int, ...] = CIPHER_SUITES
     privilege: str = "administrator"
     retry_timeout: float = 1.0
     retry_backoff: float = 2.0
@@ -318,7 +321,8 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
             "retry_min_timeout", f"must be <= retry_timeout ({retry_timeout:g})", retry_min_timeout
         )
     return IpmiConfig(
-        cipher_suites=section.cipher_suites("cipher_suites") or defaults.cipher_suites,
+        cipher_suites=section.checked("cipher_suites", check_cipher_suites)
+        or defaults.cipher_suites,
         privilege=section.choice("privilege", defaults.privilege, PRIVILEGES),
         retry_timeout=retry_timeout,
         retry_backoff=section.number("retry_backoff", defaults.retry_backoff, minimum=1),
@@ -449,8 +453,8 @@ def parse_node(
     username = table.get("bmc_username")
     if not isinstance(username, str) or not username:
         raise ConfigError(f"{where}: bmc_username is required (a non-empty string)")
-    if len(username.encode()) > MAX_USERNAME_BYTES:
-        raise section.fail("bmc_username", f"must be at most {MAX_USERNAME_BYTES} bytes", username)
+    username = section.checked("bmc_username", check_username)
+    assert username is not None
     instance_uuid = section.optional_string("instance_uuid")
     if instance_uuid is not None:
         try:
@@ -458,16 +462,17 @@ def parse_node(
         except ValueError:
             raise section.fail("instance_uuid", "must be a UUID", instance_uuid) from None
     password = _node_password(section, base_dir, environ, literal_password_ok, default_password)
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        # IPMI v2.0 keys are at most 20 bytes; never echo the value.
-        raise ConfigError(f"{where}: the BMC password is longer than {MAX_PASSWORD_BYTES} bytes")
+    try:
+        check_password(password)
+    except ValueError as exc:  # the message never echoes the value
+        raise ConfigError(f"{where}: {exc}") from None
     return StaticNode(
         name=name,
         bmc_address=_check_address(section, address),
         bmc_port=section.integer("bmc_port", 623, minimum=1, maximum=65535),
         bmc_username=username,
         bmc_password=password,
-        cipher_suites=section.cipher_suites("cipher_suites"),
+        cipher_suites=section.checked("cipher_suites", check_cipher_suites),
         privilege=section.optional_choice("privilege", PRIVILEGES),
         instance_uuid=instance_uuid,
         session_mode=section.optional_choice("session_mode", SESSION_MODES),

@@ -12,12 +12,12 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from agent.errors import ConfigError
 
-ALLOWED_CIPHER_SUITES: Final = (17, 3)
+T = TypeVar("T")
 
 
 def file_is_private(fd: int) -> bool:
@@ -143,33 +143,15 @@ class Section:
             raise self.fail(key, "must be one of " + ", ".join(repr(c) for c in choices), value)
         return value.lower()
 
-    def cipher_suites(self, key: str) -> tuple[int, ...] | None:
+    def checked(self, key: str, check: Callable[[object], T]) -> T | None:
+        """The value under ``check`` (a driver's rule: ValueError says what is wrong)."""
         value = self.table.get(key)
         if value is None:
             return None
         try:
-            return validate_cipher_suites(value)
+            return check(value)
         except ValueError as exc:
             raise self.fail(key, str(exc), value) from None
-
-
-def validate_cipher_suites(value: object) -> tuple[int, ...]:
-    """A non-empty preference list of suites 3 and/or 17; ValueError says what is wrong."""
-    if not isinstance(value, list | tuple) or not value:
-        raise ValueError("must be a non-empty list of cipher suite numbers, e.g. [17, 3]")
-    suites: list[int] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int):
-            # ValueError like the others: the caller turns every one into a ConfigError line.
-            raise ValueError("must list cipher suite numbers (integers), e.g. [17, 3]")  # noqa: TRY004
-        if item == 0:
-            raise ValueError("must not contain cipher suite 0 (no authentication)")
-        if item not in ALLOWED_CIPHER_SUITES:
-            raise ValueError(f"may contain only cipher suites 17 and 3 (not {item})")
-        if item in suites:
-            raise ValueError(f"lists cipher suite {item} twice")
-        suites.append(item)
-    return tuple(suites)
 
 
 def split_listen(listen: str) -> tuple[str, int]:

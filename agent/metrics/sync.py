@@ -114,7 +114,7 @@ class ServiceMetrics:
             rtt = pool.last_rtt.get(result.uuid)
             if rtt is not None and result.observed is not None:
                 self.rtt.observe(rtt)
-        counters = pool.counters
+        counters = pool.statistics()
         self.retransmits.inc(self._delta("retransmits", counters.retransmits))
         self.logins.inc(self._delta("logins", counters.logins))
         for kind, count in counters.failures_by_type.items():

@@ -158,7 +158,7 @@ class Notifier:
 
     async def _wait(self) -> None:
         try:
-            next_at = await self._store.run(self._store.store.next_notification_at)
+            next_at = await self._store.next_notification_at()
         except Exception as exc:  # the drain reports store trouble; just poll again later
             log.debug("Nova notifier: cannot read the next due time: %s", exc)
             next_at = None
@@ -173,9 +173,7 @@ class Notifier:
     async def _drain(self) -> DeliveryReport:
         now = self._clock()
         limit = self._config.batch_size * _ROUND_BATCHES
-        rows: list[Notification] = await self._store.run(
-            self._store.store.due_notifications, limit=limit, now=now
-        )
+        rows: list[Notification] = await self._store.due_notifications(limit=limit, now=now)
         attempts = {row.id: row.attempts for row in rows}
         dropped = 0
         events: list[PowerEvent] = []
@@ -242,7 +240,7 @@ class Notifier:
     ) -> tuple[int, int, int, NotificationError | None]:
         delivered = [result.event.key for result in results if result.verdict is Verdict.DELIVERED]
         if delivered:
-            await self._store.run(self._store.store.mark_delivered, delivered)
+            await self._store.mark_delivered(delivered)
         dropped = deferred = 0
         failure: NotificationError | None = None
         for result in results:
@@ -257,7 +255,7 @@ class Notifier:
 
     async def _drop(self, key: int, instance: str, reason: str) -> None:
         log.warning("Nova power-update for instance %s dropped: %s", instance, reason)
-        await self._store.run(self._store.store.mark_dropped, key, reason)
+        await self._store.mark_dropped(key, reason)
 
     async def _defer(
         self, events: Sequence[PowerEvent], attempts: dict[int, int], error: str
@@ -265,8 +263,7 @@ class Notifier:
         now = self._clock()
         for event in events:
             at = now + self._backoff(attempts.get(event.key, 0))
-            await self._store.run(
-                self._store.store.defer_notification,
+            await self._store.defer_notification(
                 event.key,
                 next_attempt_at=at,
                 error=error,

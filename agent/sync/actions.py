@@ -19,23 +19,17 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from agent.bmc.pool import CLIENT_ACTIONS, BmcOpener, BmcSessionLike, describe_error, power_word
+from agent.bmc.pool import BmcPool, open_bmc_pool
+from agent.bmc.seam import BmcEndpoint, BmcError, BmcOpener, Drivers, describe_error, power_word
 from agent.config.options import AgentConfig
+from agent.drivers import configured_drivers
 from agent.errors import AgentError, NodeError
 from agent.storeio import AsyncStore
-from agent.sync.policy import POWER_OFF, POWER_ON
-from agent.sync.service import endpoint_for, holder_name
+from agent.sync.power import STEPS, drive, holding_lock, target_of
+from agent.sync.service import holder_name
 from store import HistoryRecord, Node, NodeChange, NodeNotFound, StoreError
 
-ACTIONS = ("on", "off", "cycle", "reset", "soft-off")
-# The state each action ends in (Ironic: reboots target "power on", soft off "power off").
-TARGETS = {
-    "on": POWER_ON,
-    "off": POWER_OFF,
-    "cycle": POWER_ON,
-    "reset": POWER_ON,
-    "soft-off": POWER_OFF,
-}
+ACTIONS = tuple(STEPS)
 QUICK_CONFIRM = 3.0  # seconds a hard action is given to show without --wait
 
 
@@ -69,7 +63,7 @@ class StatusResult:
 
 async def _get_node(store: AsyncStore, name: str) -> Node:
     try:
-        return await store.run(store.store.get_node, name)
+        return await store.get_node(name)
     except NodeNotFound:
         raise NodeError(f"node {name}: no such node") from None
     except StoreError as exc:
@@ -77,18 +71,25 @@ async def _get_node(store: AsyncStore, name: str) -> Node:
 
 
 async def power_status(
-    store: AsyncStore, name: str, *, config: AgentConfig, opener: BmcOpener, read_within: float
+    store: AsyncStore,
+    name: str,
+    *,
+    config: AgentConfig,
+    opener: BmcOpener,
+    read_within: float,
+    drivers: Drivers | None = None,
 ) -> StatusResult:
     """The recorded state and what the BMC says now (nothing is written)."""
     node = await _get_node(store, name)
+    drivers = drivers or configured_drivers(config)
     hardware = error = None
     try:
         with trio.fail_after(read_within):
-            async with opener(endpoint_for(node, config.ipmi)) as session:
+            async with opener(drivers.endpoint(node)) as session:
                 hardware = power_word(await session.get_power())
     except trio.TooSlowError:
         error = f"no answer within {read_within:g} s"
-    except Exception as exc:
+    except BmcError as exc:
         error = describe_error(exc)
     return StatusResult(
         node.name, node.power_state, hardware, node.target_power_state, node.maintenance, error
@@ -102,15 +103,15 @@ async def power_action(
     *,
     config: AgentConfig,
     opener: BmcOpener,
+    drivers: Drivers | None = None,
     wait: bool = False,
     wait_limit: float | None = None,
     holder: str | None = None,
     wall_clock: Callable[[], float] = time.time,
 ) -> ActionResult:
     """Run one power action under the node's lock; NodeError on any refusal or failure."""
-    if action not in TARGETS:
+    if action not in STEPS:
         raise NodeError(f"unknown power action {action!r} (expected one of: {', '.join(ACTIONS)})")
-    target = TARGETS[action]
     wait_for = wait_limit if wait_limit is not None else config.conductor.power_state_change_timeout
     if not wait and action != "soft-off":
         wait_for = min(wait_for, QUICK_CONFIRM)
@@ -124,71 +125,64 @@ async def power_action(
         )
     # The lock must outlive the whole action, whatever the configured TTL.
     ttl = max(config.conductor.lock_ttl, wait_for + 60.0)
-    acquired = await store.run(
-        lambda: store.store.acquire_lock(node.uuid, holder, ttl=ttl, now=wall_clock())
-    )
-    if not acquired:
-        current = await _get_node(store, node.uuid)
-        who = current.reservation or "another process"
-        raise NodeError(f"node {node.name} is locked by {who}; try again later")
-    started = trio.current_time()
-    try:
+    async with holding_lock(store, node, holder, ttl=ttl, wall=wall_clock) as acquired:
+        if not acquired:
+            current = await _get_node(store, node.uuid)
+            who = current.reservation or "another process"
+            raise NodeError(f"node {node.name} is locked by {who}; try again later")
+        started = trio.current_time()
+        target = target_of(action)
         await _apply(
             store,
             NodeChange(node.uuid, fields={"target_power_state": target, "last_error": None}),
             wall_clock,
         )
-        return await _act(
-            store, node, action, target, config, opener, wait_for, wall_clock, started
-        )
-    finally:
-        with trio.CancelScope(shield=True):
-            await store.run(store.store.release_lock, node.uuid, holder)
+        endpoint = (drivers or configured_drivers(config)).endpoint(node)
+        async with open_bmc_pool(opener) as pool:
+            result = await _act(
+                store, pool, node, endpoint, action, config, wait_for, wall_clock, started
+            )
+    return result
 
 
 async def _act(
     store: AsyncStore,
+    pool: BmcPool,
     node: Node,
+    endpoint: BmcEndpoint,
     action: str,
-    target: str,
     config: AgentConfig,
-    opener: BmcOpener,
     wait_for: float,
     wall_clock: Callable[[], float],
     started: float,
 ) -> ActionResult:
+    target = target_of(action)
     before: str | None = None
     after: str | None = None
-    sent = False
+    limit = wait_for + config.conductor.sync_node_timeout
     try:
-        # Room for the login and the command on top of the confirmation time.
-        with trio.fail_after(wait_for + config.conductor.sync_node_timeout):
-            async with opener(endpoint_for(node, config.ipmi)) as session:
-                before = power_word(await session.get_power())
-                command = CLIENT_ACTIONS[action]
-                if before == target and action in ("on", "off", "soft-off"):
-                    after = before  # already there: nothing to send (as Ironic does)
-                else:
-                    if before == POWER_OFF and action in ("cycle", "reset"):
-                        command = "on"  # a cycle or reset of an off node just powers it on
-                    await session.set_power(command)
-                    sent = True
-                    after = await _confirm(session, target, wait_for)
+        # Room for the login and the first read on top of the confirmation time.
+        with trio.fail_after(limit):
+            async with pool.lease(node.uuid, endpoint) as bmc:
+                before = after = await bmc.get_power()
+                driven = await drive(bmc, action, within=wait_for, before=before)
+                after = driven.after
     except trio.TooSlowError:
-        error = f"the BMC did not answer within {wait_for + config.conductor.sync_node_timeout:g} s"
+        error = f"the BMC did not answer within {limit:g} s"
         await _record_failure(store, node, action, before, after, error, wall_clock)
         raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
-    except Exception as exc:
+    except BmcError as exc:
         error = describe_error(exc)
         await _record_failure(store, node, action, before, after, error, wall_clock)
         raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
     duration = trio.current_time() - started
-    if after != target:
+    if not driven.reached:
         error = f"{target} not reached within {wait_for:g} s (hardware reports {after})" + (
             "" if action == "soft-off" else "; use --wait for slow hardware"
         )
         await _record_failure(store, node, action, before, after, error, wall_clock)
         raise NodeError(f"node {node.name}: power {action}: {error}")
+    sent = bool(driven.sent)
     message = (
         f"{node.name}: already {target}; nothing sent"
         if not sent
@@ -208,20 +202,6 @@ async def _act(
     )
     await _apply(store, change, wall_clock)
     return ActionResult(node.name, action, before, target, after, sent, duration, message)
-
-
-async def _confirm(session: BmcSessionLike, target: str, wait_for: float) -> str | None:
-    """Poll the power state until ``target`` or ``wait_for`` seconds; the last state seen."""
-    seen: str | None = None
-    pause = 0.1
-    with trio.move_on_after(wait_for):
-        while True:
-            seen = power_word(await session.get_power())
-            if seen == target:
-                return seen
-            await trio.sleep(pause)
-            pause = min(pause * 1.5, 2.0)
-    return seen
 
 
 async def _record_failure(
@@ -251,6 +231,6 @@ async def _record_failure(
 
 async def _apply(store: AsyncStore, change: NodeChange, wall_clock: Callable[[], float]) -> None:
     try:
-        await store.run(lambda: store.store.apply([change], now=wall_clock()))
+        await store.apply([change], now=wall_clock())
     except StoreError as exc:
         raise AgentError(f"store: {exc}") from None

@@ -22,11 +22,13 @@ from functools import partial
 
 import trio
 
-from agent.bmc.pool import BmcOpener, configured_opener, open_bmc_pool
+from agent.bmc.pool import open_bmc_pool
+from agent.bmc.seam import BmcOpener
 from agent.config.options import AgentConfig
+from agent.drivers import configured_drivers
 from agent.storeio import AsyncStore
 from agent.sync.housekeeping import prune_loop
-from agent.sync.service import MetricsSink, Notifier, SyncService, retry_budget
+from agent.sync.service import MetricsSink, Notifier, SyncService
 from store import Store
 
 log = logging.getLogger("powersync.sync")
@@ -69,24 +71,29 @@ async def run_service(
     has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
     """
     astore = store if isinstance(store, AsyncStore) else AsyncStore(store)
-    budget = retry_budget(config.ipmi)
+    drivers = configured_drivers(config)
+    budget = drivers.retry_budget
     if budget >= config.conductor.sync_node_timeout:
         log.warning(
-            "the IPMI client retries for up to %.1f s ([ipmi] retry_timeout, retry_backoff, "
+            "the BMC clients retry for up to %.1f s ([ipmi] retry_timeout, retry_backoff, "
             "retries), not less than sync_node_timeout (%g s): a dead BMC will be reported as "
             "'no answer within sync_node_timeout' instead of the client's own error",
             budget,
             config.conductor.sync_node_timeout,
         )
-    if bmc_opener is None:
-        bmc_opener = configured_opener(config.ipmi)
     async with open_bmc_pool(
-        bmc_opener,
-        keepalive_interval=config.ipmi.keepalive_interval,
+        bmc_opener or drivers.open,
+        keepalive_interval=drivers.keepalive_interval,
         min_command_interval=config.conductor.min_command_interval,
     ) as pool:
         service = SyncService(
-            config, astore, pool, notifier=notifier, metrics=metrics, wall_clock=wall_clock
+            config,
+            astore,
+            pool,
+            notifier=notifier,
+            metrics=metrics,
+            wall_clock=wall_clock,
+            drivers=drivers,
         )
         await service.upsert_static_nodes()
         async with trio.open_nursery() as background:

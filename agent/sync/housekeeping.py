@@ -27,7 +27,7 @@ async def prune_once(
     """Delete what is older than ``retention_days``; the counts removed (empty on error)."""
     before = wall_clock() - retention_days * DAY
     try:
-        removed = await store.run(store.store.prune, before=before)
+        removed = await store.prune(before=before)
     except StoreError as exc:
         log.warning("pruning old history failed (will retry within the hour): %s", exc)
         return {}

@@ -28,14 +28,10 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from agent.bmc.pool import (
-    BmcEndpoint,
-    BmcPool,
-    NodeBmc,
-    describe_error,
-    retry_policy,
-)
-from agent.config.options import AgentConfig, IpmiConfig, node_inventory
+from agent.bmc.pool import BmcPool, NodeBmc
+from agent.bmc.seam import BmcError, Drivers, describe_error
+from agent.config.options import AgentConfig, node_inventory
+from agent.drivers import configured_drivers
 from agent.storeio import AsyncStore
 from agent.sync.lanes import NodePace, run_lanes
 from agent.sync.policy import (
@@ -50,6 +46,7 @@ from agent.sync.policy import (
     needs_recovery,
     skip_reason,
 )
+from agent.sync.power import FOR_STATE, drive, holding_lock
 from agent.sync.report import (
     CycleReport,
     NodeProgress,
@@ -58,7 +55,7 @@ from agent.sync.report import (
     node_change,
     node_result,
 )
-from store import Node, NodeChange, Store, StoreError
+from store import Node, NodeChange, StoreError
 
 log = logging.getLogger("powersync.sync")
 
@@ -78,23 +75,6 @@ def jitter_delay(node_uuid: str, window: float) -> float:
         return 0.0
     digest = hashlib.sha256(node_uuid.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 * window
-
-
-def retry_budget(ipmi: IpmiConfig) -> float:
-    """How long the IPMI client waits on one silent request before giving up."""
-    return retry_policy(ipmi).budget()
-
-
-def endpoint_for(node: Node, ipmi: IpmiConfig) -> BmcEndpoint:
-    return BmcEndpoint(
-        host=node.bmc_address,
-        port=node.bmc_port,
-        username=node.bmc_username,
-        password=node.bmc_password,
-        cipher_suites=tuple(node.cipher_suites) or ipmi.cipher_suites,
-        privilege=node.privilege or ipmi.privilege,
-        session_mode=node.session_mode or ipmi.session_mode,
-    )
 
 
 class Notifier(Protocol):
@@ -125,8 +105,10 @@ class SyncService:
         metrics: MetricsSink | None = None,
         wall_clock: Callable[[], float] = time.time,
         holder: str | None = None,
+        drivers: Drivers | None = None,
     ) -> None:
         self.config = config
+        self.drivers = drivers or configured_drivers(config)
         self.conductor = config.conductor
         self.store = store
         self.pool = pool
@@ -143,7 +125,7 @@ class SyncService:
         self.failing_workers = config.conductor.sync_failing_node_workers
         # A healthy node silent for much longer than usual (at most one retransmission
         # timeout) gets its worker replaced, so the healthy lane keeps moving.
-        self._pace = NodePace(ceiling=config.ipmi.retry_timeout)
+        self._pace = NodePace(ceiling=self.drivers.request_timeout)
         self.stopping = trio.Event()
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
@@ -168,7 +150,7 @@ class SyncService:
         """The ``[[nodes]]`` of the config file, inserted or updated at start."""
         for static in self.config.nodes:
             fields = node_inventory(static, self.config.ipmi)
-            await self.store.run(_upsert, self.store.store, fields)
+            await self.store.upsert_node(**fields)
         if self.config.nodes:
             log.info(
                 "upserted %d static node(s) from %s", len(self.config.nodes), self.config.source
@@ -241,12 +223,10 @@ class SyncService:
         started_wall = self.wall()
         started = trio.current_time()
         if kind == "sync":
-            nodes = await self.store.run(self.store.store.list_nodes)
+            nodes = await self.store.list_nodes()
             self.pool.retain({node.uuid for node in nodes})  # sessions of deleted nodes
         else:
-            nodes = await self.store.run(
-                lambda: self.store.store.list_nodes(maintenance=True, fault="power failure")
-            )
+            nodes = await self.store.list_nodes(maintenance=True, fault="power failure")
         now = self.wall()
         work: list[NodeProgress] = []
         results: list[NodeResult] = []
@@ -353,10 +333,9 @@ class SyncService:
 
     async def _observe(self, report: CycleReport) -> None:
         assert self.metrics is not None
-        store = self.store.store
         try:
-            nodes = await self.store.run(store.list_nodes)
-            counts = await self.store.run(store.notification_counts)
+            nodes = await self.store.list_nodes()
+            counts = await self.store.notification_counts()
         except StoreError as exc:
             log.warning("metrics not updated: %s", exc)
             return
@@ -402,20 +381,29 @@ class SyncService:
 
     async def _with_bmc(self, progress: NodeProgress, cycle: int, kind: str) -> None:
         node = progress.node
-        endpoint = endpoint_for(node, self.config.ipmi)
         try:
+            endpoint = self.drivers.endpoint(node)
             async with self.pool.lease(node.uuid, endpoint) as bmc:
-                progress.observation = Observation.read(await bmc.get_power())
+                try:
+                    state = await bmc.get_power()
+                except BmcError as exc:
+                    self._failed(progress, describe_error(exc), kind)
+                    return
+                progress.observation = Observation.read(state)
                 progress.seen_at = self.wall()
+                # Outside any BMC error handling: a bug in the rules is not a BMC failure.
                 progress.decision = self._decide(node, progress.observation, kind)
                 if kind == "sync" and progress.decision.action is Action.FORCE:
                     await self._force(progress, bmc, cycle)
-        except Exception as exc:
-            if progress.observation is not None:
+        except BmcError as exc:  # no endpoint, the pool closed, or closing a per-cycle session
+            if progress.observation is None:
+                self._failed(progress, describe_error(exc), kind)
+            else:
                 log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
-                return
-            progress.observation = Observation.failed(describe_error(exc))
-            progress.decision = self._decide(node, progress.observation, kind)
+
+    def _failed(self, progress: NodeProgress, error: str, kind: str) -> None:
+        progress.observation = Observation.failed(error)
+        progress.decision = self._decide(progress.node, progress.observation, kind)
 
     def _decide(self, node: Node, observation: Observation, kind: str) -> Decision:
         if kind == "recovery":
@@ -439,17 +427,16 @@ class SyncService:
     async def _force(self, progress: NodeProgress, bmc: NodeBmc, cycle: int) -> None:
         """Drive the hardware back to the record, holding the node's lock in the store."""
         node = progress.node
-        assert progress.decision is not None
+        assert progress.decision is not None and progress.observation is not None
         target = progress.decision.force_to or ""
         ttl = self.conductor.lock_ttl
-        acquired = await self.store.run(
-            lambda: self.store.store.acquire_lock(node.uuid, self.holder, ttl=ttl, now=self.wall())
-        )
-        if not acquired:
-            progress.skipped = "locked by another holder"
-            log.info("node %s is locked, skipping", node.name, extra=self._extra(progress, cycle))
-            return
-        try:
+        async with holding_lock(self.store, node, self.holder, ttl=ttl, wall=self.wall) as held:
+            if not held:
+                progress.skipped = "locked by another holder"
+                log.info(
+                    "node %s is locked, skipping", node.name, extra=self._extra(progress, cycle)
+                )
+                return
             if node.reservation is not None and node.reservation != self.holder:
                 log.warning(
                     "node %s: took over the expired lock of %s",
@@ -457,27 +444,17 @@ class SyncService:
                     node.reservation,
                     extra=self._extra(progress, cycle),
                 )
-            fresh = await self.store.run(self.store.store.get_node, node.uuid)
+            fresh = await self.store.get_node(node.uuid)
             if fingerprint(fresh) != fingerprint(node):
                 progress.skipped = "changed while the sync was reading it"
                 return
             try:
-                await bmc.set_power(target)
-                await self._wait_for(bmc, target)
-            except Exception as exc:
+                # The node's deadline (sync_node_timeout) bounds the confirmation.
+                await drive(bmc, FOR_STATE[target], before=progress.observation.power_state)
+            except BmcError as exc:
                 progress.force_result = decide_force_result(node, target, describe_error(exc))
             else:
                 progress.force_result = decide_force_result(node, target, None)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.store.run(self.store.store.release_lock, node.uuid, self.holder)
-
-    async def _wait_for(self, bmc: NodeBmc, target: str) -> None:
-        """Poll until the hardware reports ``target``; the caller's deadline bounds it."""
-        pause = 0.1
-        while await bmc.get_power() != target:
-            await trio.sleep(pause)
-            pause = min(pause * 2, 1.0)
 
     # --- results and the batch ----------------------------------------------------------
 
@@ -494,16 +471,11 @@ class SyncService:
     ) -> tuple[bool, list[str]]:
         if not changes:
             return True, []
-        store = self.store.store
-
-        def apply_batch() -> list[str]:
+        try:
             # The store drops a change whose node moved since the pass read it (an operator
             # or a power action got there first), in the same transaction as the write.
-            conflicts = store.apply(changes, now=self.wall())
-            return [names[uuid] for uuid in conflicts]
-
-        try:
-            dropped = await self.store.run(apply_batch)
+            conflicts = await self.store.apply(changes, now=self.wall())
+            dropped = [names[uuid] for uuid in conflicts]
         except StoreError as exc:
             log.error(  # noqa: TRY400 (one line: the store error says it all)
                 "pass %d: could not write the batch: %s", cycle, exc, extra={"cycle": cycle}
@@ -521,10 +493,6 @@ class SyncService:
     async def _write_meta(self, key: str, summary: dict[str, Any]) -> None:
         text = json.dumps(summary, sort_keys=True)
         try:
-            await self.store.run(self.store.store.set_meta, key, text)
+            await self.store.set_meta(key, text)
         except StoreError as exc:
             log.error("could not record %s: %s", key, exc)  # noqa: TRY400
-
-
-def _upsert(store: Store, fields: dict[str, Any]) -> None:
-    store.upsert_node(**fields)

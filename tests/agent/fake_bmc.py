@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from agent.bmc.pool import BmcEndpoint
+from agent.bmc.seam import BmcEndpoint, BmcError
 from store import Store
 
 
-class FakeBmcError(Exception):
-    """What a failing fake BMC raises (the real client raises ipmi.IpmiError subclasses)."""
+class FakeBmcError(BmcError):
+    """What a failing fake BMC raises (a driver translates its client's errors to BmcError)."""
 
 
 @attrs.frozen

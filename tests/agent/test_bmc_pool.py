@@ -16,16 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from agent.bmc.pool import (
-    CLOSE_CONCURRENCY,
-    KEEPALIVE_CONCURRENCY,
-    BmcEndpoint,
-    BmcPool,
-    BmcUnavailable,
-    configured_opener,
-    open_bmc_pool,
-)
+from agent.bmc.pool import CLOSE_CONCURRENCY, KEEPALIVE_CONCURRENCY, BmcPool, open_bmc_pool
+from agent.bmc.seam import BmcEndpoint, BmcUnavailable
 from agent.config.options import IpmiConfig
+from agent.drivers.ipmi import IpmiDriver
 from agent.sync.policy import POWER_OFF, POWER_ON
 from ipmi.sim import Fleet, open_fleet
 from tests.agent.fake_bmc import FakeBmcError, FakeFleet, FakeSession
@@ -34,7 +28,7 @@ FAST_IPMI = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0
 
 
 def endpoint(port: int, *, mode: str = "persistent") -> BmcEndpoint:
-    return BmcEndpoint("127.0.0.1", port, "admin", "fake-secret", session_mode=mode)
+    return BmcEndpoint("ipmi", "127.0.0.1", port, "admin", "fake-secret", session_mode=mode)
 
 
 def fake_fleet(count: int) -> FakeFleet:
@@ -179,9 +173,9 @@ async def test_a_command_after_an_error_logs_in_again(
         bmc.on = False
         assert await read(pool, "node-0", 10001) == POWER_OFF
         assert bmc.logins == 2
-        assert pool.counters.failures_by_type == {"FakeBmcError": 1}
-        assert pool.counters.sessions_opened == 2
-        assert pool.counters.logins == 2  # what each session's statistics counted
+        assert pool.statistics().failures_by_type == {"FakeBmcError": 1}
+        assert pool.statistics().sessions_opened == 2
+        assert pool.statistics().logins == 2  # what each session's statistics counted
 
 
 async def test_closing_never_delays_the_caller(autojump_clock: trio.testing.MockClock) -> None:
@@ -253,7 +247,7 @@ async def test_a_command_cancelled_by_the_deadline_keeps_the_session(
         bmc.command_time = 0.01
         assert await read(pool, "node-0", 10001) == POWER_ON
         assert bmc.logins == 1
-        assert pool.counters.failures == 0
+        assert pool.statistics().failures == 0
 
 
 async def test_the_real_client_keeps_a_session_whose_command_was_abandoned() -> None:
@@ -261,8 +255,8 @@ async def test_the_real_client_keeps_a_session_whose_command_was_abandoned() -> 
     password = "pool-" + secrets.token_hex(4)
     async with open_fleet(1, password=password, power_on=True) as fleet:
         sim = fleet.bmcs[0]
-        point = BmcEndpoint(sim.address, sim.port, "admin", password)
-        async with open_bmc_pool(configured_opener(FAST_IPMI)) as pool:
+        point = BmcEndpoint("ipmi", sim.address, sim.port, "admin", password)
+        async with open_bmc_pool(IpmiDriver(FAST_IPMI).open_session) as pool:
 
             async def get() -> str:
                 async with pool.lease("sim-0", point) as bmc:
@@ -281,9 +275,9 @@ async def test_the_real_client_keeps_a_session_whose_command_was_abandoned() -> 
             fleet.set_faults(slow=frozenset())
             sim.set_power(False)
             assert await get() == POWER_OFF
-            assert pool.counters.sessions_opened == 1
-            assert pool.counters.logins == 1
-            assert pool.counters.drops >= 1  # the stale answer
+            assert pool.statistics().sessions_opened == 1
+            assert pool.statistics().logins == 1
+            assert pool.statistics().drops >= 1  # the stale answer
             assert fleet.session_count() == 1
         assert fleet.session_count() == 0  # Close Session reached the BMC
 
@@ -302,8 +296,8 @@ async def sessions_on_the_bmcs(fleet: Fleet, count: int) -> None:
 async def test_forget_retain_and_aclose_send_close_session_to_the_simulator() -> None:
     password = "pool-" + secrets.token_hex(4)
     async with open_fleet(3, password=password, power_on=True) as fleet:
-        points = [BmcEndpoint(b.address, b.port, "admin", password) for b in fleet.bmcs]
-        async with open_bmc_pool(configured_opener(FAST_IPMI)) as pool:
+        points = [BmcEndpoint("ipmi", b.address, b.port, "admin", password) for b in fleet.bmcs]
+        async with open_bmc_pool(IpmiDriver(FAST_IPMI).open_session) as pool:
             for index, point in enumerate(points):
                 async with pool.lease(f"k{index}", point) as bmc:
                     assert await bmc.get_power() == POWER_ON
@@ -317,7 +311,7 @@ async def test_forget_retain_and_aclose_send_close_session_to_the_simulator() ->
             assert pool.open_sessions() == 1
             assert set(pool.last_rtt) == {"k2"}
         assert fleet.session_count() == 0
-        assert pool.counters.logins == 3
+        assert pool.statistics().logins == 3
 
 
 async def test_forget_while_in_use_closes_after_the_command(
@@ -373,7 +367,7 @@ async def test_per_cycle_leases_log_in_and_close_each_time(
         assert pool.open_sessions() == 0
         assert pool.stage("node-0") == "a command to 127.0.0.1:10001"
     assert bmc.logins == 3
-    assert pool.counters.requests == 12
+    assert pool.statistics().requests == 12
 
 
 # --- one request in flight per endpoint ---------------------------------------------------
@@ -476,8 +470,10 @@ async def test_keepalives_keep_a_real_session_from_idling_out() -> None:
     # The simulated BMC drops a session idle for 1 s; the pool's keepalive comes every 0.3 s.
     async with open_fleet(1, password=password, power_on=True, idle_timeout=1.0) as fleet:
         sim = fleet.bmcs[0]
-        point = BmcEndpoint(sim.address, sim.port, "admin", password)
-        async with open_bmc_pool(configured_opener(FAST_IPMI), keepalive_interval=0.3) as pool:
+        point = BmcEndpoint("ipmi", sim.address, sim.port, "admin", password)
+        async with open_bmc_pool(
+            IpmiDriver(FAST_IPMI).open_session, keepalive_interval=0.3
+        ) as pool:
             async with pool.lease("sim-0", point) as bmc:
                 assert await bmc.get_power() == POWER_ON
             answered = sim.requests
@@ -486,8 +482,8 @@ async def test_keepalives_keep_a_real_session_from_idling_out() -> None:
             assert fleet.session_count() == 1
             async with pool.lease("sim-0", point) as bmc:
                 assert await bmc.get_power() == POWER_ON
-            assert pool.counters.logins == 1  # never logged in again
-            assert pool.counters.failures == 0
+            assert pool.statistics().logins == 1  # never logged in again
+            assert pool.statistics().failures == 0
 
 
 async def test_the_endpoint_gate_is_fair_and_survives_a_cancelled_waiter(

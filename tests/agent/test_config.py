@@ -15,7 +15,8 @@ from agent.config.options import (
     load_config,
     parse_config,
 )
-from agent.config.reader import split_listen, validate_cipher_suites
+from agent.config.reader import split_listen
+from agent.drivers.ipmi import check_cipher_suites
 from agent.errors import ConfigError
 from agent.nova.config import NovaConfig
 
@@ -396,11 +397,11 @@ def test_split_listen() -> None:
             split_listen(bad)
 
 
-def test_validate_cipher_suites() -> None:
-    assert validate_cipher_suites([3, 17]) == (3, 17)
+def test_check_cipher_suites() -> None:
+    assert check_cipher_suites([3, 17]) == (3, 17)
     for bad in ([], [0], [17, 17], [2], ["17"], [True], "17"):
         with pytest.raises(ValueError):
-            validate_cipher_suites(bad)
+            check_cipher_suites(bad)
 
 
 # ---- the shipped example and docs ------------------------------------------------------------

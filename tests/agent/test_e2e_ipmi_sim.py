@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.bmc.pool import configured_opener, open_bmc_pool
+from agent.bmc.pool import open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.drivers.ipmi import IpmiDriver
 from agent.storeio import AsyncStore
 from agent.sync.actions import power_action
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
@@ -47,7 +48,7 @@ def config(**conductor: Any) -> AgentConfig:
 
 
 def opener() -> Any:
-    return configured_opener(IPMI)
+    return IpmiDriver(IPMI).open_session
 
 
 @pytest.fixture

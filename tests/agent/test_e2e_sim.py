@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import trio
 
-from agent.bmc.pool import configured_opener, open_bmc_pool
+from agent.bmc.pool import open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.drivers.ipmi import IpmiDriver
 from agent.storeio import AsyncStore
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.sync.service import SyncService
@@ -47,7 +48,7 @@ def config(**conductor: Any) -> AgentConfig:
 
 
 def opener() -> Any:
-    return configured_opener(IPMI)
+    return IpmiDriver(IPMI).open_session
 
 
 def import_fleet(store: Store, fleet: Any, password: str) -> None:
@@ -105,7 +106,7 @@ async def test_two_hundred_bmcs_both_force_modes_with_ipmitool_flips(tmp_path: P
                     cipher_suite=3,
                 ).arun()
                 assert status.power is True  # an independent client agrees
-                assert pool.counters.sessions_opened == 200  # long-lived sessions reused
+                assert pool.statistics().sessions_opened == 200  # long-lived sessions reused
 
                 recording = SyncService(
                     config(force_power_state_during_sync=False), AsyncStore(store), pool
@@ -139,7 +140,7 @@ async def test_loss_and_dead_bmcs_maintenance_then_recovery(tmp_path: Path) -> N
                 fleet.set_faults(dead=frozenset(dead))
                 first = await service.run_cycle()
                 second = await service.run_cycle()
-                assert pool.counters.retransmits > 0  # the loss was real and survived
+                assert pool.statistics().retransmits > 0  # the loss was real and survived
                 for index in dead:
                     name = fleet.bmcs[index].name
                     assert [r.action for r in first.results if r.name == name] == ["read-failed"]

@@ -699,11 +699,11 @@ async def test_a_bmc_that_stops_answering_mid_session_costs_one_deadline(
 
 
 def test_retry_budget_matches_the_client_policy() -> None:
-    from agent.sync.service import retry_budget
+    from agent.drivers.ipmi import IpmiDriver
 
-    assert retry_budget(IpmiConfig()) == pytest.approx(1 + 2 + 4 + 4)  # defaults: 11 s
+    assert IpmiDriver(IpmiConfig()).retry_budget == pytest.approx(1 + 2 + 4 + 4)  # 11 s
     fast = IpmiConfig(retry_timeout=0.2, retry_backoff=2.0, retry_max_timeout=0.4, retries=4)
-    assert retry_budget(fast) == pytest.approx(0.2 + 0.4 + 0.4 + 0.4 + 0.4)
+    assert IpmiDriver(fast).retry_budget == pytest.approx(0.2 + 0.4 + 0.4 + 0.4 + 0.4)
 
 
 async def test_sync_and_recovery_passes_are_numbered_separately(
@@ -716,3 +716,26 @@ async def test_sync_and_recovery_passes_are_numbered_separately(
         assert (await service.run_cycle()).cycle == 2
     summary = store.get_meta(META_LAST_CYCLE)
     assert summary is not None and '"cycle": 2' in summary
+
+
+async def test_a_bug_in_the_rules_is_not_counted_as_a_bmc_failure(
+    store: Store,
+    fleet: FakeFleet,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The BMC answers; the policy then fails. Before the seam, that error was caught with
+    # the BMC's and recorded as a failed read (max_retries of those put a healthy node into
+    # "power failure" maintenance). Now it goes up as the bug it is, and nothing is counted.
+    (name,) = add_nodes(store, fleet, 1)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug in the sync rules")
+
+    monkeypatch.setattr("agent.sync.service.decide_sync", broken)
+    async with Harness(store, fleet, make_config(power_state_sync_max_retries=0)) as service:
+        with pytest.RaisesGroup(ZeroDivisionError, flatten_subgroups=True):
+            await service.run_cycle()
+    node = store.get_node(name)
+    assert node.sync_failures == 0
+    assert not node.maintenance and node.fault is None and node.last_error is None

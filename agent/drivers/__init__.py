@@ -1,0 +1,23 @@
+"""BMC drivers: each protocol behind the seam of :mod:`agent.bmc.seam`.
+
+* ``ipmi`` (:mod:`.ipmi`): IPMI v2.0 / RMCP+ through the native client in ``ipmi/``.
+
+:func:`configured_drivers` is the one place that knows which drivers exist.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from agent.bmc.seam import Drivers
+from agent.drivers.ipmi import IpmiDriver
+
+if TYPE_CHECKING:
+    from agent.config.options import AgentConfig
+
+DRIVER_NAMES: Final = ("ipmi",)
+
+
+def configured_drivers(config: AgentConfig) -> Drivers:
+    """Every driver, set up from its section of the configuration."""
+    return Drivers({"ipmi": IpmiDriver(config.ipmi)})
