@@ -18,11 +18,14 @@ module gives it a socket, a clock, entropy and patience:
 - a wrong password raises :class:`AuthenticationError` at once and is never retried here
   (BMCs lock users out);
 - overall deadlines are the caller's: wrap calls in ``trio.fail_after`` / ``move_on_after``.
+
+The pieces: the login's patience is ``ipmi.login``, the counted datagram path
+(endpoint + machine + RTT estimate) is ``ipmi.link``, the counters ``ipmi.statistics``;
+this module holds the commands, their retransmission and ``open_bmc``.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,16 +36,16 @@ import attrs
 import trio
 
 from ipmi.errors import (
-    AuthenticationError,
     CompletionCodeError,
     IpmiError,
     MalformedPacketError,
-    NegotiationError,
     NoResponseError,
     SessionLostError,
 )
+from ipmi.link import BmcLink
+from ipmi.login import log_in
 from ipmi.proto.constants import ChassisAction, Privilege
-from ipmi.proto.events import LoginComplete, LoginLost, LoginStep, Response
+from ipmi.proto.events import Response
 from ipmi.proto.messages import (
     ChassisControlRequest,
     GetChassisStatusRequest,
@@ -50,7 +53,8 @@ from ipmi.proto.messages import (
     GetDeviceIdRequest,
 )
 from ipmi.proto.session import ClientSession
-from ipmi.retry import RetryPolicy, RttEstimator
+from ipmi.retry import RetryPolicy
+from ipmi.statistics import SessionStatistics
 from ipmi.transport import Connector, DatagramEndpoint, connect_udp, peer_label
 
 __all__ = ["BmcSession", "ChassisStatus", "RetryPolicy", "SessionStatistics", "open_bmc"]
@@ -72,28 +76,6 @@ POWER_ACTIONS: Final = {
 # How long Close Session waits for its answer on the way out: it is a courtesy to the BMC
 # (frees its session slot), never worth delaying the caller for.
 CLOSE_GRACE: Final = 0.25
-
-
-@attrs.frozen
-class SessionStatistics:
-    """Counters of one :class:`BmcSession` (across transparent re-logins)."""
-
-    sent: int = 0  # datagrams, retransmissions included
-    received: int = 0  # datagrams, dropped ones included
-    retransmits: int = 0  # requests sent again, plus login handshakes restarted
-    drops: int = 0  # received datagrams discarded (stale, duplicate, malformed, forged)
-    logins: int = 0  # completed logins
-    requests: int = 0  # answered requests
-    last_rtt: float | None = None  # seconds, last send -> answer of the last request
-    rtt_sum: float = 0.0  # seconds, over ``requests``
-    srtt: float | None = None  # seconds, smoothed RTT (RFC 6298) of reads and login steps
-    rttvar: float | None = None  # seconds, its mean deviation
-    rto: float | None = None  # seconds, the first wait of the next read (see RetryPolicy)
-    rtt_samples: int = 0  # round trips measured for srtt (Karn: none retransmitted)
-
-    @property
-    def mean_rtt(self) -> float | None:
-        return self.rtt_sum / self.requests if self.requests else None
 
 
 @attrs.frozen
@@ -134,25 +116,6 @@ class _Request(Protocol):
     def encode(self) -> bytes: ...
 
 
-class _Counters:
-    __slots__ = (
-        "drops",
-        "last_rtt",
-        "logins",
-        "received",
-        "requests",
-        "retransmits",
-        "rtt_sum",
-        "sent",
-    )
-
-    def __init__(self) -> None:
-        self.sent = self.received = self.retransmits = self.drops = 0
-        self.logins = self.requests = 0
-        self.last_rtt: float | None = None
-        self.rtt_sum = 0.0
-
-
 class BmcSession:
     """An authenticated RMCP+ session with one BMC. Get one from :func:`open_bmc`."""
 
@@ -167,12 +130,12 @@ class BmcSession:
     ) -> None:
         self.host = host
         self.port = port
-        self._endpoint = endpoint
-        self._machine = machine  # one for the whole life of this object, across re-logins
+        self._link = BmcLink(peer_label(host, port), endpoint, machine, retry)
+        self._machine = machine
         self._retry = retry
         self._lock = trio.Lock()
-        self._counters = _Counters()
-        self._rtt = RttEstimator(retry)
+        self._counters = self._link.counters
+        self._rtt = self._link.rtt
         self._closed = False
         self.cipher_suite: int | None = None  # negotiated at the last login
 
@@ -181,7 +144,7 @@ class BmcSession:
 
     @property
     def peer(self) -> str:
-        return peer_label(self.host, self.port)
+        return self._link.peer
 
     # ---- public operations -------------------------------------------------------------
 
@@ -295,6 +258,10 @@ class BmcSession:
         timeouts = policy.adaptive_timeouts(self._rtt.rto) if adaptive else policy.timeouts()
         started = trio.current_time()
         attempt = 0
+
+        def answer(event: object) -> bool:
+            return isinstance(event, Response) and event.request_id == request_id
+
         try:
             for timeout in timeouts:
                 attempt += 1
@@ -305,11 +272,7 @@ class BmcSession:
                 ):
                     # Past the BMC's duplicate window a resend would run the action again:
                     # only wait for a late answer.
-                    event = await self._next_event(
-                        machine,
-                        trio.current_time() + timeout,
-                        lambda e: isinstance(e, Response) and e.request_id == request_id,
-                    )
+                    event = await self._link.next_event(trio.current_time() + timeout, answer)
                     if isinstance(event, Response):
                         self._counters.requests += 1
                         return event
@@ -318,7 +281,7 @@ class BmcSession:
                     datagram = machine.retransmit(request_id)
                     self._counters.retransmits += 1
                     total = policy.max_attempts - 1 if adaptive else policy.retries
-                    self._log_resend(
+                    self._link.log_resend(
                         f"no answer to {what}, retransmission",
                         attempt - 1,
                         total,
@@ -326,14 +289,10 @@ class BmcSession:
                         adaptive=adaptive,
                     )
                 sent_at = trio.current_time()
-                await self._send(datagram)
+                await self._link.send(datagram)
                 # A late answer to an earlier attempt carries the same rqSeq: it is accepted
                 # here, and the machine drops any later duplicate as stale.
-                event = await self._next_event(
-                    machine,
-                    sent_at + timeout,
-                    lambda e: isinstance(e, Response) and e.request_id == request_id,
-                )
+                event = await self._link.next_event(sent_at + timeout, answer)
                 if isinstance(event, Response):
                     rtt = trio.current_time() - sent_at
                     self._counters.requests += 1
@@ -358,156 +317,9 @@ class BmcSession:
             f"({trio.current_time() - started:.1f} s)"
         )
 
-    def _log_resend(
-        self, message: str, number: int, total: int, started: float, *, adaptive: bool
-    ) -> None:
-        """``<message> <number> of <total>``, for retransmissions and handshake restarts."""
-        elapsed = trio.current_time() - started
-        if not adaptive:
-            logger.warning(
-                "%s: %s %d of %d after %.1f s", self.peer, message, number, total, elapsed
-            )
-            return
-        # Before first_timeout the fixed schedule would not have resent yet: nothing an
-        # operator has not seen before, and frequent on a lossy link. Later ones warn.
-        logger.log(
-            logging.DEBUG if elapsed < self._retry.first_timeout else logging.WARNING,
-            "%s: %s %d of at most %d after %.2f s",
-            self.peer,
-            message,
-            number,
-            total,
-            elapsed,
-        )
-
-    async def _next_event(
-        self, machine: ClientSession, deadline: float, wanted: Callable[[object], bool]
-    ) -> object | None:
-        """Feed datagrams to ``machine`` until it yields a wanted event or the deadline passes."""
-        with trio.move_on_at(deadline):
-            while True:
-                datagram = await self._endpoint.receive()
-                self._counters.received += 1
-                try:
-                    event = machine.receive(datagram)
-                except MalformedPacketError:
-                    self._counters.drops += 1  # noise on the wire never ends a request
-                    continue
-                except SessionLostError as exc:
-                    raise SessionLostError(f"{self.peer}: {exc}") from exc
-                if event is None:
-                    continue  # the machine dropped it, and counted it
-                if wanted(event):
-                    return event
-                self._counters.drops += 1  # an answer nobody is waiting for any more
-        return None
-
-    async def _send(self, datagram: bytes) -> None:
-        self._counters.sent += 1
-        await self._endpoint.send(datagram)
-
-    # ---- login / logout ----------------------------------------------------------------
-
     async def _login(self) -> None:
-        """Log in, restarting the whole handshake when a step goes unanswered.
-
-        Fixed schedule: run n of the handshake waits ``timeouts()[n]`` for each step.
-        Adaptive: run n waits the current RTO times ``backoff**n`` for each step (each
-        answered step is measured: a restarted handshake drops every answer to an earlier
-        run, so none is ambiguous), until the fixed schedule's budget has expired. Either
-        way at most ``retries + 1`` runs send Open Session: each may leave a session behind
-        on the BMC, which has only a few (often 4). Runs lost at the sessionless
-        capabilities probe cost the BMC nothing, and the last allowed run waits out the
-        budget on it; session steps never wait longer than ``max_timeout``.
-        """
-        policy = self._retry
-        started = trio.current_time()
-        attempt = 0
-        spent = 0.0  # seconds of step waits that expired unanswered
-        opened = 0  # runs that got as far as sending Open Session
-        while (step_wait := self._login_step_wait(attempt, spent, opened)) is not None:
-            attempt += 1
-            if attempt > 1:
-                self._counters.retransmits += 1
-                self._log_resend(
-                    "login step unanswered, restarting the handshake: attempt",
-                    attempt,
-                    policy.max_attempts,
-                    started,
-                    adaptive=policy.adaptive,
-                )
-            try:
-                complete, expired, opened_one = await self._handshake(step_wait)
-            except (AuthenticationError, NegotiationError, SessionLostError) as exc:
-                # Never retried: a wrong password tried again only locks the user out.
-                raise type(exc)(f"{self.peer}: {exc}") from exc
-            if complete is not None:
-                self.cipher_suite = complete.suite
-                self._counters.logins += 1
-                return
-            spent += expired
-            opened += opened_one
-        raise NoResponseError(
-            f"{self.peer}: no answer to login after {attempt} attempts "
-            f"({trio.current_time() - started:.1f} s)"
-        )
-
-    def _login_step_wait(
-        self, run: int, spent: float, opened: int
-    ) -> Callable[[bool], float] | None:
-        """How long each step of handshake run ``run`` (0-based) waits, given whether the
-        step opens or uses a BMC session; None: give up."""
-        policy = self._retry
-        if not policy.adaptive:
-            timeout = next(itertools.islice(policy.timeouts(), run, None), None)
-            return None if timeout is None else lambda _: timeout
-        if opened > policy.retries or policy.adaptive_wait(self._rtt.rto, run, spent) is None:
-            return None
-        last_session = opened == policy.retries
-
-        def wait(session_step: bool) -> float:
-            # Asked again before each step: the steps answered so far refine the RTO.
-            value = policy.adaptive_wait(
-                self._rtt.rto, run, spent, final=last_session and session_step
-            )
-            assert value is not None  # run and spent do not change within one run
-            # A BMC forgets a half-open login within seconds (OpenBMC: 3 s): never wait
-            # longer on a session step than the fixed schedule would.
-            return min(value, policy.max_timeout) if session_step else value
-
-        return wait
-
-    async def _handshake(
-        self, step_wait: Callable[[bool], float]
-    ) -> tuple[LoginComplete | None, float, bool]:
-        """One run of the handshake: (LoginComplete or None when a step went unanswered,
-        the wait that expired, whether Open Session was sent)."""
-        machine = self._machine
-        datagram = machine.begin_login()
-        opened = False
-        while True:
-            session_step = not machine.probing
-            opened = opened or session_step
-            wait = step_wait(session_step)
-            sent_at = trio.current_time()
-            await self._send(datagram)
-            event = await self._next_event(
-                machine,
-                sent_at + wait,
-                lambda e: isinstance(e, (LoginStep, LoginComplete, LoginLost)),
-            )
-            if event is None:
-                return None, wait, opened
-            if isinstance(event, LoginLost):
-                # The BMC timed the half-made session out while a step was under way: as
-                # good as unanswered (a NegotiationError would fail a BMC that is fine).
-                logger.debug("%s: %s", self.peer, event.reason)
-                return None, trio.current_time() - sent_at, opened
-            self._rtt.sample(trio.current_time() - sent_at)
-            if isinstance(event, LoginComplete):
-                return event, 0.0, opened
-            assert isinstance(event, LoginStep)
-            datagram = event.datagram
+        complete = await log_in(self._link)
+        self.cipher_suite = complete.suite
 
     async def aclose(self) -> None:
         """Send Close Session once (never retransmitted) and release the socket."""
@@ -523,13 +335,13 @@ class BmcSession:
                 return  # no keys, no session on the BMC side
             # Shielded: a caller's cancelled scope must still free the BMC's session slot.
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                await self._send(datagram)
+                await self._link.send(datagram)
                 # The answer needs no processing; waiting briefly for it keeps it from
                 # hitting a closed port (the BMC would get an ICMP error).
-                await self._endpoint.receive()
+                await self._link.endpoint.receive()
                 self._counters.received += 1
         finally:
-            self._endpoint.close()
+            self._link.endpoint.close()
 
 
 def _check_arguments(

@@ -1,6 +1,8 @@
 """The BMC side of IPMI v2.0 / RMCP+, sans-I/O: datagram in, answer datagram (or None) out.
 
-One :class:`BmcProtocol` per simulated BMC holds its session table. It answers
+One :class:`BmcProtocol` per simulated BMC holds its session table
+(``ipmi.proto.server_sessions``, with the settings and one session's state; both names
+are importable from here too). It answers
 Get Channel Authentication Capabilities and Get Channel Cipher Suites without a session,
 runs the login (Open Session, RAKP 1-4) with the real key exchange from ``crypto``, and
 inside a session verifies every datagram's integrity code before decrypting or parsing it.
@@ -20,8 +22,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from typing import Protocol
-
-import attrs
 
 from ipmi.errors import MalformedPacketError
 from ipmi.proto import crypto, wire
@@ -57,6 +57,23 @@ from ipmi.proto.messages import (
     SetSessionPrivilegeLevelRequest,
     SetSessionPrivilegeLevelResponse,
 )
+from ipmi.proto.server_sessions import (
+    ACTIVE,
+    OPENED,
+    RAKP2_SENT,
+    ServerPolicy,
+    ServerSession,
+    SessionTable,
+)
+
+__all__ = [
+    "DUPLICATE_WINDOW",
+    "BmcProtocol",
+    "ManagedSystem",
+    "ServerPolicy",
+    "ServerSession",
+    "is_session_packet",
+]
 
 GET_CHANNEL_CIPHER_SUITES = 0x54
 LAN_CHANNEL = 1
@@ -85,106 +102,6 @@ class ManagedSystem(Protocol):
     def chassis_power(self, now: float) -> bool: ...
 
     def chassis_control(self, action: int, now: float) -> int: ...  # completion code
-
-
-def _suite_ids(value: object) -> tuple[int, ...]:
-    suites = crypto.cipher_suites(value)  # type: ignore[arg-type]  # NegotiationError on 0 etc.
-    return tuple(suite.id for suite in suites)
-
-
-@attrs.frozen
-class ServerPolicy:
-    """Settings shared by every BMC of a fleet."""
-
-    cipher_suites: tuple[int, ...] = attrs.field(default=(17, 3), converter=_suite_ids)
-    max_sessions: int = 4  # pending logins count too, as on real BMCs
-    idle_timeout: float = 60.0
-    login_timeout: float = 3.0  # an unfinished login is forgotten after this (OpenBMC: 3 s)
-    max_privilege: int = Privilege.ADMINISTRATOR  # of the one configured user
-    initial_privilege: int = Privilege.USER  # where a new session starts (IPMI v2.0 rule)
-    kg: bytes | None = attrs.field(default=None, repr=False)
-    manufacturer_id: int = 0x00C0DE  # not a real vendor: no client applies OEM quirks
-    product_id: int = 0x5051
-
-    def cipher_suite_records(self) -> bytes:
-        """Get Channel Cipher Suites record data: one 5-byte record per suite."""
-        records = b""
-        for suite_id in self.cipher_suites:
-            suite = crypto.cipher_suite(suite_id)
-            auth, integrity, confidentiality = suite.algorithms
-            records += bytes((0xC0, suite.id, auth, 0x40 | integrity, 0x80 | confidentiality))
-        return records
-
-
-_OPENED, _RAKP2_SENT, _ACTIVE = 1, 2, 3
-
-
-class ServerSession:
-    """One session (or login in progress) on the BMC side."""
-
-    __slots__ = (
-        "answers",
-        "bmc_random",
-        "bmc_session_id",
-        "console_random",
-        "console_session_id",
-        "crypto",
-        "highest_sequence",
-        "last_activity",
-        "last_control",
-        "max_privilege",
-        "open_answer",
-        "open_tag",
-        "outbound_sequence",
-        "password",
-        "privilege",
-        "rakp2_answer",
-        "rakp3_code",
-        "rakp4_answer",
-        "role",
-        "state",
-        "suite",
-        "username",
-    )
-
-    def __init__(
-        self,
-        bmc_session_id: int,
-        request: OpenSessionRequest,
-        suite: crypto.CipherSuite,
-        now: float,
-    ) -> None:
-        self.bmc_session_id = bmc_session_id
-        self.console_session_id = request.console_session_id
-        self.open_tag = request.tag
-        self.suite = suite
-        self.state = _OPENED
-        self.max_privilege = 0
-        self.last_activity = now
-        self.open_answer = b""
-        self.console_random = b""
-        self.bmc_random = b""
-        self.role = 0
-        self.username = b""
-        self.password = b""
-        self.rakp2_answer = b""
-        self.rakp3_code = b""
-        self.rakp4_answer = b""
-        self.crypto: crypto.SessionCrypto | None = None
-        self.privilege = 0
-        self.highest_sequence = 0
-        self.outbound_sequence = 0
-        self.answers: dict[int, bytes] = {}
-        # (time, rqSeq, data, answer) of the last Chassis Control, for retransmissions
-        # that come under a new session sequence number with the same rqSeq
-        self.last_control: tuple[float, int, bytes, bytes] | None = None
-
-    def __repr__(self) -> str:  # never the password or keys
-        return f"<ServerSession 0x{self.bmc_session_id:08x} state={self.state}>"
-
-    def next_outbound_sequence(self) -> int:
-        self.outbound_sequence = (self.outbound_sequence + 1) & 0xFFFFFFFF or 1
-        return self.outbound_sequence
 
 
 def is_session_packet(datagram: bytes) -> bool:
@@ -221,30 +138,11 @@ class BmcProtocol:
         self._system = system
         self._credentials = credentials  # user name -> password, None for unknown users
         self._random_bytes = random_bytes
-        self.sessions: dict[int, ServerSession] = {}  # by the BMC's session id
+        self.sessions = SessionTable(policy)  # by the BMC's session id
         self.integrity_failures = 0
 
-    # -- session table --------------------------------------------------------------------
-    def _expired(self, session: ServerSession, now: float) -> bool:
-        limit = (
-            self._policy.idle_timeout if session.state == _ACTIVE else self._policy.login_timeout
-        )
-        return now - session.last_activity > limit
-
-    def _prune(self, now: float) -> None:
-        for session_id in [sid for sid, s in self.sessions.items() if self._expired(s, now)]:
-            del self.sessions[session_id]
-
     def session_count(self, now: float) -> int:
-        self._prune(now)
-        return len(self.sessions)
-
-    def _session(self, session_id: int, now: float) -> ServerSession | None:
-        session = self.sessions.get(session_id)
-        if session is not None and self._expired(session, now):
-            del self.sessions[session_id]
-            return None
-        return session
+        return self.sessions.count(now)
 
     # -- entry point ----------------------------------------------------------------------
     def receive(self, datagram: bytes, now: float) -> bytes | None:
@@ -324,7 +222,7 @@ class BmcProtocol:
     def _open_session(self, request: OpenSessionRequest, now: float) -> bytes | None:
         for session in self.sessions.values():  # a retransmitted request: same answer
             if (
-                session.state == _OPENED
+                session.state == OPENED
                 and session.console_session_id == request.console_session_id
                 and session.open_tag == request.tag
             ):
@@ -346,7 +244,7 @@ class BmcProtocol:
             return refuse(RmcpPlusStatus.UNAUTHORIZED_ROLE)
         if self.session_count(now) >= self._policy.max_sessions:
             return refuse(RmcpPlusStatus.INSUFFICIENT_RESOURCES)
-        session = ServerSession(self._new_session_id(), request, suite, now)
+        session = ServerSession(self.sessions.new_id(self._random_bytes), request, suite, now)
         session.max_privilege = requested
         answer = OpenSessionResponse(
             request.tag,
@@ -360,19 +258,12 @@ class BmcProtocol:
         self.sessions[session.bmc_session_id] = session
         return session.open_answer
 
-    def _new_session_id(self) -> int:
-        for _ in range(64):
-            session_id: int = _U32.unpack(self._random_bytes(4))[0]
-            if session_id and session_id not in self.sessions:
-                return session_id
-        raise MalformedPacketError("entropy source keeps repeating session ids")
-
     def _rakp1(self, rakp1: Rakp1, now: float) -> bytes | None:
-        session = self._session(rakp1.bmc_session_id, now)
-        if session is None or session.state == _ACTIVE:
+        session = self.sessions.live(rakp1.bmc_session_id, now)
+        if session is None or session.state == ACTIVE:
             return _rakp2_error(rakp1.tag, RmcpPlusStatus.INVALID_SESSION_ID, 0)
         if (
-            session.state == _RAKP2_SENT
+            session.state == RAKP2_SENT
             and rakp1.console_random == session.console_random
             and rakp1.role == session.role
             and rakp1.username == session.username
@@ -415,7 +306,7 @@ class BmcProtocol:
             rakp1.tag, RmcpPlusStatus.NO_ERRORS, console_id, session.bmc_random, self._guid, code
         )
         session.rakp2_answer = wire.encode_v2(PayloadType.RAKP2, answer.encode())
-        session.state = _RAKP2_SENT
+        session.state = RAKP2_SENT
         return session.rakp2_answer
 
     def _fail_login(self, session: ServerSession, answer: bytes) -> bytes:
@@ -423,14 +314,14 @@ class BmcProtocol:
         return answer
 
     def _rakp3(self, rakp3: Rakp3, now: float) -> bytes | None:
-        session = self._session(rakp3.bmc_session_id, now)
-        if session is not None and session.state == _ACTIVE:
+        session = self.sessions.live(rakp3.bmc_session_id, now)
+        if session is not None and session.state == ACTIVE:
             if rakp3.status == RmcpPlusStatus.NO_ERRORS and crypto.codes_match(
                 session.rakp3_code, rakp3.key_exchange_code
             ):
                 return session.rakp4_answer  # retransmitted RAKP3: RAKP4 was lost
             return None
-        if session is None or session.state != _RAKP2_SENT:
+        if session is None or session.state != RAKP2_SENT:
             return _rakp4_error(rakp3.tag, RmcpPlusStatus.INVALID_SESSION_ID, 0)
         console_id = session.console_session_id
         if rakp3.status != RmcpPlusStatus.NO_ERRORS:
@@ -464,7 +355,7 @@ class BmcProtocol:
             bmc_guid=self._guid,
         )
         session.crypto = crypto.SessionCrypto(suite, sik, self._random_bytes)
-        session.state = _ACTIVE
+        session.state = ACTIVE
         session.password = b""  # no longer needed once the keys exist
         session.rakp3_code = rakp3.key_exchange_code
         session.privilege = min(self._policy.initial_privilege, session.role & 0x0F)
@@ -476,8 +367,8 @@ class BmcProtocol:
     # -- inside a session -------------------------------------------------------------------
     def _in_session(self, datagram: bytes, now: float) -> bytes | None:
         session_id: int = _U32.unpack_from(datagram, 6)[0]
-        session = self._session(session_id, now)
-        if session is None or session.state != _ACTIVE or session.crypto is None:
+        session = self.sessions.live(session_id, now)
+        if session is None or session.state != ACTIVE or session.crypto is None:
             return None
         try:
             packet = session.crypto.verify(datagram)  # integrity first, before any parsing

@@ -37,8 +37,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Never
 
-import attrs
-
 from ipmi.errors import (
     AuthenticationError,
     IpmiError,
@@ -60,15 +58,7 @@ from ipmi.proto.constants import (
     RmcpPlusStatus,
     status_name,
 )
-from ipmi.proto.crypto import (
-    CipherSuite,
-    SessionCrypto,
-    codes_match,
-    rakp2_key_exchange_code,
-    rakp3_key_exchange_code,
-    rakp4_integrity_check_value,
-    session_integrity_key,
-)
+from ipmi.proto.crypto import CipherSuite, SessionCrypto
 from ipmi.proto.crypto import cipher_suites as validated_suites
 from ipmi.proto.events import (
     Event,
@@ -80,17 +70,10 @@ from ipmi.proto.events import (
     Transition,
     next_state,
 )
+from ipmi.proto.handshake import Handshake
+from ipmi.proto.requests import ReplayWindow, RequestTable
 
 MAX_SEQUENCE = 0xFFFFFFFF
-RQ_SEQ_MODULO = 64
-
-
-@attrs.define
-class _Pending:
-    netfn: int
-    cmd: int
-    rq_seq: int
-    message: bytes
 
 
 class ClientSession:
@@ -100,23 +83,17 @@ class ClientSession:
     an agent holds one of these per node for days."""
 
     __slots__ = (
-        "_bmc_guid",
-        "_bmc_random",
-        "_console_random",
         "_crypto",
         "_entropy",
-        "_highest_in",
+        "_handshake",
         "_kg",
-        "_next_request_id",
         "_out_seq",
         "_password",
-        "_pending",
         "_priv_request_id",
         "_probe",
         "_probe_rq_seq",
-        "_rq_seq",
-        "_seen_mask",
-        "_sik",
+        "_replay",
+        "_requests",
         "_suite_index",
         "_suites",
         "_tag",
@@ -152,8 +129,7 @@ class ClientSession:
         privilege = Privilege(privilege)
         if privilege not in (Privilege.USER, Privilege.OPERATOR, Privilege.ADMINISTRATOR):
             raise ValueError("privilege must be user, operator or administrator")
-        if not 1 <= replay_window <= 64:
-            raise ValueError("replay window must be 1..64")
+        ReplayWindow(replay_window)  # validates the size
         self._suites: tuple[CipherSuite, ...] = validated_suites(cipher_suites)
         self._username = bytes(username)
         self._password = bytes(password)
@@ -169,8 +145,7 @@ class ClientSession:
         self.bmc_session_id = 0
         self.bmc_kg_set = False  # from the capabilities probe, for a clearer error message
         self._tag = 0
-        self._rq_seq = 0
-        self._next_request_id = 1
+        self._requests = RequestTable()  # its rqSeq counter runs on across re-logins
         self._reset_login_state()
 
     def __repr__(self) -> str:
@@ -179,15 +154,11 @@ class ClientSession:
 
     def _reset_login_state(self) -> None:
         self._suite_index = 0
-        self._console_random = b""
-        self._bmc_random = b""
-        self._bmc_guid = b""
-        self._sik = b""
+        self._handshake: Handshake | None = None
         self._crypto: SessionCrypto | None = None
         self._out_seq = 1
-        self._highest_in: int | None = None
-        self._seen_mask = 0
-        self._pending: dict[int, _Pending] = {}
+        self._replay = ReplayWindow(self._window)
+        self._requests.clear()
         self._probe_rq_seq = -1
         self._priv_request_id = 0
 
@@ -200,7 +171,7 @@ class ClientSession:
 
     @property
     def outstanding(self) -> int:
-        return len(self._pending)
+        return len(self._requests)
 
     @property
     def established(self) -> bool:
@@ -217,7 +188,7 @@ class ClientSession:
         """The driver gave up on the established session (no answer after every
         retransmission): it is presumed gone, so :attr:`established` turns False and the
         next use logs in again. :meth:`close` still works, with the keys it has."""
-        self._pending.clear()
+        self._requests.clear()
         self._move(Transition.ABANDONED)
 
     def begin_login(self) -> bytes:
@@ -226,10 +197,16 @@ class ClientSession:
         self.suite = None
         self.bmc_session_id = 0
         self.console_session_id = self._new_console_session_id()
-        self._console_random = self._random(16)
+        self._handshake = Handshake(
+            username=self._username,
+            password=self._password,
+            kg=self._kg,
+            role=self.role,
+            console_random=self._random(16),
+        )
         if self._probe:
             self._move(Transition.BEGIN_WITH_PROBE)
-            self._probe_rq_seq = self._take_rq_seq()
+            self._probe_rq_seq = self._requests.take_rq_seq()
             request = msg.GetChannelAuthCapabilitiesRequest(int(self.privilege))
             message = wire.IpmiRequest(
                 request.NETFN, request.CMD, self._probe_rq_seq, request.encode()
@@ -261,15 +238,14 @@ class ClientSession:
         """The same request (same rqSeq) under a new session sequence number."""
         if self.state not in (State.ESTABLISHED, State.AWAIT_PRIV):
             raise SessionLostError(f"no established session (state {self.state.value})")
-        pending = self._pending.get(request_id)
+        pending = self._requests.get(request_id)
         if pending is None:
             raise IpmiError(f"request {request_id} is not outstanding")
         return self._seal(pending.message)
 
     def forget(self, request_id: int) -> None:
         """Stop waiting for a request; a late answer is then dropped as stale."""
-        if self._pending.pop(request_id, None) is not None and not self._pending:
-            self._pending.clear()  # frees the table the last deletion leaves behind
+        self._requests.forget(request_id)
 
     def close(self) -> bytes:
         """The Close Session datagram (no answer is needed); the state becomes CLOSED."""
@@ -281,7 +257,7 @@ class ClientSession:
         try:
             _, datagram = self._request(request.NETFN, request.CMD, request.encode())
         finally:
-            self._pending.clear()
+            self._requests.clear()
             self._move(Transition.CLOSE)
         return datagram
 
@@ -371,9 +347,7 @@ class ClientSession:
         self.suite = suite
         self.bmc_session_id = response.bmc_session_id
         self._move(Transition.OPEN_ACCEPTED)
-        rakp1 = msg.Rakp1(
-            self._next_tag(), self.bmc_session_id, self._console_random, self.role, self._username
-        )
+        rakp1 = self._require_handshake().rakp1(self._next_tag(), self.bmc_session_id)
         return LoginStep(wire.encode_v2(PayloadType.RAKP1, rakp1.encode()))
 
     def _next_suite(self, reason: str) -> Event:
@@ -391,39 +365,17 @@ class ClientSession:
         if rakp2.status != RmcpPlusStatus.NO_ERRORS:
             raise self._status_error("RAKP2", rakp2.status)
         suite = self._require_suite()
-        expected = rakp2_key_exchange_code(
+        handshake = self._require_handshake()
+        if not handshake.rakp2_verifies(
             suite,
-            self._password,
+            rakp2,
             console_session_id=self.console_session_id,
             bmc_session_id=self.bmc_session_id,
-            console_random=self._console_random,
-            bmc_random=rakp2.bmc_random,
-            bmc_guid=rakp2.bmc_guid,
-            role=self.role,
-            username=self._username,
-        )
-        if not codes_match(expected, rakp2.key_exchange_code):
+        ):
             raise AuthenticationError(
                 "BMC's RAKP2 key exchange code does not verify: wrong password for this user"
             )
-        self._bmc_random = rakp2.bmc_random
-        self._bmc_guid = rakp2.bmc_guid
-        self._sik = session_integrity_key(
-            suite,
-            self._kg if self._kg is not None else self._password,
-            console_random=self._console_random,
-            bmc_random=self._bmc_random,
-            role=self.role,
-            username=self._username,
-        )
-        code = rakp3_key_exchange_code(
-            suite,
-            self._password,
-            bmc_random=self._bmc_random,
-            console_session_id=self.console_session_id,
-            role=self.role,
-            username=self._username,
-        )
+        code = handshake.accept_rakp2(suite, rakp2, console_session_id=self.console_session_id)
         rakp3 = msg.Rakp3(self._next_tag(), 0, self.bmc_session_id, code)
         self._move(Transition.RAKP2_VERIFIED)
         return LoginStep(wire.encode_v2(PayloadType.RAKP3, rakp3.encode()))
@@ -436,20 +388,16 @@ class ClientSession:
         if rakp4.status != RmcpPlusStatus.NO_ERRORS:
             raise self._status_error("RAKP4", rakp4.status)
         suite = self._require_suite()
-        expected = rakp4_integrity_check_value(
-            suite,
-            self._sik,
-            console_random=self._console_random,
-            bmc_session_id=self.bmc_session_id,
-            bmc_guid=self._bmc_guid,
-        )
-        if not codes_match(expected, rakp4.integrity_check_value):
+        handshake = self._require_handshake()
+        if not handshake.rakp4_verifies(suite, rakp4, bmc_session_id=self.bmc_session_id):
             hint = "" if self._kg is not None or not self.bmc_kg_set else " (the BMC has a K_G)"
             raise AuthenticationError(
                 f"BMC's RAKP4 integrity check value does not verify: wrong K_G{hint}"
             )
-        self._crypto = SessionCrypto(suite, self._sik, self._entropy)
-        self._forget_login_secrets()
+        self._crypto = handshake.session_crypto(suite, self._entropy)
+        # The nonces, GUID and SIK go with it (a re-login draws new ones); the password
+        # stays, for a transparent re-login.
+        self._handshake = None
         if self.privilege <= Privilege.USER:
             self._move(Transition.LOGIN_COMPLETE)
             return LoginComplete(suite.id, self.privilege)
@@ -461,10 +409,10 @@ class ClientSession:
         )
         return LoginStep(datagram)
 
-    def _forget_login_secrets(self) -> None:
-        """The nonces, GUID and SIK are only needed until the keys are derived (a re-login
-        draws new ones); the password stays, for a transparent re-login."""
-        self._console_random = self._bmc_random = self._bmc_guid = self._sik = b""
+    def _require_handshake(self) -> Handshake:
+        if self._handshake is None:  # unreachable by construction; keeps the types honest
+            raise SessionLostError("login state lost its handshake")
+        return self._handshake
 
     def _status_error(self, message: str, status: int) -> IpmiError:
         text = f"BMC answered {message} with {status_name(status)}"
@@ -497,7 +445,7 @@ class ClientSession:
             return self._drop("wrong-session")
         if not crypto.authentic(signed, auth_code):
             return self._drop("integrity")
-        if not self._accept_sequence(sequence):
+        if not self._replay.accept(sequence):
             return self._drop("replay")
         if flags & wire.PAYLOAD_TYPE_MASK != PayloadType.IPMI:
             return self._drop("unexpected")
@@ -508,7 +456,7 @@ class ClientSession:
             netfn, cmd, rq_seq, completion_code, data = wire.split_response(crypto.decrypt(payload))
         except MalformedPacketError as error:
             self._poison(f"BMC sent an authenticated but invalid message ({error})")
-        request_id = self._match(netfn, cmd, rq_seq)
+        request_id = self._requests.match(netfn, cmd, rq_seq)
         if request_id is None:
             return self._drop("stale")
         if request_id == self._priv_request_id and self.state is State.AWAIT_PRIV:
@@ -532,44 +480,15 @@ class ClientSession:
         self._move(Transition.LOGIN_COMPLETE)
         return LoginComplete(self._require_suite().id, self.privilege)
 
-    def _match(self, netfn: int, cmd: int, rq_seq: int) -> int | None:
-        for request_id, pending in self._pending.items():
-            if pending.rq_seq == rq_seq and pending.netfn | 1 == netfn and pending.cmd == cmd:
-                self.forget(request_id)  # answered: no longer pending
-                return request_id
-        return None
-
-    def _accept_sequence(self, sequence: int) -> bool:
-        """Sliding replay window over the BMC's session sequence numbers."""
-        highest = self._highest_in
-        if highest is None or sequence > highest:
-            shift = sequence - highest if highest is not None else self._window
-            if shift >= self._window:
-                self._seen_mask = 1
-            else:
-                self._seen_mask = ((self._seen_mask << shift) | 1) & ((1 << self._window) - 1)
-            self._highest_in = sequence
-            return True
-        behind = highest - sequence
-        if behind >= self._window or self._seen_mask >> behind & 1:
-            return False
-        self._seen_mask |= 1 << behind
-        return True
-
     def _request(self, netfn: int, cmd: int, data: bytes) -> tuple[int, bytes]:
-        rq_seq = self._take_rq_seq()
-        if self._pending:
-            in_use = {pending.rq_seq for pending in self._pending.values()}
-            if len(in_use) >= RQ_SEQ_MODULO:
-                raise IpmiError("64 requests outstanding: no free rqSeq")
-            while rq_seq in in_use:
-                rq_seq = self._take_rq_seq()
-        message = wire.request_message(netfn, cmd, rq_seq, data)
-        datagram = self._seal(message)
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        self._pending[request_id] = _Pending(netfn, cmd, rq_seq, message)
-        return request_id, datagram
+        request_id, message = self._requests.add(
+            netfn, cmd, lambda rq_seq: wire.request_message(netfn, cmd, rq_seq, data)
+        )
+        try:
+            return request_id, self._seal(message)
+        except SessionLostError:
+            self._requests.forget(request_id)
+            raise
 
     def _seal(self, message: bytes) -> bytes:
         if self._crypto is None:
@@ -588,7 +507,7 @@ class ClientSession:
 
     def _poison(self, reason: str) -> Never:
         self._move(Transition.VIOLATION)
-        self._pending.clear()
+        self._requests.clear()
         raise SessionLostError(reason)
 
     def _drop(self, reason: str) -> Event | None:
@@ -599,10 +518,6 @@ class ClientSession:
     def _next_tag(self) -> int:
         self._tag = (self._tag + 1) & 0xFF
         return self._tag
-
-    def _take_rq_seq(self) -> int:
-        self._rq_seq = (self._rq_seq + 1) % RQ_SEQ_MODULO
-        return self._rq_seq
 
     def _random(self, count: int) -> bytes:
         value = self._entropy(count)
