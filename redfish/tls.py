@@ -60,10 +60,17 @@ def describe_failure(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
+# OpenSSL verify codes for "nobody we trust signed this": 18 self-signed leaf, 19 self-signed
+# root in the chain, 20 issuer unknown (a private CA such as a BMC vendor's or the sim's).
+_PRIVATE_CA_CODES = frozenset({18, 19, 20})
+
+
 def failure_message(peer: str, error: ssl.SSLError, verify: VerifySetting) -> str:
     """One line saying what failed and how to fix it."""
     if isinstance(error, ssl.SSLCertVerificationError):
         reason = error.verify_message or error.reason or "certificate not trusted"
+        if error.verify_code in _PRIVATE_CA_CODES:
+            reason += ": the certificate is self-signed or from a private CA"
         if verify is True:
             fix = (
                 'give the BMC\'s CA file (redfish_verify_ca = "/path/ca.pem"), '
