@@ -120,7 +120,7 @@ async def test_two_systems_and_no_system_id(emulator: Emulator) -> None:
 
 def _sushy_session(url: str, ca_file: str, password: str) -> dict[str, Any]:
     import sushy  # type: ignore[import-untyped]
-    from sushy import auth  # type: ignore[import-untyped]
+    from sushy import auth
 
     login = auth.SessionAuth(username="admin", password=password)
     conn = sushy.Sushy(url + "/redfish/v1", auth=login, verify=ca_file)
@@ -137,7 +137,7 @@ def _sushy_session(url: str, ca_file: str, password: str) -> dict[str, Any]:
 
 async def test_sushy_reads_and_resets_our_simulator(tmp_path: Path) -> None:
     require_module("sushy")
-    import sushy  # type: ignore[import-untyped]
+    import sushy
 
     async with open_fleet(1, password="sim-password-9", tls_dir=str(tmp_path)) as fleet:
         bmc = fleet.bmcs[0]
@@ -154,8 +154,8 @@ async def test_sushy_reads_and_resets_our_simulator(tmp_path: Path) -> None:
 
 
 def _sushy_wrong_password(url: str, ca_file: str) -> str:
-    import sushy  # type: ignore[import-untyped]
-    from sushy import auth, exceptions  # type: ignore[import-untyped]
+    import sushy
+    from sushy import auth, exceptions
 
     try:
         sushy.Sushy(
