@@ -116,13 +116,9 @@ async def power_action(
     if not wait and action != "soft-off":
         wait_for = min(wait_for, QUICK_CONFIRM)
     holder = holder or holder_name("power")
+    # A node in maintenance can still be powered, as in Ironic (operators power off the node
+    # they put there); the sync keeps skipping it, and the lock keeps the two apart.
     node = await _get_node(store, name)
-    if node.maintenance:
-        reason = f" ({node.maintenance_reason})" if node.maintenance_reason else ""
-        raise NodeError(
-            f"node {node.name} is in maintenance{reason}; "
-            f"run `powersync node set {node.name} --maintenance off` first"
-        )
     # The lock must outlive the whole action, whatever the configured TTL.
     ttl = max(config.conductor.lock_ttl, wait_for + 60.0)
     async with holding_lock(store, node, holder, ttl=ttl, wall=wall_clock) as acquired:

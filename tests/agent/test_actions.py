@@ -143,9 +143,6 @@ async def test_refusals_are_one_clear_line(
     names = add_nodes(store, fleet, 3)
     with pytest.raises(NodeError, match="node nope: no such node"):
         await act(store, fleet, "nope", "on")
-    store.update_node(names[0], maintenance=True, maintenance_reason="disk swap")
-    with pytest.raises(NodeError, match=r"is in maintenance \(disk swap\)"):
-        await act(store, fleet, names[0], "on")
     uuid = store.get_node(names[1]).uuid
     assert store.acquire_lock(uuid, "daemon:1:sync", ttl=300, now=wall())
     with pytest.raises(NodeError, match="is locked by daemon:1:sync"):
@@ -209,11 +206,6 @@ def cli_config(tmp_path: Path) -> str:
     ("argv", "message"),
     [
         (["power", "nope", "on"], "powersync: node nope: no such node"),
-        (
-            ["power", "node-0000", "on"],
-            "powersync: node node-0000 is in maintenance (rack move); "
-            "run `powersync node set node-0000 --maintenance off` first",
-        ),
         (
             ["sync"],
             "powersync: sync runs one cycle: use `powersync sync --once` (the daemon is `run`)",
