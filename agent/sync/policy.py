@@ -32,6 +32,14 @@ FAULT_POWER_FAILURE = "power failure"
 NOTIFIABLE_STATES = frozenset({POWER_ON, POWER_OFF})
 
 
+# Ironic's power sync leaves nodes in these provision states alone (its conductor's
+# SYNC_EXCLUDED_STATES: DEPLOYWAIT, CLEANWAIT, ENROLL, ADOPTFAIL, in the words its API shows;
+# "deploy wait" is accepted too, as operators write it).
+SYNC_EXCLUDED_STATES = frozenset(
+    {"wait call-back", "deploy wait", "clean wait", "enroll", "adopt failed"}
+)
+
+
 class RecordedNode(Protocol):
     """What the policy reads from a node; ``store.Node`` satisfies it."""
 
@@ -53,6 +61,8 @@ class RecordedNode(Protocol):
     def reservation_expires_at(self) -> float | None: ...
     @property
     def instance_uuid(self) -> str | None: ...
+    @property
+    def provision_state(self) -> str | None: ...
     @property
     def sync_failures(self) -> int: ...
     @property
@@ -129,6 +139,8 @@ def lock_is_held(node: RecordedNode, *, now: float) -> bool:
 
 def skip_reason(node: RecordedNode, *, now: float) -> str | None:
     """Why the sync must leave this node alone this cycle, or None."""
+    if node.provision_state in SYNC_EXCLUDED_STATES:
+        return f"provision state {node.provision_state}"
     if node.maintenance:
         return "in maintenance"
     if node.target_power_state is not None:

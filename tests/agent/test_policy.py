@@ -40,6 +40,7 @@ class FakeNode:
     instance_uuid: str | None = None
     sync_failures: int = 0
     last_error: str | None = None
+    provision_state: str | None = "active"
 
 
 READ_ON = Observation.read(POWER_ON)
@@ -206,6 +207,14 @@ SKIP_TABLE = [
     (FakeNode(reservation="h:1:cli", reservation_expires_at=200.0), "locked by h:1:cli"),
     (FakeNode(reservation="h:1:cli", reservation_expires_at=None), "locked by h:1:cli"),
     (FakeNode(reservation="h:1:cli", reservation_expires_at=99.0), None),  # expired
+    # Ironic's SYNC_EXCLUDED_STATES (an enroll node used to be synced)
+    (FakeNode(provision_state="enroll"), "provision state enroll"),
+    (FakeNode(provision_state="clean wait"), "provision state clean wait"),
+    (FakeNode(provision_state="wait call-back"), "provision state wait call-back"),
+    (FakeNode(provision_state="deploy wait"), "provision state deploy wait"),
+    (FakeNode(provision_state="adopt failed"), "provision state adopt failed"),
+    (FakeNode(provision_state="available"), None),
+    (FakeNode(provision_state=None), None),
 ]
 
 

@@ -739,3 +739,19 @@ async def test_a_bug_in_the_rules_is_not_counted_as_a_bmc_failure(
     node = store.get_node(name)
     assert node.sync_failures == 0
     assert not node.maintenance and node.fault is None and node.last_error is None
+
+
+async def test_nodes_in_ironic_sync_excluded_provision_states_are_left_alone(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found: an `enroll` node was synced (read, recorded, even forced).
+    names = add_nodes(store, fleet, 3)
+    store.update_node(names[0], provision_state="enroll")
+    store.update_node(names[1], provision_state="clean wait")
+    store.update_node(names[2], provision_state="active")
+    async with Harness(store, fleet, make_config()) as service:
+        report = await service.run_cycle()
+    skipped = {r.name: r.detail for r in report.results if r.action == "skip"}
+    assert set(skipped) == {names[0], names[1]}, report.results
+    assert fleet[10001].commands == [] and fleet[10002].commands == []
+    assert power(store, names[0]) is None and power(store, names[2]) == POWER_ON
