@@ -28,6 +28,7 @@ from agent.config.options import (
     parse_node,
 )
 from agent.config.secrets import read_secret_env, read_secret_file
+from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES
 from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_password, check_username
 from agent.errors import NodeError
 from store import (
@@ -74,7 +75,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     table: dict[str, Any] = {
         "name": args.name,
         "bmc_address": args.address,
-        "bmc_port": args.port,
+        "bmc_port": args.port or DEFAULT_PORTS[args.driver],
         "bmc_username": args.username,
     }
     if args.cipher_suites is not None:
@@ -92,7 +93,11 @@ def _cmd_add(args: argparse.Namespace) -> int:
     )
     with open_configured_store(config, create=True) as store, store_errors(f"node {node.name}"):
         try:
-            added = store.add_node(**node_inventory(node, config.ipmi))
+            added = store.add_node(
+                **node_inventory(node, config.ipmi),
+                driver=args.driver,
+                provision_state=args.provision_state or None,
+            )
         except DuplicateNode:
             raise NodeError(
                 f"node {node.name} already exists (change it with `powersync node set`)"
@@ -125,13 +130,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
         (
             node.name,
             node.power_state or "unknown",
+            node.provision_state or "-",
             _yes_no(node.maintenance),
             node.fault or "-",
+            node.health or "-",
+            node.driver,
             f"{node.bmc_address}:{node.bmc_port}",
         )
         for node in nodes
     ]
-    print_table(("NAME", "POWER STATE", "MAINTENANCE", "FAULT", "BMC"), rows)
+    headers = ("NAME", "POWER STATE", "PROVISION STATE", "MAINTENANCE", "FAULT", "HEALTH")
+    print_table((*headers, "DRIVER", "BMC"), rows)
     return 0
 
 
@@ -140,6 +149,8 @@ _SHOWN_FIELDS = (
     "uuid",
     "power_state",
     "target_power_state",
+    "provision_state",
+    "health",
     "maintenance",
     "maintenance_reason",
     "fault",
@@ -147,6 +158,8 @@ _SHOWN_FIELDS = (
     "sync_failures",
     "last_seen_at",
     "instance_uuid",
+    "driver",
+    "driver_info",
     "bmc_address",
     "bmc_port",
     "bmc_username",
@@ -171,6 +184,8 @@ def _display(key: str, value: object) -> str:
         return _yes_no(value)
     if isinstance(value, list | tuple):
         return ", ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
     return str(value)
 
 
@@ -229,6 +244,8 @@ def _inventory_changes(args: argparse.Namespace) -> dict[str, Any]:
             raise NodeError(f"node {args.node}: --username {exc}") from None
     if args.no_instance:
         fields["instance_uuid"] = None
+    if args.provision_state is not None:
+        fields["provision_state"] = args.provision_state or None
     if args.session_mode is not None:
         fields["session_mode"] = None if args.session_mode == "default" else args.session_mode
     if args.cipher_suites is not None:
@@ -405,7 +422,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = actions.add_parser("add", help="add a node")
     add.add_argument("name")
     add.add_argument("--address", required=True, help="BMC IP address or host name")
-    add.add_argument("--port", type=int, default=623, help="BMC UDP port (default 623)")
+    add.add_argument("--driver", choices=DRIVER_NAMES, default="ipmi", help="BMC protocol (ipmi)")
+    add.add_argument("--port", type=int, help="BMC port (default: the driver's, 623 for IPMI)")
     add.add_argument("--username", required=True, help="BMC user name")
     _add_password_options(add, required=True)
     _add_node_options(add)
@@ -456,5 +474,11 @@ def _add_node_options(parser: argparse.ArgumentParser, *, session_default: bool 
     parser.add_argument("--cipher-suites", metavar="LIST", help='preference order, e.g. "17,3"')
     parser.add_argument("--privilege", choices=PRIVILEGES)
     parser.add_argument("--instance-uuid", metavar="UUID", help="the Nova instance on this node")
+    parser.add_argument(
+        "--provision-state",
+        metavar="STATE",
+        help='Ironic\'s provision state, e.g. "active"; the sync skips "enroll", "clean wait", '
+        '"wait call-back" and "adopt failed" ("" clears it)',
+    )
     modes = (*SESSION_MODES, "default") if session_default else SESSION_MODES
     parser.add_argument("--session-mode", choices=modes, help="default: [ipmi] session_mode")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from agent.config.options import AgentConfig
 
 DRIVER_NAMES: Final = ("ipmi",)
+DEFAULT_PORTS: Final = {"ipmi": 623}
 
 
 def configured_drivers(config: AgentConfig) -> Drivers:

@@ -79,17 +79,40 @@ def test_add_list_show_with_password_masked(cli: Cli) -> None:
     status, out, _ = cli("node", "list")
     assert status == 0
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "POWER", "STATE", "MAINTENANCE", "FAULT", "BMC"]
-    assert row.split() == ["n1", "unknown", "no", "-", "127.0.0.1:6230"]
+    assert header.split() == [
+        "NAME", "POWER", "STATE", "PROVISION", "STATE", "MAINTENANCE", "FAULT", "HEALTH",
+        "DRIVER", "BMC",
+    ]  # fmt: skip
+    assert row.split() == ["n1", "unknown", "-", "no", "-", "-", "ipmi", "127.0.0.1:6230"]
 
     _, out, _ = cli("node", "show", "n1")
     assert "bmc_password:" in out and "******" in out
     assert "privilege:" in out and "operator" in out
+    assert "driver:" in out and "provision_state:" in out and "health:" in out
 
     _, out, _ = cli("node", "show", "n1", "--json")
     document = json.loads(out)
     assert document["bmc_password"] == "******"
     assert document["name"] == "n1" and document["history"] == []
+    assert document["driver"] == "ipmi" and document["driver_info"] == {}
+    assert document["provision_state"] is None and document["health"] is None
+
+
+def test_driver_and_provision_state_are_set_and_shown(cli: Cli) -> None:
+    status, _, err = cli(
+        "node", "add", "n1", "--driver", "ipmi", "--address", "127.0.0.1", "--username", "admin",
+        "--password-file", str(cli.password_file), "--provision-state", "enroll",
+    )  # fmt: skip
+    assert status == 0, err
+    with cli.store() as store:
+        node = store.get_node("n1")
+        assert (node.driver, node.bmc_port, node.provision_state) == ("ipmi", 623, "enroll")
+    assert cli("node", "set", "n1", "--provision-state", "active")[0] == 0
+    _, out, _ = cli("node", "list", "--json")
+    assert json.loads(out)[0]["provision_state"] == "active"
+    assert cli("node", "set", "n1", "--provision-state", "")[0] == 0
+    with cli.store() as store:
+        assert store.get_node("n1").provision_state is None
 
 
 def test_defaults_come_from_ipmi_section(cli: Cli) -> None:
