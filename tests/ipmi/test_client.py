@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 import pytest
@@ -30,189 +29,33 @@ from ipmi import (
     RetryPolicy,
     open_bmc,
 )
-from ipmi.proto import wire
-from ipmi.proto.constants import CC_NOT_IN_PRESENT_STATE, ChassisAction, Command, NetFn, PayloadType
-from ipmi.proto.server import BmcProtocol, ServerPolicy
+from ipmi.proto.constants import CC_NOT_IN_PRESENT_STATE, ChassisAction
+from ipmi.testing import FakeBmc, FakeNetwork, Fate, Rule
 
 PASSWORD = "correct horse"
 USERNAME = "admin"
 HOST, PORT = "192.0.2.10", 623  # never contacted: the fake network answers instead
 
-# ---- a BMC and a network we control ------------------------------------------------------
+# ---- a BMC and a network we control (ipmi.testing) ---------------------------------------
 
 
-class Chassis:
-    """The managed system behind the fake BMC: power, and what it was asked to do."""
-
-    def __init__(self, on: bool = False) -> None:
-        self.on = on
-        self.actions: list[int] = []
-
-    def chassis_power(self, now: float) -> bool:
-        return self.on
-
-    def chassis_control(self, action: int, now: float) -> int:
-        self.actions.append(action)
-        if action == ChassisAction.POWER_UP:
-            self.on = True
-        elif action in (ChassisAction.POWER_DOWN, ChassisAction.SOFT_SHUTDOWN):
-            self.on = False
-        elif action == ChassisAction.HARD_RESET and not self.on:
-            return CC_NOT_IN_PRESENT_STATE
-        return 0
+def fake_bmc(**options: object) -> FakeBmc:
+    """An ipmi.testing BMC with this module's password."""
+    options.setdefault("password", PASSWORD)
+    return FakeBmc(**options)  # type: ignore[arg-type]
 
 
-_COMMAND_LABELS = {
-    (NetFn.CHASSIS, Command.GET_CHASSIS_STATUS): "status",
-    (NetFn.CHASSIS, Command.CHASSIS_CONTROL): "control",
-    (NetFn.APP, Command.GET_DEVICE_ID): "device_id",
-    (NetFn.APP, Command.SET_SESSION_PRIVILEGE_LEVEL): "privilege",
-    (NetFn.APP, Command.CLOSE_SESSION): "close",
-    (NetFn.APP, Command.GET_CHANNEL_AUTH_CAPABILITIES): "auth_caps",
-}
-_PAYLOAD_LABELS = {
-    PayloadType.OPEN_SESSION_REQUEST: "open",
-    PayloadType.RAKP1: "rakp1",
-    PayloadType.RAKP3: "rakp3",
-}
-
-# A fate is the list of delays (seconds) with which a datagram is delivered:
-# () drops it, (0,) delivers it at once, (0, 0) duplicates it, (1.5,) delays it.
-Fate = tuple[float, ...]
-Rule = Callable[[str, str, int], Fate | None]  # (direction, label, nth of label) -> fate
+def silent_bmc() -> FakeBmc:
+    bmc = fake_bmc()
+    bmc.silent = True
+    return bmc
 
 
-@attrs.define
-class Trace:
-    direction: str  # "to_bmc" | "to_client"
-    label: str
-    time: float
-    fate: Fate
-
-
-class FakeBmc:
-    """A BmcProtocol with a chassis, that can be rebooted (every session forgotten)."""
-
-    def __init__(
-        self,
-        *,
-        password: str = PASSWORD,
-        suites: Sequence[int] = (17, 3),
-        on: bool = False,
-        alive: bool = True,
-    ) -> None:
-        self.chassis = Chassis(on)
-        self.password = password.encode()
-        self.alive = alive
-        self.policy = ServerPolicy(cipher_suites=tuple(suites))
-        self.protocol = self._new_protocol()
-
-    def _new_protocol(self) -> BmcProtocol:
-        return BmcProtocol(
-            self.policy,
-            guid=bytes(range(16)),
-            system=self.chassis,
-            credentials=lambda name: self.password if name == USERNAME.encode() else None,
-            random_bytes=os.urandom,
-        )
-
-    def reboot(self) -> None:
-        self.protocol = self._new_protocol()
-
-    def label(self, datagram: bytes) -> str:
-        """What a client datagram is, read the way the BMC would (decrypting if needed)."""
-        try:
-            if not wire.is_v2(datagram):
-                return "v15"
-            session_id = int.from_bytes(datagram[6:10], "little")
-            if session_id == 0:
-                return _PAYLOAD_LABELS.get(datagram[5] & 0x3F, "other")
-            session = self.protocol.sessions.get(session_id)
-            if session is None or session.crypto is None:
-                return "unknown-session"
-            _, payload = session.crypto.open(datagram)
-            request = wire.IpmiRequest.decode(payload)
-            return _COMMAND_LABELS.get((request.netfn, request.cmd), "other")
-        except Exception:
-            return "garbage"
-
-
-class FakeNetwork:
-    """Carries datagrams between one client endpoint and a FakeBmc, as ``rule`` decides."""
-
-    def __init__(self, bmc: FakeBmc, nursery: trio.Nursery, rule: Rule | None = None) -> None:
-        self.bmc = bmc
-        self.rule = rule
-        self._nursery = nursery
-        self.trace: list[Trace] = []
-        self._counts: dict[tuple[str, str], int] = {}
-        self.endpoints: list[FakeEndpoint] = []
-
-    async def connect(self, host: str, port: int) -> FakeEndpoint:
-        endpoint = FakeEndpoint(self)
-        self.endpoints.append(endpoint)
-        return endpoint
-
-    def _fate(self, direction: str, label: str) -> Fate:
-        key = (direction, label)
-        nth = self._counts.get(key, 0) + 1
-        self._counts[key] = nth
-        fate = self.rule(direction, label, nth) if self.rule else None
-        fate = (0.0,) if fate is None else fate
-        self.trace.append(Trace(direction, label, trio.current_time(), fate))
-        return fate
-
-    def labels(self, direction: str = "to_bmc") -> list[str]:
-        return [t.label for t in self.trace if t.direction == direction]
-
-    def times(self, label: str, direction: str = "to_bmc") -> list[float]:
-        return [t.time for t in self.trace if t.direction == direction and t.label == label]
-
-    def from_client(self, endpoint: FakeEndpoint, datagram: bytes) -> None:
-        label = self.bmc.label(datagram)
-        for delay in self._fate("to_bmc", label):
-            self._later(delay, self._at_bmc, endpoint, datagram, label)
-
-    def _at_bmc(self, endpoint: FakeEndpoint, datagram: bytes, label: str) -> None:
-        if not self.bmc.alive:
-            return
-        answer = self.bmc.protocol.receive(datagram, trio.current_time())
-        if answer is None:
-            return
-        for delay in self._fate("to_client", label):
-            self._later(delay, endpoint.deliver, answer)
-
-    def _later(self, delay: float, function: Callable[..., None], *args: object) -> None:
-        if delay <= 0:
-            function(*args)
-            return
-
-        async def deliver() -> None:
-            await trio.sleep(delay)
-            function(*args)
-
-        self._nursery.start_soon(deliver)
-
-
-class FakeEndpoint:
-    def __init__(self, network: FakeNetwork) -> None:
-        self._network = network
-        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
-        self.closed = False
-
-    async def send(self, datagram: bytes) -> None:
-        assert not self.closed, "send on a closed endpoint"
-        self._network.from_client(self, datagram)
-
-    async def receive(self) -> bytes:
-        return await self._receive.receive()
-
-    def deliver(self, datagram: bytes) -> None:
-        if not self.closed:
-            self._send.send_nowait(datagram)
-
-    def close(self) -> None:
-        self.closed = True
+def network_for(bmc: FakeBmc, nursery: trio.Nursery, rule: Rule | None = None) -> FakeNetwork:
+    """A fake network with ``bmc`` at HOST:PORT."""
+    network = FakeNetwork(nursery, rule=rule)
+    network.attach(HOST, PORT, bmc)
+    return network
 
 
 FAST_RETRY = RetryPolicy(first_timeout=1.0, backoff=2.0, max_timeout=4.0, retries=3)
@@ -245,13 +88,13 @@ def only(direction: str, label: str, nths: Sequence[int], fate: Fate) -> Rule:
 
 
 async def test_status_and_actions_over_a_clean_network(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=False)
+    bmc = fake_bmc(power_on=False)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network) as session:
             assert await session.get_power() is False
             await session.set_power("on")
-            assert bmc.chassis.on is True
+            assert bmc.power_on is True
             assert await session.get_power() is True
             status = await session.chassis_status()
             assert status.power_on is True and status.power_fault is False
@@ -265,18 +108,18 @@ async def test_status_and_actions_over_a_clean_network(autojump_clock: object) -
         assert stats.drops == 0
         assert network.labels().count("close") == 1
         assert network.endpoints[0].closed
-        assert bmc.chassis.actions == [ChassisAction.POWER_UP]
+        assert bmc.actions == [ChassisAction.POWER_UP]
         assert bmc.protocol.session_count(trio.current_time()) == 0  # Close Session worked
 
 
 async def test_every_power_action_maps_to_its_chassis_control(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
-    async with trio.open_nursery() as nursery, bmc_session(FakeNetwork(bmc, nursery)) as session:
+    bmc = fake_bmc(power_on=True)
+    async with trio.open_nursery() as nursery, bmc_session(network_for(bmc, nursery)) as session:
         for action in ("reset", "cycle", "soft", "on", "off"):
             await session.set_power(action)
         with pytest.raises(ValueError, match="unknown power action"):
             await session.set_power("explode")
-    assert bmc.chassis.actions == [
+    assert bmc.actions == [
         ChassisAction.HARD_RESET,
         ChassisAction.POWER_CYCLE,
         ChassisAction.SOFT_SHUTDOWN,
@@ -286,9 +129,9 @@ async def test_every_power_action_maps_to_its_chassis_control(autojump_clock: ob
 
 
 async def test_completion_code_error_carries_the_code(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=False)
+    bmc = fake_bmc(power_on=False)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network) as session:
             with pytest.raises(CompletionCodeError) as caught:
                 await session.set_power("reset")  # refused while off
@@ -301,10 +144,10 @@ async def test_completion_code_error_carries_the_code(autojump_clock: object) ->
 async def test_lost_requests_are_retransmitted_with_backoff(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     caplog.set_level(logging.WARNING, logger="ipmi.client")
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3), ()))
+        network = network_for(bmc, nursery, only("to_bmc", "status", (1, 2, 3), ()))
         async with bmc_session(network, retry=FIXED_RETRY) as session:
             assert await session.get_power() is True
             stats = session.statistics()
@@ -320,10 +163,10 @@ async def test_lost_requests_are_retransmitted_with_backoff(
 
 
 async def test_backoff_is_capped_by_max_timeout(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     retry = RetryPolicy(first_timeout=0.5, backoff=3.0, max_timeout=2.0, retries=4, adaptive=False)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (1, 2, 3, 4), ()))
+        network = network_for(bmc, nursery, only("to_bmc", "status", (1, 2, 3, 4), ()))
         async with bmc_session(network, retry=retry) as session:
             assert await session.get_power() is True
     sends = network.times("status")
@@ -336,28 +179,28 @@ async def test_backoff_is_capped_by_max_timeout(autojump_clock: object) -> None:
 
 
 async def test_duplicated_datagrams_are_dropped_and_counted(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=False)
+    bmc = fake_bmc(power_on=True)  # a cycle needs a running system
 
     def duplicate_everything(direction: str, label: str, nth: int) -> Fate:
         return (0.0, 0.0)
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, duplicate_everything)
+        network = network_for(bmc, nursery, duplicate_everything)
         async with bmc_session(network) as session:
             await session.set_power("cycle")
-            assert await session.get_power() is False
-            assert await session.get_power() is False
+            assert await session.get_power() is True  # off, then on again at once
+            assert await session.get_power() is True
             stats = session.statistics()
     assert stats.logins == 1
     assert stats.retransmits == 0
     assert stats.drops > 0
-    assert bmc.chassis.actions == [ChassisAction.POWER_CYCLE]  # a duplicate never re-executes
+    assert bmc.actions == [ChassisAction.POWER_CYCLE]  # a duplicate never re-executes
 
 
 async def test_a_late_answer_never_answers_the_next_request(autojump_clock: object) -> None:
     """Reordering: the answer to the first Get Chassis Status ("on") is delayed past the
     retransmission and arrives while the next request (after power went off) waits."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
 
     def delays(direction: str, label: str, nth: int) -> Fate | None:
         if direction == "to_client" and label == "status":
@@ -365,11 +208,11 @@ async def test_a_late_answer_never_answers_the_next_request(autojump_clock: obje
         return None
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, delays)
+        network = network_for(bmc, nursery, delays)
         async with bmc_session(network, retry=FIXED_RETRY) as session:
             started = trio.current_time()
             assert await session.get_power() is True  # answered via the retransmission at 1 s
-            bmc.chassis.on = False
+            bmc.power_on = False
             await trio.sleep(0.4)
             # Sent at 1.4 s, answered at 1.7 s; the stale "on" lands at 1.5 s in between.
             assert await session.get_power() is False
@@ -381,7 +224,7 @@ async def test_a_late_answer_never_answers_the_next_request(autojump_clock: obje
 
 async def test_reordered_answers_within_one_request(autojump_clock: object) -> None:
     """The answer to the original arrives after the answer to its retransmission."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
 
     def reorder(direction: str, label: str, nth: int) -> Fate | None:
         if direction == "to_client" and label == "status":
@@ -389,7 +232,7 @@ async def test_reordered_answers_within_one_request(autojump_clock: object) -> N
         return None
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, reorder)
+        network = network_for(bmc, nursery, reorder)
         async with bmc_session(network) as session:
             assert await session.get_power() is True
             await trio.sleep(1)
@@ -398,9 +241,9 @@ async def test_reordered_answers_within_one_request(autojump_clock: object) -> N
 
 
 async def test_a_lost_login_step_restarts_the_handshake(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "rakp3", (1,), ()))
+        network = network_for(bmc, nursery, only("to_bmc", "rakp3", (1,), ()))
         async with bmc_session(network) as session:
             assert await session.get_power() is True
             stats = session.statistics()
@@ -415,10 +258,10 @@ async def test_a_lost_login_step_restarts_the_handshake(autojump_clock: object) 
 async def test_a_login_the_bmc_timed_out_meanwhile_starts_again(autojump_clock: object) -> None:
     # RAKP1 reaches the BMC after its 3 s login timeout: "invalid session ID" then means
     # "start again", not "refused" (which would fail a BMC that is fine).
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     patient = attrs.evolve(FIXED_RETRY, first_timeout=4.0)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "rakp1", (1,), (3.5,)))
+        network = network_for(bmc, nursery, only("to_bmc", "rakp1", (1,), (3.5,)))
         async with bmc_session(network, retry=patient) as session:
             assert await session.get_power() is True
             stats = session.statistics()
@@ -431,14 +274,14 @@ async def test_a_login_the_bmc_timed_out_meanwhile_starts_again(autojump_clock: 
 async def test_session_dropped_by_the_bmc_is_re_established_once(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     caplog.set_level(logging.WARNING, logger="ipmi.client")
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network) as session:
             assert await session.get_power() is True
             bmc.reboot()  # the BMC forgets the session (reboot / idle timeout)
-            bmc.chassis.on = False
+            bmc.power_on = False
             assert await session.get_power() is False
             stats = session.statistics()
     assert stats.logins == 2
@@ -452,9 +295,9 @@ async def test_after_a_re_login_whose_request_went_unanswered_the_next_command_l
     """The BMC forgets the session; the re-login works but the resent request is lost too.
     The session is presumed gone: the next command starts with a login, instead of
     spending another whole retransmission budget on it."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "status", (2, 3, 4, 5), ()))
+        network = network_for(bmc, nursery, only("to_bmc", "status", (2, 3, 4, 5), ()))
         async with bmc_session(network, retry=FIXED_RETRY) as session:
             assert await session.get_power() is True
             bmc.reboot()
@@ -471,12 +314,12 @@ async def test_after_a_re_login_whose_request_went_unanswered_the_next_command_l
 async def test_a_dead_bmc_gives_no_response_error_after_one_re_login(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network, retry=FIXED_RETRY) as session:
             assert await session.get_power() is True
-            bmc.alive = False
+            bmc.silent = True
             with pytest.raises(NoResponseError) as caught:
                 await session.get_power()
             assert f"{HOST}:{PORT}" in str(caught.value)
@@ -490,34 +333,34 @@ async def test_a_power_cycle_whose_answers_were_lost_runs_once(autojump_clock: o
     # The BMC cycles the chassis, but every answer is lost: the client gives up and logs in
     # again. It neither resends past the BMC's ~5 s duplicate window nor in the new session
     # (which cannot mark a resend as a retransmission): the cycle runs exactly once.
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_client", "control", (1, 2, 3, 4), ()))
+        network = network_for(bmc, nursery, only("to_client", "control", (1, 2, 3, 4), ()))
         async with bmc_session(network) as session:
             with pytest.raises(NoResponseError, match=r"not sent again.*read the power state"):
                 await session.set_power("cycle")
             assert session.statistics().logins == 2
             assert await session.get_power() is True  # the new session works
-    assert bmc.chassis.actions == [ChassisAction.POWER_CYCLE]
+    assert bmc.actions == [ChassisAction.POWER_CYCLE]
     sends = network.times("control")
     assert max(sends) - min(sends) < 5.0
 
 
 async def test_power_off_whose_answers_were_lost_is_sent_again(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_client", "control", (1, 2, 3, 4), ()))
+        network = network_for(bmc, nursery, only("to_client", "control", (1, 2, 3, 4), ()))
         async with bmc_session(network) as session:
             await session.set_power("off")  # off twice is still off: resent after re-login
             assert session.statistics().logins == 2
-    assert bmc.chassis.on is False
-    assert set(bmc.chassis.actions) == {ChassisAction.POWER_DOWN}
+    assert bmc.power_on is False
+    assert set(bmc.actions) == {ChassisAction.POWER_DOWN}
 
 
 async def test_wrong_password_fails_at_once_and_is_never_retried(autojump_clock: object) -> None:
-    bmc = FakeBmc(password="the real one")
+    bmc = fake_bmc(password="the real one")
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         started = trio.current_time()
         with pytest.raises(AuthenticationError) as caught:
             async with bmc_session(network):
@@ -533,9 +376,9 @@ async def test_wrong_password_fails_at_once_and_is_never_retried(autojump_clock:
 
 
 async def test_unknown_user_is_an_authentication_error(autojump_clock: object) -> None:
-    bmc = FakeBmc()
+    bmc = fake_bmc()
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         with pytest.raises(AuthenticationError):
             async with bmc_session(network, username="intruder"):
                 pass
@@ -543,18 +386,18 @@ async def test_unknown_user_is_an_authentication_error(autojump_clock: object) -
 
 
 async def test_falls_back_from_suite_17_to_3(autojump_clock: object) -> None:
-    bmc = FakeBmc(suites=(3,), on=True)
+    bmc = fake_bmc(cipher_suites=(3,), power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network, cipher_suites=(17, 3)) as session:
             assert await session.get_power() is True
     assert network.labels().count("open") == 2  # 17 refused, then 3
 
 
 async def test_no_common_cipher_suite_is_a_negotiation_error(autojump_clock: object) -> None:
-    bmc = FakeBmc(suites=(3,))
+    bmc = fake_bmc(cipher_suites=(3,))
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         with pytest.raises(NegotiationError) as caught:
             async with bmc_session(network, cipher_suites=(17,)):
                 pass
@@ -566,9 +409,9 @@ async def test_a_login_cut_short_after_the_keys_still_closes_the_bmc_session(
 ) -> None:
     """The caller's deadline hits while Set Session Privilege Level is unanswered: the BMC
     already holds a session for us, and Close Session (with the fresh keys) frees it."""
-    bmc = FakeBmc()
+    bmc = fake_bmc()
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_client", "privilege", (1, 2, 3), ()))
+        network = network_for(bmc, nursery, only("to_client", "privilege", (1, 2, 3), ()))
         with trio.move_on_after(0.5) as scope:
             async with bmc_session(network, retry=FIXED_RETRY):
                 pytest.fail("logged in without the privilege answer")
@@ -578,9 +421,9 @@ async def test_a_login_cut_short_after_the_keys_still_closes_the_bmc_session(
 
 
 async def test_deadline_comes_from_the_callers_cancel_scope(autojump_clock: object) -> None:
-    bmc = FakeBmc(alive=False)
+    bmc = silent_bmc()
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         started = trio.current_time()
         with trio.move_on_after(2.5) as scope:
             async with bmc_session(network):
@@ -591,9 +434,9 @@ async def test_deadline_comes_from_the_callers_cancel_scope(autojump_clock: obje
 
 
 async def test_close_session_is_sent_once_even_when_lost(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_bmc", "close", (1,), ()))
+        network = network_for(bmc, nursery, only("to_bmc", "close", (1,), ()))
         async with bmc_session(network) as session:
             assert await session.get_power() is True
         closed_at = trio.current_time()
@@ -606,13 +449,13 @@ async def test_close_session_is_sent_once_even_when_lost(autojump_clock: object)
 async def test_close_session_is_sent_even_when_the_caller_is_cancelled(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
 
     def slow_status(direction: str, label: str, nth: int) -> Fate | None:
         return (10.0,) if (direction == "to_client" and label == "status") else None
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, slow_status)
+        network = network_for(bmc, nursery, slow_status)
         with trio.move_on_after(0.5):
             async with bmc_session(network) as session:
                 await session.get_power()
@@ -625,9 +468,9 @@ async def test_requests_cancelled_by_the_caller_leave_nothing_behind(
 ) -> None:
     """A per-node deadline that cancels a request mid-wait, many times over, must not use
     up the session's 64 request sequence numbers (their answers are all lost)."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, only("to_client", "status", range(1, 71), ()))
+        network = network_for(bmc, nursery, only("to_client", "status", range(1, 71), ()))
         async with bmc_session(network, retry=FIXED_RETRY) as session:
             for _ in range(70):
                 with trio.move_on_after(0.5) as scope:
@@ -640,7 +483,7 @@ async def test_requests_cancelled_by_the_caller_leave_nothing_behind(
 
 
 async def test_one_request_in_flight_per_session(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     in_flight = 0
     most = 0
 
@@ -652,7 +495,7 @@ async def test_one_request_in_flight_per_session(autojump_clock: object) -> None
         return (0.3,) if direction == "to_client" else None
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, watch)
+        network = network_for(bmc, nursery, watch)
         async with bmc_session(network) as session:
             results: list[bool] = []
 
@@ -669,9 +512,9 @@ async def test_one_request_in_flight_per_session(autojump_clock: object) -> None
 async def test_noise_and_forgeries_on_the_wire_are_dropped(autojump_clock: object) -> None:
     """Garbage, a foreign RMCP+ packet and a forged packet for our session (right header,
     wrong integrity code) arrive before the real answer: all dropped, the request succeeds."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network) as session:
             endpoint = network.endpoints[0]
             machine_session_id = next(iter(bmc.protocol.sessions.values())).console_session_id
@@ -760,13 +603,13 @@ def test_an_unreliable_network_never_yields_a_wrong_answer(
         return tuple(delays)
 
     async def main() -> None:
-        bmc = FakeBmc(on=False)
+        bmc = fake_bmc(power_on=False)
         async with trio.open_nursery() as nursery:
-            network = FakeNetwork(bmc, nursery, chaos)
+            network = network_for(bmc, nursery, chaos)
             try:
                 async with bmc_session(network) as session:
                     for on in truth:
-                        bmc.chassis.on = on  # out of band, between requests
+                        bmc.power_on = on  # out of band, between requests
                         try:
                             assert await session.get_power() is on
                         except NoResponseError:

@@ -1,8 +1,8 @@
 """RTT-adaptive retransmission (ipmi.retry, BmcSession._exchange/_login) on trio's MockClock.
 
-The fake BMC and network are test_client.py's: every datagram's fate (drop, delay,
-duplicate) is scripted, and every time asserted is virtual, following from the policy and
-the scripted delays, never from the machine's speed.
+The fake BMC and network are ipmi.testing's (set up as in test_client.py): every
+datagram's fate (drop, delay, duplicate) is scripted, and every time asserted is virtual,
+following from the policy and the scripted delays, never from the machine's speed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from ipmi import NoResponseError, RetryPolicy
 from ipmi.proto.constants import ChassisAction
 from ipmi.retry import ADAPTIVE_EXTRA_RETRANSMISSIONS, RttEstimator
-from tests.ipmi.test_client import HOST, PORT, FakeBmc, FakeNetwork, Fate, Rule, bmc_session
+from ipmi.testing import Fate, Rule
+from tests.ipmi.test_client import HOST, PORT, bmc_session, fake_bmc, network_for
 
 ADAPTIVE = RetryPolicy()  # the defaults: 1, 2, 4, 4 s budget, adaptive, floor 0.05 s
 FIXED = attrs.evolve(ADAPTIVE, adaptive=False)
@@ -136,9 +137,9 @@ def test_estimator_backs_off_until_the_next_sample() -> None:
 
 
 async def test_rto_converges_toward_the_measured_rtt(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, latency(0.1))  # 200 ms round trips
+        network = network_for(bmc, nursery, latency(0.1))  # 200 ms round trips
         async with bmc_session(network, retry=ADAPTIVE) as session:
             after_login = session.statistics()
             for _ in range(40):
@@ -153,9 +154,9 @@ async def test_rto_converges_toward_the_measured_rtt(autojump_clock: object) -> 
 
 
 async def test_rto_on_a_fast_link_is_the_floor(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, latency(0.002))
+        network = network_for(bmc, nursery, latency(0.002))
         async with bmc_session(network, retry=ADAPTIVE) as session:
             for _ in range(10):
                 await session.keepalive()  # Get Device ID is measured too
@@ -168,10 +169,10 @@ async def test_a_lost_request_is_resent_after_the_rto_not_first_timeout(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ipmi.client")
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
         # Warm up with 10 reads at 100 ms; the 11th read's first send is lost.
-        network = FakeNetwork(bmc, nursery, latency(0.05, drop={("to_bmc", "status"): {11}}))
+        network = network_for(bmc, nursery, latency(0.05, drop={("to_bmc", "status"): {11}}))
         async with bmc_session(network, retry=ADAPTIVE) as session:
             for _ in range(10):
                 await session.get_power()
@@ -197,9 +198,9 @@ async def test_retransmissions_after_first_timeout_are_warnings(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ipmi.client")
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(
+        network = network_for(
             bmc, nursery, latency(0.0, drop={("to_bmc", "status"): {2, 3, 4, 5, 6, 7}})
         )
         async with bmc_session(network, retry=ADAPTIVE) as session:
@@ -226,7 +227,7 @@ async def test_retransmissions_after_first_timeout_are_warnings(
 async def test_karn_a_late_answer_to_the_first_send_is_accepted_but_not_measured(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
 
     def rule(direction: str, label: str, nth: int) -> Fate | None:
         if label == "status" and direction == "to_client" and nth == 2:
@@ -236,7 +237,7 @@ async def test_karn_a_late_answer_to_the_first_send_is_accepted_but_not_measured
         return None
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, rule)
+        network = network_for(bmc, nursery, rule)
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
             before = session.statistics()
@@ -252,11 +253,11 @@ async def test_karn_a_late_answer_to_the_first_send_is_accepted_but_not_measured
 async def test_karn_the_duplicate_answer_is_dropped_and_nothing_measured(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     delays = {("to_client", "status", 2): (0.3,)}  # answered twice: resend at once, first late
 
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, lambda d, lbl, n: delays.get((d, lbl, n)))
+        network = network_for(bmc, nursery, lambda d, lbl, n: delays.get((d, lbl, n)))
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
             before = session.statistics()
@@ -275,26 +276,26 @@ async def test_karn_the_duplicate_answer_is_dropped_and_nothing_measured(
 async def test_chassis_control_waits_the_full_first_timeout(
     autojump_clock: object, action: str
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, latency(0.0, drop={("to_bmc", "control"): {1}}))
+        network = network_for(bmc, nursery, latency(0.0, drop={("to_bmc", "control"): {1}}))
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
             assert session.statistics().rto == 0.05
             await session.set_power(action)
             stats = session.statistics()
     assert gaps(network.times("control")) == [1.0]
-    assert len(bmc.chassis.actions) == 1
+    assert len(bmc.actions) == 1
     assert stats.rto == 0.05  # a control command is never measured or backed off
 
 
 async def test_a_power_cycle_whose_answers_are_lost_is_never_resent_past_the_window(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     lost = latency(0.0, drop={("to_client", "control"): set(range(1, 10))})
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, lost)
+        network = network_for(bmc, nursery, lost)
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
             with pytest.raises(NoResponseError, match="not sent again"):
@@ -302,22 +303,22 @@ async def test_a_power_cycle_whose_answers_are_lost_is_never_resent_past_the_win
             assert await session.get_power() is True
     sends = network.times("control")
     assert gaps(sends) == [1.0, 2.0]  # sent at 0, 1, 3 s; not at 7 s (past the window)
-    assert bmc.chassis.actions == [ChassisAction.POWER_CYCLE]
+    assert bmc.actions == [ChassisAction.POWER_CYCLE]
 
 
 async def test_a_bmc_that_stalls_once_for_two_seconds_is_still_read(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
-            bmc.alive = False
+            bmc.silent = True
 
             async def wake_up() -> None:
                 await trio.sleep(2.0)
-                bmc.alive = True
+                bmc.silent = False
 
             nursery.start_soon(wake_up)
             started = trio.current_time()
@@ -334,12 +335,12 @@ async def test_a_bmc_that_stalls_once_for_two_seconds_is_still_read(
 async def test_a_dead_bmc_gets_a_bounded_number_of_datagrams_and_the_same_budget(
     autojump_clock: object, policy: RetryPolicy
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network, retry=policy) as session:
             await session.get_power()
-            bmc.alive = False
+            bmc.silent = True
             started = trio.current_time()
             with pytest.raises(NoResponseError, match=f"{HOST}:{PORT}"):
                 await session.get_power()
@@ -354,9 +355,9 @@ async def test_a_dead_bmc_gets_a_bounded_number_of_datagrams_and_the_same_budget
 
 
 async def test_login_steps_use_the_rto_once_measured(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(
+        network = network_for(
             bmc, nursery, latency(0.0, drop={("to_bmc", "v15"): {1}, ("to_bmc", "rakp3"): {1}})
         )
         async with bmc_session(network, retry=ADAPTIVE) as session:
@@ -376,9 +377,9 @@ async def test_adaptive_false_restores_todays_schedule_exactly(
     autojump_clock: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="ipmi.client")
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, latency(0.0, drop={("to_bmc", "status"): {5, 6, 7}}))
+        network = network_for(bmc, nursery, latency(0.0, drop={("to_bmc", "status"): {5, 6, 7}}))
         async with bmc_session(network, retry=FIXED) as session:
             for _ in range(4):
                 await session.get_power()  # measured, but not used
@@ -397,16 +398,16 @@ async def test_adaptive_false_restores_todays_schedule_exactly(
 
 
 async def test_caller_deadline_still_rules(autojump_clock: object) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery)
+        network = network_for(bmc, nursery)
         async with bmc_session(network, retry=ADAPTIVE) as session:
             await session.get_power()
-            bmc.alive = False
+            bmc.silent = True
             with trio.move_on_after(0.5) as scope:
                 await session.get_power()
             assert scope.cancelled_caught
-            bmc.alive = True
+            bmc.silent = False
             assert await session.get_power() is True
             assert session.statistics().logins == 1
 
@@ -417,9 +418,9 @@ async def test_a_login_opens_no_more_sessions_than_the_fixed_schedule(
     """A BMC that completes RAKP but never grants the privilege: every run leaves a
     session behind on it. At most retries + 1 runs may do that (BMCs have about 4 slots),
     as with the fixed schedule; the last one waits max_timeout, as the fixed one would."""
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(
+        network = network_for(
             bmc, nursery, latency(0.0, drop={("to_client", "privilege"): set(range(1, 20))})
         )
         started = trio.current_time()
@@ -434,10 +435,10 @@ async def test_a_login_opens_no_more_sessions_than_the_fixed_schedule(
 async def test_runs_lost_at_the_sessionless_probe_do_not_count_against_sessions(
     autojump_clock: object,
 ) -> None:
-    bmc = FakeBmc(on=True)
+    bmc = fake_bmc(power_on=True)
     drop = {("to_client", "privilege"): {1, 2, 3}, ("to_bmc", "v15"): {2, 3}}
     async with trio.open_nursery() as nursery:
-        network = FakeNetwork(bmc, nursery, latency(0.0, drop=drop))
+        network = network_for(bmc, nursery, latency(0.0, drop=drop))
         started = trio.current_time()
         async with bmc_session(network, retry=ADAPTIVE) as session:
             took = trio.current_time() - started
