@@ -110,7 +110,9 @@ def _json_value(value: object) -> object:
     return str(value)
 
 
-def setup_logging(config: LoggingConfig, *, stream: TextIO | None = None) -> None:
+def setup_logging(
+    config: LoggingConfig, *, stream: TextIO | None = None, debug: bool = False
+) -> None:
     """Send the root logger's records to ``stream`` (stderr) in the configured format.
 
     Calling it again replaces the previous setup (handlers installed by ``logging.basicConfig``
@@ -123,7 +125,8 @@ def setup_logging(config: LoggingConfig, *, stream: TextIO | None = None) -> Non
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    level = logging.getLevelNamesMapping()[config.level.upper()]
+    # --debug changes the level only: the lines keep the configured format.
+    level = logging.DEBUG if debug else logging.getLevelNamesMapping()[config.level.upper()]
     root.setLevel(level)
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from agent.cli import bmc, demo, node, power, run, sim, status, sync
+from agent.config.options import LoggingConfig
 from agent.errors import AgentError
+from agent.logs import setup_logging
 
 # Command modules, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[ModuleType, ...] = (run, sync, node, power, status, demo, bmc, sim)
@@ -45,9 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
-        logging.basicConfig(
-            level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        # The agent's own line format at DEBUG; commands that read a config apply its
+        # [logging] format again with debug=True.
+        setup_logging(LoggingConfig(), debug=True)
     elif not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

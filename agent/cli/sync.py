@@ -92,8 +92,8 @@ def _handle(args: argparse.Namespace) -> int:
     if not args.once:
         raise AgentError("sync runs one cycle: use `powersync sync --once` (the daemon is `run`)")
     config = load_config(args.config)
+    setup_logging(config.logging, debug=args.debug)
     if not args.debug:
-        setup_logging(config.logging)
         # The per-node lines on stdout already say what INFO logs would repeat.
         sync_log = logging.getLogger("powersync.sync")
         sync_log.setLevel(max(sync_log.getEffectiveLevel(), logging.WARNING))

@@ -113,3 +113,21 @@ def test_stack_info_is_kept() -> None:
         stream = capture(LoggingConfig(format=log_format, level="info"))
         logging.getLogger("agent").info("where am I", stack_info=True)
         assert "test_stack_info_is_kept" in stream.getvalue()
+
+
+def test_debug_changes_the_level_not_the_line_format() -> None:
+    # Found: --debug switched to logging.basicConfig's own format.
+    from agent.cli.main import main
+    from agent.errors import ConfigError
+    from agent.logs import TextFormatter
+
+    with pytest.raises(ConfigError, match="cannot read config file"):  # --debug re-raises
+        main(["--debug", "--config", "/nonexistent/agent.toml", "status"])
+    root = logging.getLogger()
+    assert root.level == logging.DEBUG
+    assert [type(handler.formatter) for handler in root.handlers] == [TextFormatter]
+    stream = io.StringIO()
+    setup_logging(LoggingConfig(format="json"), stream=stream, debug=True)
+    logging.getLogger("agent.sync").debug("a debug line", extra={"node": "n1"})
+    document = json.loads(stream.getvalue())
+    assert document["level"] == "debug" and document["node"] == "n1"
