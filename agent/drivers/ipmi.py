@@ -21,6 +21,7 @@ from agent.bmc.seam import (
     BmcSession,
     SessionCounts,
 )
+from ipmi.transport import Connector
 
 if TYPE_CHECKING:
     from agent.config.options import IpmiConfig
@@ -141,9 +142,10 @@ class IpmiDriver:
 
     name = NAME
 
-    def __init__(self, config: IpmiConfig) -> None:
+    def __init__(self, config: IpmiConfig, *, connect: Connector | None = None) -> None:
         self.config = config
         self._retry = retry_policy(config)
+        self._connect = connect  # None: real UDP sockets; tests pass ipmi.testing's network
 
     @property
     def request_timeout(self) -> float:
@@ -188,6 +190,7 @@ class IpmiDriver:
             privilege=privilege,
             cipher_suites=suites,
             retry=self._retry,
+            connect=self._connect,
         )
         try:
             session = await context.__aenter__()
