@@ -3,6 +3,7 @@
     async with open_fleet(100, port_base=0, password="secret") as fleet:
         bmc = fleet.bmcs[0]            # .address, .port, .power_on, .set_power(on)
         fleet.set_faults(loss=0.3, dead={5})
+        fleet.describe()               # [BmcDescription(name, host, port, username, ...)]
         write_inventory("nodes.toml", fleet, "admin", "secret")
 
 Each BMC is a real RMCP+ server (ipmi.proto.server) on its own UDP port; see
@@ -11,11 +12,13 @@ docs/simulator.md for behaviour, faults and the control socket.
 
 from ipmi.sim.bmc import PowerTiming, SimBmc
 from ipmi.sim.control import send_control, serve_control
+from ipmi.sim.description import BmcDescription
 from ipmi.sim.faults import Faults, parse_selection
 from ipmi.sim.fleet import Fleet, FleetError, open_fleet
-from ipmi.sim.inventory import render_inventory, write_inventory
+from ipmi.sim.inventory import render_descriptions, render_inventory, write_inventory
 
 __all__ = [
+    "BmcDescription",
     "Faults",
     "Fleet",
     "FleetError",
@@ -23,6 +26,7 @@ __all__ = [
     "SimBmc",
     "open_fleet",
     "parse_selection",
+    "render_descriptions",
     "render_inventory",
     "send_control",
     "serve_control",

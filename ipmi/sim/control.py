@@ -22,16 +22,46 @@ import json
 import os
 import socket
 import stat
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import trio
 
+from ipmi.proto.server import BmcProtocol
 from ipmi.sim.faults import Faults, parse_selection
 
-if TYPE_CHECKING:
-    from ipmi.sim.fleet import Fleet
-
 MAX_LINE = 64 * 1024
+
+
+class ControlledBmc(Protocol):
+    """What the control interface reads and changes on one BMC (``ipmi.sim.SimBmc``)."""
+
+    index: int
+    name: str
+    address: str
+    port: int
+    boot_count: int
+    protocol: BmcProtocol | None
+
+    def power_at(self, now: float) -> bool: ...
+
+    def set_power(self, on: bool) -> None: ...
+
+
+class ControlledFleet(Protocol):
+    """What the control interface controls (``ipmi.sim.Fleet``); it never imports it."""
+
+    @property
+    def bmcs(self) -> Sequence[ControlledBmc]: ...
+
+    @property
+    def faults(self) -> Faults: ...
+
+    def set_faults(self, faults: Faults | None = None, /, **changes: Any) -> Faults: ...
+
+    def reboot(self, indexes: Iterable[int], *, down_for: float = 0.0) -> None: ...
+
+    def statistics(self) -> dict[str, Any]: ...
 
 
 def _selection(value: Any, count: int) -> list[int]:
@@ -47,7 +77,7 @@ def _selection(value: Any, count: int) -> list[int]:
     return sorted(indexes)
 
 
-def execute(fleet: Fleet, request: Any) -> dict[str, Any]:
+def execute(fleet: ControlledFleet, request: Any) -> dict[str, Any]:
     """Run one control request against ``fleet``; never raises for a bad request."""
     try:
         return _execute(fleet, request)
@@ -55,7 +85,7 @@ def execute(fleet: Fleet, request: Any) -> dict[str, Any]:
         return {"ok": False, "error": str(exc)}
 
 
-def _execute(fleet: Fleet, request: Any) -> dict[str, Any]:
+def _execute(fleet: ControlledFleet, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise TypeError('a request is a JSON object with an "op" key')
     op = request.get("op")
@@ -115,7 +145,7 @@ def _prepare_path(path: str) -> None:
     os.unlink(path)  # a stale socket from an earlier run
 
 
-async def _serve_connection(fleet: Fleet, stream: trio.SocketStream) -> None:
+async def _serve_connection(fleet: ControlledFleet, stream: trio.SocketStream) -> None:
     buffer = b""
     async with stream:
         while True:
@@ -140,7 +170,10 @@ async def _serve_connection(fleet: Fleet, stream: trio.SocketStream) -> None:
 
 
 async def serve_control(
-    fleet: Fleet, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    fleet: ControlledFleet,
+    path: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control interface on the Unix socket ``path`` (mode 0600) until cancelled."""
     _prepare_path(path)

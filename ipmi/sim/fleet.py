@@ -30,6 +30,8 @@ import trio
 from ipmi.errors import IpmiError
 from ipmi.proto.server import BmcProtocol, ServerPolicy, is_session_packet
 from ipmi.sim.bmc import PowerTiming, SimBmc
+from ipmi.sim.control import serve_control
+from ipmi.sim.description import BmcDescription
 from ipmi.sim.faults import Faults
 
 log = logging.getLogger("ipmi.sim")
@@ -115,6 +117,23 @@ class Fleet:
     def endpoints(self) -> list[tuple[str, str, int]]:
         """(name, address, port) of every BMC."""
         return [(bmc.name, bmc.address, bmc.port) for bmc in self.bmcs]
+
+    def describe(
+        self,
+        username: str | None = None,
+        *,
+        password_file: str | None = None,
+        cipher_suites: Sequence[int] | None = None,
+    ) -> list[BmcDescription]:
+        """Every BMC as a neutral record (name, host, port, username, password file,
+        cipher suites): what an inventory needs, never the password itself.
+        ``username`` defaults to the fleet's."""
+        suites = tuple(int(s) for s in cipher_suites) if cipher_suites is not None else None
+        login = self.username if username is None else username
+        return [
+            BmcDescription(bmc.name, bmc.address, bmc.port, login, password_file, suites)
+            for bmc in self.bmcs
+        ]
 
     def set_faults(self, faults: Faults | None = None, /, **changes: Any) -> Faults:
         """Replace the faults (``set_faults(Faults(...))``) or change some of them
@@ -375,8 +394,6 @@ async def open_fleet(
             nursery.start_soon(fleet._delayed_sender)
             nursery.start_soon(fleet._flapper)
             if control_socket is not None:
-                from ipmi.sim.control import serve_control
-
                 await nursery.start(serve_control, fleet, control_socket)
             log.info("serving %d simulated BMCs on %s", count, host)
             yield fleet
