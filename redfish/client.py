@@ -26,7 +26,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-import attrs
 import httpx
 import trio
 
@@ -41,6 +40,8 @@ from redfish.errors import (
     TLSError,
     UnsupportedActionError,
 )
+from redfish.retry import RetryPolicy
+from redfish.stats import Counters, SessionStatistics
 from redfish.tls import VerifySetting, describe_failure, failure_message, tls_context
 
 __all__ = ["RedfishSession", "RetryPolicy", "SessionStatistics", "open_redfish"]
@@ -66,64 +67,6 @@ _BASE_HEADERS: Final = {
     "OData-Version": "4.0",
 }
 _JSON: Final = {"Content-Type": "application/json"}
-
-
-@attrs.frozen
-class RetryPolicy:
-    """How often a failed request is tried (``attempts`` in all) and how long to back off:
-    ``first_backoff`` doubling up to ``max_backoff``."""
-
-    attempts: int = 3
-    first_backoff: float = 0.5
-    max_backoff: float = 2.0
-
-    def __attrs_post_init__(self) -> None:
-        if self.attempts < 1 or not 0 <= self.first_backoff <= self.max_backoff:
-            raise ValueError("RetryPolicy: attempts >= 1 and 0 <= first_backoff <= max_backoff")
-
-    def backoff(self, retry: int) -> float:
-        """The wait before retry number ``retry`` (1-based)."""
-        return min(self.first_backoff * 2.0 ** (retry - 1), self.max_backoff)
-
-
-@attrs.frozen
-class SessionStatistics:
-    """Counters of one :class:`RedfishSession`."""
-
-    requests: int = 0  # HTTP requests answered (any status), retries included
-    retries: int = 0  # requests sent again after a 5xx or a connection failure
-    logins: int = 0  # POSTs to the session service (re-logins after a 401 included)
-    sessions_opened: int = 0  # Redfish sessions created (a token received)
-    sessions_closed: int = 0  # Redfish sessions deleted on close
-    connections: int = 0  # TCP connections made
-    tls_handshakes: int = 0  # TLS handshakes completed
-    last_rtt: float | None = None  # seconds, request -> full answer, of the last request
-    rtt_sum: float = 0.0  # seconds, over ``requests``
-
-    @property
-    def mean_rtt(self) -> float | None:
-        return self.rtt_sum / self.requests if self.requests else None
-
-
-class _Counters:
-    __slots__ = (
-        "connections",
-        "last_rtt",
-        "logins",
-        "requests",
-        "retries",
-        "rtt_sum",
-        "sessions_closed",
-        "sessions_opened",
-        "tls_handshakes",
-    )
-
-    def __init__(self) -> None:
-        self.requests = self.retries = self.logins = 0
-        self.sessions_opened = self.sessions_closed = 0
-        self.connections = self.tls_handshakes = 0
-        self.last_rtt: float | None = None
-        self.rtt_sum = 0.0
 
 
 def parse_address(address: str) -> tuple[str, str]:
@@ -177,7 +120,7 @@ class RedfishSession:
         self._verify = verify
         self._retry = retry
         self._lock = trio.Lock()
-        self._counters = _Counters()
+        self._counters = Counters()
         self._token: str | None = None
         self._session_url: str | None = None
         self._sessions_path: str | None = None

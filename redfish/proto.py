@@ -1,10 +1,11 @@
 """The sans-I/O Redfish core: what the replies mean, and what to ask for.
 
 Bytes (or decoded JSON) go in, plain values come out. Nothing here does I/O, reads a clock
-or draws entropy; the client (``redfish.client``) and the simulator's tests feed it. Every
-parser raises only :class:`~redfish.errors.BadReplyError` for a reply it cannot use: a body
-that is not JSON, not the resource asked for, or a field without a usable value. It never
-guesses a power state.
+or draws entropy; the client (``redfish.client``) feeds it. Every reply parser raises only
+:class:`~redfish.errors.BadReplyError` for a reply it cannot use: a body that is not JSON,
+not the resource asked for, or a field without a usable value; it never guesses a power
+state. The planning helpers raise ValueError for a caller's mistake (an unknown action)
+and UnsupportedActionError when the system allows no way to do it.
 """
 
 from __future__ import annotations
