@@ -165,18 +165,18 @@ async def _act(
                 after = driven.after
     except trio.TooSlowError:
         error = f"the BMC did not answer within {limit:g} s"
-        await _record_failure(store, node, action, before, after, error, wall_clock)
+        await _record_failure(store, node, action, before, after, error, wall_clock, config)
         raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
     except BmcError as exc:
         error = describe_error(exc)
-        await _record_failure(store, node, action, before, after, error, wall_clock)
+        await _record_failure(store, node, action, before, after, error, wall_clock, config)
         raise NodeError(f"node {node.name}: power {action} failed: {error}") from None
     duration = trio.current_time() - started
     if not driven.reached:
         error = f"{target} not reached within {wait_for:g} s (hardware reports {after})" + (
             "" if action == "soft-off" else "; use --wait for slow hardware"
         )
-        await _record_failure(store, node, action, before, after, error, wall_clock)
+        await _record_failure(store, node, action, before, after, error, wall_clock, config)
         raise NodeError(f"node {node.name}: power {action}: {error}")
     sent = bool(driven.sent)
     message = (
@@ -194,7 +194,9 @@ async def _act(
             "last_seen_at": wall_clock(),
         },
         history=HistoryRecord(node.power_state, target, "action", f"powersync power {action}"),
-        notification=target if node.power_state != target or sent else None,
+        notification=target
+        if config.nova.send_power_notifications and (node.power_state != target or sent)
+        else None,
     )
     await _apply(store, change, wall_clock)
     return ActionResult(node.name, action, before, target, after, sent, duration, message)
@@ -208,6 +210,7 @@ async def _record_failure(
     after: str | None,
     error: str,
     wall_clock: Callable[[], float],
+    config: AgentConfig,
 ) -> None:
     text = f"power {action} failed: {error}"
     fields: dict[str, object] = {"target_power_state": None, "last_error": text}
@@ -219,7 +222,9 @@ async def _record_failure(
         node.uuid,
         fields=fields,
         history=HistoryRecord(node.power_state, state or node.power_state, "action", text),
-        notification=state if state is not None and state != node.power_state else None,
+        notification=state
+        if config.nova.send_power_notifications and state not in (None, node.power_state)
+        else None,
     )
     with trio.CancelScope(shield=True):
         await _apply(store, change, wall_clock)

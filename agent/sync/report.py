@@ -118,9 +118,10 @@ def node_result(progress: NodeProgress) -> NodeResult:
     )
 
 
-def node_change(progress: NodeProgress, holder: str) -> NodeChange | None:
+def node_change(progress: NodeProgress, holder: str, *, notify: bool = True) -> NodeChange | None:
     """What the pass writes for this node: only if the node is as the pass read it (its
-    fingerprint) and no other holder has locked it, checked in apply()'s transaction."""
+    fingerprint) and no other holder has locked it, checked in apply()'s transaction.
+    ``notify`` False ([nova] send_power_notifications = false) queues no Nova event."""
     node = progress.node
     if progress.skipped is not None or progress.decision is None:
         if progress.extra:
@@ -148,7 +149,7 @@ def node_change(progress: NodeProgress, holder: str) -> NodeChange | None:
         node.uuid,
         fields=fields,
         history=history,
-        notification=progress.decision.notification,
+        notification=progress.decision.notification if notify else None,
         expected=fingerprint(node),
         holder=holder,
     )

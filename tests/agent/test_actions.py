@@ -5,18 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
 from agent.errors import NodeError
+from agent.nova.config import NovaConfig
 from agent.sync.actions import ActionResult, power_action, power_status
 from agent.sync.policy import POWER_OFF, POWER_ON
 from store import Store, open_store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 from tests.agent.test_service import InlineStore, make_config, wall
 
-CONFIG = make_config(power_state_change_timeout=30.0)
+# Notifications on: the actions' Nova events are queued only then.
+CONFIG = attrs.evolve(
+    make_config(power_state_change_timeout=30.0), nova=NovaConfig(send_power_notifications=True)
+)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import trio
 from agent.bmc.pool import open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.drivers.ipmi import IpmiDriver
+from agent.nova.config import NovaConfig
 from agent.storeio import AsyncStore
 from agent.sync.actions import power_action
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
@@ -44,7 +45,9 @@ def config(**conductor: Any) -> AgentConfig:
         "power_state_change_timeout": 10.0,
     }
     settings.update(conductor)
-    return AgentConfig(source="e2e", conductor=ConductorConfig(**settings), ipmi=IPMI)
+    # Notifications on: the actions' Nova events are queued only then.
+    nova = NovaConfig(send_power_notifications=True)
+    return AgentConfig(source="e2e", conductor=ConductorConfig(**settings), ipmi=IPMI, nova=nova)
 
 
 def opener() -> Any:
