@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from agent.bmc.backoff import LoginBackoff
 from agent.bmc.gate import EndpointGate
 from agent.bmc.seam import (
     BmcEndpoint,
@@ -156,6 +157,7 @@ class BmcPool:
         self._keepalive_scope = trio.CancelScope()
         self._counters = PoolCounters()
         self.last_rtt: dict[str, float] = {}  # per node key, seconds
+        self.logins_refused = LoginBackoff()
 
     # --- public -------------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class BmcPool:
         self._forget(key)
         self._per_cycle.pop(key, None)
         self.last_rtt.pop(key, None)
+        self.logins_refused.forget(key)
 
     def retain(self, keys: set[str]) -> None:
         """Close the long-lived sessions of every node not in ``keys`` (deleted nodes)."""
@@ -188,6 +191,7 @@ class BmcPool:
             del self._per_cycle[key]
         for key in [key for key in self.last_rtt if key not in keys]:
             del self.last_rtt[key]
+        self.logins_refused.retain(keys)
 
     def stage(self, key: str) -> str | None:
         """What node ``key``'s latest BMC work was doing (for "no answer within ..." errors)."""
@@ -257,7 +261,7 @@ class BmcPool:
             session = record.session
             if session is None:
                 record.stage = _LOGIN
-                session = await self._login(record)
+                session = await self._paced_login(record)
             record.stage = _COMMAND
             started = trio.current_time()
             result = await command(session)
@@ -273,6 +277,17 @@ class BmcPool:
         assert started is not None
         self._count_request(record, ended - started)
         return result
+
+    async def _paced_login(self, record: _Record) -> BmcSession:
+        """Log in unless the BMC refused this node's login recently (see agent.bmc.backoff)."""
+        self.logins_refused.check(record.key, record.endpoint, trio.current_time())
+        try:
+            session = await self._login(record)
+        except BmcError as exc:
+            self.logins_refused.refused(record.key, record.endpoint, exc, trio.current_time())
+            raise
+        self.logins_refused.forget(record.key)
+        return session
 
     async def _login(self, record: _Record) -> BmcSession:
         context = self._opener(record.endpoint)

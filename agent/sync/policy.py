@@ -73,6 +73,9 @@ class RecordedNode(Protocol):
 class SyncSettings:
     force: bool = True  # force_power_state_during_sync
     max_retries: int = 3  # power_state_sync_max_retries
+    # A BMC out of session slots (sessions of crashed agents fill its table) frees them when
+    # they idle out: its refusals count as failures only once they outlast that (seconds).
+    busy_grace: float = 60.0
 
 
 @attrs.frozen
@@ -81,14 +84,17 @@ class Observation:
 
     power_state: str | None = None
     error: str | None = None
+    # For a BMC refusing for lack of session slots: how long since its last good read
+    # (None: not that refusal, or never read).
+    busy_for: float | None = None
 
     @classmethod
     def read(cls, power_state: str) -> Observation:
         return cls(power_state=power_state)
 
     @classmethod
-    def failed(cls, error: str) -> Observation:
-        return cls(error=error or "unknown error")
+    def failed(cls, error: str, *, busy_for: float | None = None) -> Observation:
+        return cls(error=error or "unknown error", busy_for=busy_for)
 
     @property
     def ok(self) -> bool:
@@ -162,6 +168,18 @@ def decide_sync(node: RecordedNode, observation: Observation, settings: SyncSett
     recorded = node.power_state
     if not observation.ok:
         error = observation.error or "unknown error"
+        busy_for = observation.busy_for
+        if busy_for is not None and busy_for < settings.busy_grace:
+            return Decision(
+                Action.READ_FAILED,
+                fields={"last_error": f"power state read failed: {error}"},
+                log_level=logging.WARNING,
+                message=(
+                    f"node {node.name}: the BMC has no free session slot ({busy_for:.0f} s "
+                    f"since its last answer); not counted as a failure before "
+                    f"{settings.busy_grace:g} s, when its stale sessions have timed out"
+                ),
+            )
         if count > settings.max_retries:
             return _max_retries_exceeded(node, None, error, count, settings)
         return Decision(

@@ -29,7 +29,7 @@ import attrs
 import trio
 
 from agent.bmc.pool import BmcPool, NodeBmc
-from agent.bmc.seam import BmcError, Drivers, describe_error
+from agent.bmc.seam import BmcBusy, BmcError, Drivers, describe_error
 from agent.config.options import AgentConfig, node_inventory
 from agent.drivers import configured_drivers
 from agent.storeio import AsyncStore
@@ -387,7 +387,7 @@ class SyncService:
                 try:
                     state = await bmc.get_power()
                 except BmcError as exc:
-                    self._failed(progress, describe_error(exc), kind)
+                    self._failed(progress, exc, kind)
                     return
                 progress.observation = Observation.read(state)
                 progress.seen_at = self.wall()
@@ -397,13 +397,17 @@ class SyncService:
                     await self._force(progress, bmc, cycle)
         except BmcError as exc:  # no endpoint, the pool closed, or closing a per-cycle session
             if progress.observation is None:
-                self._failed(progress, describe_error(exc), kind)
+                self._failed(progress, exc, kind)
             else:
                 log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
 
-    def _failed(self, progress: NodeProgress, error: str, kind: str) -> None:
-        progress.observation = Observation.failed(error)
-        progress.decision = self._decide(progress.node, progress.observation, kind)
+    def _failed(self, progress: NodeProgress, exc: BmcError, kind: str) -> None:
+        node = progress.node
+        busy_for = None
+        if isinstance(exc, BmcBusy) and node.last_seen_at is not None:
+            busy_for = max(0.0, self.wall() - node.last_seen_at)
+        progress.observation = Observation.failed(describe_error(exc), busy_for=busy_for)
+        progress.decision = self._decide(node, progress.observation, kind)
 
     def _decide(self, node: Node, observation: Observation, kind: str) -> Decision:
         if kind == "recovery":

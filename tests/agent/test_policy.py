@@ -314,3 +314,30 @@ def test_invariants(
     # A read that matched the record always clears the counter.
     if observation.power_state == recorded and observation.ok:
         assert decision.fields.get("sync_failures", 0) == 0
+
+
+# --- a BMC out of session slots -------------------------------------------------------------
+
+BUSY = "BmcBusy: NegotiationError: 127.0.0.1:623: insufficient resources"
+
+
+@pytest.mark.parametrize(
+    ("busy_for", "failures", "action", "counted"),
+    [
+        (5.0, AT, Action.READ_FAILED, False),  # young refusal: its slots will time out
+        (59.0, AT, Action.READ_FAILED, False),
+        (61.0, BELOW, Action.READ_FAILED, True),  # outlasted a BMC's idle timeout
+        (61.0, AT, Action.MAINTENANCE, True),
+        (None, AT, Action.MAINTENANCE, True),  # never read: no grace
+    ],
+)
+def test_a_full_session_table_counts_only_once_it_outlasts_the_idle_timeout(
+    busy_for: float | None, failures: int, action: Action, counted: bool
+) -> None:
+    node = FakeNode(sync_failures=failures)
+    decision = decide_sync(node, Observation.failed(BUSY, busy_for=busy_for), SyncSettings())
+    assert decision.action is action
+    assert ("sync_failures" in decision.fields) is counted
+    if not counted:
+        assert "no free session slot" in decision.message
+        assert decision.fields["last_error"] == f"power state read failed: {BUSY}"

@@ -22,6 +22,7 @@ from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.drivers.ipmi import IpmiDriver
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.sync.service import SyncService
+from ipmi import open_bmc
 from ipmi.proto.constants import ChassisAction
 from ipmi.testing import FakeBmc, FakeNetwork, open_fake_network
 from store import Store, open_store
@@ -47,11 +48,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield opened
 
 
-def add_bmcs(store: Store, network: FakeNetwork, count: int) -> list[FakeBmc]:
+def add_bmcs(store: Store, network: FakeNetwork, count: int, **options: Any) -> list[FakeBmc]:
     bmcs = []
     for index in range(count):
         host = f"127.0.0.{index + 2}"  # only ever on the fake network: no socket is opened
-        bmcs.append(network.add_bmc(host, 623, password=PASSWORD, power_on=True))
+        bmcs.append(network.add_bmc(host, 623, password=PASSWORD, power_on=True, **options))
         store.add_node(
             name=f"node-{index}",
             bmc_address=host,
@@ -135,3 +136,53 @@ async def test_a_hanging_bmc_costs_one_deadline_and_nobody_else_waits(
         failed = [r for r in report.results if r.error]
         assert [r.name for r in failed] == ["node-2"]
         assert took <= 3.0 + 0.5  # one node's deadline (the client's own budget is ~1.8 s)
+
+
+async def test_a_wrong_password_is_not_retried_at_the_sync_pace(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found: with max_retries raised, a login every cycle (30 a minute at a 2 s interval),
+    # each holding a half-open session slot. Now: 0 s, 30 s, 90 s, ... whatever the retries.
+    async with open_fake_network() as network:
+        (bmc,) = add_bmcs(store, network, 1)
+        bmc.wrong_password = True
+        config = make_config(sync_power_state_interval=2.0, power_state_sync_max_retries=1000)
+        async with service_over(network, store, config) as service:
+            with trio.move_on_after(60.0):
+                await service.sync_loop()
+        logins = network.labels().count("rakp1")
+        assert service.cycles_started >= 25
+        assert logins == 2, network.labels()  # at 0 s and 30 s; the next is due at 90 s
+        node = store.get_node("node-0")
+        assert "AuthenticationError" in (node.last_error or "")
+        assert "next login attempt in" in (node.last_error or "")
+        assert not node.maintenance
+
+
+async def test_a_bmc_out_of_session_slots_is_not_put_into_maintenance_at_once(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found: sessions left by crashed agents filled every slot; each read then failed with
+    # "insufficient resources" and max_retries (3) of those put healthy nodes in maintenance.
+    async with open_fake_network() as network:
+        add_bmcs(store, network, 1, max_sessions=1)
+        config = make_config(sync_power_state_interval=2.0, power_state_sync_max_retries=3)
+        async with service_over(network, store, config) as service:
+            await service.run_cycle()  # read fine; its session is now the BMC's only slot
+            assert store.get_node("node-0").last_seen_at is not None
+            service.pool.forget(store.get_node("node-0").uuid)  # the agent "crashed"...
+            await trio.sleep(0)
+        # ... and its session lingers on the BMC (closing it was lost: a stray session).
+        async with (
+            open_bmc(
+                "127.0.0.2", 623, username="admin", password=PASSWORD, connect=network.connect
+            ),
+            service_over(network, store, config) as service,
+        ):
+            with trio.move_on_after(20.0):
+                await service.sync_loop()
+        node = store.get_node("node-0")
+        assert "insufficient resources" in (node.last_error or ""), node.last_error
+        assert node.sync_failures == 0 and not node.maintenance
+        # The refusals were paced, not one login per 2 s cycle.
+        assert network.labels().count("open") <= 6, network.labels()
