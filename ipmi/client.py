@@ -15,8 +15,9 @@ module gives it a socket, a clock, entropy and patience:
   resent: a BMC that has moved on would refuse them);
 - a session the BMC dropped (no answer on an established session, or a session the
   machine declares lost) is re-established once, transparently, before an error is raised;
-- a wrong password raises :class:`AuthenticationError` at once and is never retried here
-  (BMCs lock users out);
+- a wrong password raises :class:`AuthenticationError` at the end of the RAKP2 step's wait
+  (a forged RAKP2 racing the real one is dropped, see ``ipmi.login``) and is never retried
+  here (BMCs lock users out);
 - overall deadlines are the caller's: wrap calls in ``trio.fail_after`` / ``move_on_after``.
 
 The pieces: the login's patience is ``ipmi.login``, the counted datagram path
@@ -194,6 +195,7 @@ class BmcSession:
             rttvar=self._rtt.rttvar,
             rto=self._rtt.rto if self._retry.adaptive else self._retry.first_timeout,
             rtt_samples=self._rtt.samples,
+            forged_dropped=self._machine.drops["forged"],
         )
 
     # ---- request / response ------------------------------------------------------------

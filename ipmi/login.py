@@ -1,8 +1,10 @@
 """The client's login: RMCP+ handshake runs over a :class:`ipmi.link.BmcLink`, with patience.
 
 A lost login step restarts the whole handshake from the beginning (RAKP 1 and 3 are never
-resent: a BMC that has moved on would refuse them). A wrong password, a refused suite or
-privilege is raised at once and never retried here (BMCs lock users out).
+resent: a BMC that has moved on would refuse them). A refused suite or privilege is raised
+at once, a wrong password at the end of the RAKP2 step's wait (an RAKP2 whose code does not
+verify may be a forgery racing the BMC's real answer, so it is dropped and the step waits
+on), and neither is ever retried here (BMCs lock users out).
 
 Fixed schedule: run n of the handshake waits ``timeouts()[n]`` for each step. Adaptive:
 run n waits the current RTO times ``backoff**n`` for each step (each answered step is
@@ -106,6 +108,9 @@ async def _handshake(
         await link.send(datagram)
         event = await link.next_event(sent_at + wait, _is_login_event)
         if event is None:
+            # Only codes that did not verify came: the BMC's verdict (AuthenticationError,
+            # never retried). Else nothing came, or only forgeries: as good as unanswered.
+            machine.login_step_timed_out()
             return None, wait, opened
         if isinstance(event, LoginLost):
             # The BMC timed the half-made session out while a step was under way: as

@@ -26,6 +26,7 @@ class SessionStatistics:
     rttvar: float | None = None  # seconds, its mean deviation
     rto: float | None = None  # seconds, the first wait of the next read (see RetryPolicy)
     rtt_samples: int = 0  # round trips measured for srtt (Karn: none retransmitted)
+    forged_dropped: int = 0  # of ``drops``: RAKP2/RAKP4 answers whose code did not verify
 
     @property
     def mean_rtt(self) -> float | None:

@@ -25,9 +25,16 @@ sequence numbers never repeat (exhaustion poisons); responses match on (NetFn | 
 rqSeq), anything else is a stale drop. An authenticated packet that is unencrypted or not a
 valid IPMI message comes from a key holder breaking the protocol: it poisons the session.
 
-Exceptions from :meth:`receive`: AuthenticationError (RAKP2 code or RAKP4 value mismatch,
-unauthorized name), NegotiationError (every suite refused, privilege refused, session
-refused), SessionLostError (poisoned). Malformed datagrams never raise: they are drops.
+Forged answers: an RAKP2 whose key exchange code, or an RAKP4 whose integrity check value,
+does not verify is dropped (``drops["forged"]``), not believed: the step is unauthenticated,
+so anyone who saw our Open Session could have sent it ahead of the BMC's real answer. The
+machine keeps waiting; only when the driver reports the step's wait expired with nothing
+but such answers (:meth:`ClientSession.login_step_timed_out`) is it the BMC's verdict, a
+wrong password or K_G, and AuthenticationError.
+
+Exceptions from :meth:`receive`: AuthenticationError (unauthorized name), NegotiationError
+(every suite refused, privilege refused, session refused), SessionLostError (poisoned).
+Malformed datagrams never raise: they are drops.
 Invalid constructor arguments (user name over 16 bytes, password over 20) raise ValueError.
 """
 
@@ -92,6 +99,7 @@ class ClientSession:
         "_priv_request_id",
         "_probe",
         "_probe_rq_seq",
+        "_refusal",
         "_replay",
         "_requests",
         "_suite_index",
@@ -161,6 +169,7 @@ class ClientSession:
         self._requests.clear()
         self._probe_rq_seq = -1
         self._priv_request_id = 0
+        self._refusal: str | None = None  # why the step's answers so far did not verify
 
     # --- public API ----------------------------------------------------------------------
 
@@ -227,6 +236,19 @@ class ClientSession:
             # A failed login cannot continue; close() still frees a half-open BMC session.
             self._move(Transition.LOGIN_FAILED)
             raise
+
+    def login_step_timed_out(self) -> None:
+        """The driver's wait for the current login step expired without a valid answer.
+
+        If the only answers were an RAKP2 or RAKP4 whose code did not verify, no forger
+        raced the BMC (its real answer would have verified): that is the BMC's own answer
+        to a wrong password or K_G. Raises AuthenticationError then (the state becomes
+        POISONED; never retry it, BMCs lock users out). Otherwise returns, and the driver
+        begins the login again."""
+        if self._refusal is not None and self.state in (State.AWAIT_RAKP2, State.AWAIT_RAKP4):
+            reason, self._refusal = self._refusal, None
+            self._move(Transition.LOGIN_FAILED)
+            raise AuthenticationError(reason)
 
     def request(self, netfn: int, cmd: int, data: bytes = b"") -> tuple[int, bytes]:
         """Queue a request: (request_id, datagram to send)."""
@@ -372,9 +394,12 @@ class ClientSession:
             console_session_id=self.console_session_id,
             bmc_session_id=self.bmc_session_id,
         ):
-            raise AuthenticationError(
+            # Forged, or the BMC's answer to a wrong password: the step's end tells which.
+            self._refusal = (
                 "BMC's RAKP2 key exchange code does not verify: wrong password for this user"
             )
+            return self._drop("forged")
+        self._refusal = None
         code = handshake.accept_rakp2(suite, rakp2, console_session_id=self.console_session_id)
         rakp3 = msg.Rakp3(self._next_tag(), 0, self.bmc_session_id, code)
         self._move(Transition.RAKP2_VERIFIED)
@@ -391,9 +416,9 @@ class ClientSession:
         handshake = self._require_handshake()
         if not handshake.rakp4_verifies(suite, rakp4, bmc_session_id=self.bmc_session_id):
             hint = "" if self._kg is not None or not self.bmc_kg_set else " (the BMC has a K_G)"
-            raise AuthenticationError(
-                f"BMC's RAKP4 integrity check value does not verify: wrong K_G{hint}"
-            )
+            self._refusal = f"BMC's RAKP4 integrity check value does not verify: wrong K_G{hint}"
+            return self._drop("forged")
+        self._refusal = None
         self._crypto = handshake.session_crypto(suite, self._entropy)
         # The nonces, GUID and SIK go with it (a re-login draws new ones); the password
         # stays, for a transparent re-login.

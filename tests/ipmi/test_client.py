@@ -357,7 +357,9 @@ async def test_power_off_whose_answers_were_lost_is_sent_again(autojump_clock: o
     assert set(bmc.actions) == {ChassisAction.POWER_DOWN}
 
 
-async def test_wrong_password_fails_at_once_and_is_never_retried(autojump_clock: object) -> None:
+async def test_wrong_password_fails_after_one_step_wait_and_is_never_retried(
+    autojump_clock: object,
+) -> None:
     bmc = fake_bmc(password="the real one")
     async with trio.open_nursery() as nursery:
         network = network_for(bmc, nursery)
@@ -365,7 +367,8 @@ async def test_wrong_password_fails_at_once_and_is_never_retried(autojump_clock:
         with pytest.raises(AuthenticationError) as caught:
             async with bmc_session(network):
                 pytest.fail("logged in with a wrong password")
-        assert trio.current_time() == started  # no timeout waited, no second attempt
+        # One RAKP2 step's wait (an unverified RAKP2 may be a forgery), no second attempt.
+        assert 0 < trio.current_time() - started <= FAST_RETRY.first_timeout
     assert network.labels().count("rakp1") == 1
     assert network.labels().count("rakp3") == 0
     message = str(caught.value)

@@ -30,6 +30,9 @@ def login(session: ClientSession, bmc: TinyBmc) -> tuple[LoginComplete, int]:
         reply = bmc.handle(datagram)
         assert reply is not None
         event = session.receive(reply)
+        if event is None:  # dropped: as a driver whose step wait then expires
+            session.login_step_timed_out()
+            raise AssertionError(f"login step dropped: {dict(session.drops)}")
         if isinstance(event, LoginComplete):
             return event, round_trips
         assert isinstance(event, LoginStep), event
@@ -121,7 +124,8 @@ def test_failed_login_leaves_a_dead_session() -> None:
     with pytest.raises(AuthenticationError):
         login(session, TinyBmc())
     assert session.state is State.POISONED
-    assert session.receive(b"\x06\x00\xff\x07") is None and session.drops == {"closed": 1}
+    assert session.receive(b"\x06\x00\xff\x07") is None
+    assert session.drops == {"forged": 1, "closed": 1}
     with pytest.raises(SessionLostError):
         session.request(0x00, 0x01)
     with pytest.raises(SessionLostError):
@@ -140,6 +144,33 @@ def test_privilege_refused_after_keys_exist_can_still_close() -> None:
 def test_forged_rakp2_is_rejected() -> None:
     with pytest.raises(AuthenticationError, match="RAKP2"):
         login(make_session(), TinyBmc(forge_rakp2=True))
+
+
+def test_a_forged_rakp2_is_dropped_and_the_real_one_still_accepted() -> None:
+    session, bmc = make_session(probe_auth_capabilities=False), TinyBmc()
+    rakp1 = session.receive(bmc.handle(session.begin_login()))  # type: ignore[arg-type]
+    assert isinstance(rakp1, LoginStep)
+    real = bmc.handle(rakp1.datagram)
+    assert real is not None
+    bmc.forge_rakp2 = True
+    forged = bmc.handle(rakp1.datagram)
+    assert forged is not None
+    assert session.receive(forged) is None and session.drops == {"forged": 1}
+    assert isinstance(session.receive(real), LoginStep)  # the real one, after the forgery
+    session.login_step_timed_out()  # a valid answer came: no verdict to give
+    assert session.state is State.AWAIT_RAKP4
+
+
+def test_a_step_with_nothing_but_unverified_answers_is_a_wrong_password() -> None:
+    session, bmc = make_session(probe_auth_capabilities=False), TinyBmc(password=b"other")
+    rakp1 = session.receive(bmc.handle(session.begin_login()))  # type: ignore[arg-type]
+    assert isinstance(rakp1, LoginStep)
+    session.login_step_timed_out()  # nothing came yet: the driver restarts, no verdict
+    assert session.state is State.AWAIT_RAKP2
+    assert session.receive(bmc.handle(rakp1.datagram)) is None  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationError, match="wrong password"):
+        session.login_step_timed_out()
+    assert session.state is State.POISONED
 
 
 def test_wrong_kg_fails_rakp4() -> None:

@@ -42,6 +42,9 @@ def login(client: ClientSession, bmc: BmcProtocol, clock: Clock) -> LoginComplet
         answer = bmc.receive(datagram, clock.now)
         assert answer is not None
         event = client.receive(answer)
+        if event is None:  # dropped: as a driver whose step wait then expires
+            client.login_step_timed_out()
+            raise AssertionError(f"login step dropped: {dict(client.drops)}")
         if isinstance(event, LoginComplete):
             return event
         assert isinstance(event, LoginStep), event
