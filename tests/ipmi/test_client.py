@@ -646,3 +646,38 @@ async def test_real_udp_over_ipv6_loopback_with_the_simulator() -> None:
         assert (stats.sent, stats.received, stats.logins) == (8, 8, 1)
         assert sim.protocol is not None
         assert sim.protocol.session_count(trio.current_time()) == 0  # Close Session arrived
+
+
+@pytest.mark.parametrize("close_fate", ["delivered", "lost", "answer lost", "cancelled"])
+async def test_statistics_after_the_block_match_a_capture_close_session_included(
+    autojump_clock: object, close_fate: str
+) -> None:
+    """The fake network's trace is the capture. Read inside the block, the counters cannot
+    include the Close Session that has not been sent yet (callers that report datagrams
+    read them after the block, or after ``await session.aclose()``)."""
+    bmc = fake_bmc(power_on=True)
+    rules: dict[str, Rule | None] = {
+        "delivered": None,
+        "lost": only("to_bmc", "close", (1,), ()),
+        "answer lost": only("to_client", "close", (1,), ()),
+        "cancelled": None,
+    }
+    async with trio.open_nursery() as nursery:
+        network = network_for(bmc, nursery, rules[close_fate])
+        with trio.move_on_after(5) if close_fate != "cancelled" else trio.CancelScope() as scope:
+            async with bmc_session(network) as session:
+                assert await session.get_power() is True
+                inside = session.statistics()
+                if close_fate == "cancelled":
+                    scope.cancel()
+                    await trio.sleep(1)
+        await trio.sleep(1)  # anything still in flight has landed
+        nursery.cancel_scope.cancel()
+    after = session.statistics()
+    assert inside.sent == len(network.labels("to_bmc")) - 1  # all but Close Session
+    assert after.sent == len(network.labels("to_bmc")) == inside.sent + 1
+    assert network.labels("to_bmc")[-1] == "close"
+    delivered = [t for t in network.trace if t.direction == "to_client" and t.fate]
+    assert after.received == len(delivered)
+    await session.aclose()  # idempotent: nothing more is sent or counted
+    assert session.statistics() == after
