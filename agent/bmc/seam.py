@@ -16,7 +16,7 @@ The agent catches ``BmcError`` around BMC work, never ``Exception``: a bug anywh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -188,9 +188,10 @@ class Drivers:
         """A :data:`BmcOpener` over every driver."""
         return self.driver(endpoint.driver).open_session(endpoint)
 
-    @property
-    def request_timeout(self) -> float:
-        return max((d.request_timeout for d in self._drivers.values()), default=1.0)
+    def request_timeout(self, names: Iterable[str] | None = None) -> float:
+        """The longest one-request timeout of the drivers ``names`` (default: all)."""
+        chosen = self._drivers if names is None else {n: self.driver(n) for n in names}
+        return max((d.request_timeout for d in chosen.values()), default=1.0)
 
     @property
     def retry_budget(self) -> float:

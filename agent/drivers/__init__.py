@@ -1,6 +1,7 @@
 """BMC drivers: each protocol behind the seam of :mod:`agent.bmc.seam`.
 
 * ``ipmi`` (:mod:`.ipmi`): IPMI v2.0 / RMCP+ through the native client in ``ipmi/``.
+* ``redfish`` (:mod:`.redfish`): Redfish over HTTPS through the client in ``redfish/``.
 
 :func:`configured_drivers` is the one place that knows which drivers exist.
 """
@@ -11,14 +12,20 @@ from typing import TYPE_CHECKING, Final
 
 from agent.bmc.seam import Drivers
 from agent.drivers.ipmi import IpmiDriver
+from agent.drivers.redfish import RedfishDriver
 
 if TYPE_CHECKING:
     from agent.config.options import AgentConfig
 
-DRIVER_NAMES: Final = ("ipmi",)
-DEFAULT_PORTS: Final = {"ipmi": 623}
+DRIVER_NAMES: Final = ("ipmi", "redfish")
+DEFAULT_PORTS: Final = {"ipmi": 623, "redfish": 443}
 
 
 def configured_drivers(config: AgentConfig) -> Drivers:
     """Every driver, set up from its section of the configuration."""
-    return Drivers({"ipmi": IpmiDriver(config.ipmi)})
+    return Drivers(
+        {
+            "ipmi": IpmiDriver(config.ipmi),
+            "redfish": RedfishDriver(session_mode=config.ipmi.session_mode),
+        }
+    )

@@ -35,6 +35,7 @@ __all__ = [
     "POWER_TAGS",
     "EventResult",
     "NovaClient",
+    "OutcomeUnknownError",
     "PowerEvent",
     "ServiceRefusedError",
     "ServiceUnavailableError",
@@ -54,6 +55,11 @@ DROP_REASONS: Mapping[int, str] = {
     400: "Nova rejected the event (tag missing)",
 }
 _BODY_OVERHEAD = len(b'{"events": []}')
+
+
+class OutcomeUnknownError(ServiceUnavailableError):
+    """A POST whose outcome is unknown (timed out, connection lost after sending, a gateway's
+    502/504): Nova may still apply its events later, after newer ones."""
 
 
 class Verdict(enum.Enum):
@@ -183,7 +189,12 @@ class NovaClient:
             "X-OpenStack-Request-ID": f"req-{uuid.uuid4()}",
         }
         self.requests += 1
-        return await self._keystone.request("Nova", "POST", url, json=body, headers=headers)
+        try:
+            return await self._keystone.request("Nova", "POST", url, json=body, headers=headers)
+        except ServiceUnavailableError as exc:
+            if exc.maybe_received:
+                raise OutcomeUnknownError(str(exc), maybe_received=True) from exc
+            raise
 
     def _per_event(
         self, events: Sequence[PowerEvent], response: httpx.Response
@@ -213,6 +224,11 @@ class NovaClient:
 
     def _request_failure(self, status: int, detail: str, response: httpx.Response) -> Exception:
         where = str(response.request.url)
+        if status in (502, 504):
+            # A gateway gave up on Nova, which may still be working on the request.
+            return OutcomeUnknownError(
+                f"Nova at {where} answered {status}: {detail}", maybe_received=True
+            )
         if status >= 500 or status == 429:
             return ServiceUnavailableError(f"Nova at {where} answered {status}: {detail}")
         if status == 403:

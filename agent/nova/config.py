@@ -60,6 +60,7 @@ _OTHER_KEYS = (
     "max_body_bytes",
     "retry_delay",
     "retry_max_delay",
+    "in_doubt_window",
 )
 _SECRET_FORMS = tuple(f"{key}{suffix}" for key in _SECRET_KEYS for suffix in ("", "_file", "_env"))
 KNOWN_KEYS: frozenset[str] = frozenset((*_STRING_KEYS, *_OTHER_KEYS, *_SECRET_FORMS))
@@ -95,6 +96,9 @@ class NovaConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_delay: float = 2.0
     retry_max_delay: float = 300.0
+    # After a request whose outcome is unknown (it timed out), Nova may still apply it this
+    # long afterwards: no different state is sent for those instances meanwhile.
+    in_doubt_window: float = 120.0
 
 
 class _Section:
@@ -252,6 +256,7 @@ def parse_nova_section(
         max_body_bytes=section.integer("max_body_bytes", DEFAULT_MAX_BODY_BYTES, minimum=1024),
         retry_delay=section.number("retry_delay", 2.0),
         retry_max_delay=section.number("retry_max_delay", 300.0),
+        in_doubt_window=section.number("in_doubt_window", 120.0),
     )
     if config.max_body_bytes > NOVA_BODY_LIMIT:
         raise section.error("max_body_bytes", f"must not exceed Nova's limit of {NOVA_BODY_LIMIT}")

@@ -33,7 +33,15 @@ USER_AGENT = "powersync/0.1"
 
 
 class ServiceUnavailableError(NotificationError):
-    """Keystone or Nova could not be reached, timed out, or answered 5xx: try again later."""
+    """Keystone or Nova could not be reached, timed out, or answered 5xx: try again later.
+
+    ``maybe_received``: the request may have reached the service, which may still act on it
+    (a timeout, or the connection lost once it was open), so its outcome is unknown.
+    """
+
+    def __init__(self, message: str, *, maybe_received: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_received = maybe_received
 
 
 class ServiceRefusedError(NotificationError):
@@ -336,11 +344,14 @@ class KeystoneSession:
                         kind="tls",
                     ) from None
                 raise ServiceUnavailableError(
-                    f"{service} at {url}: {type(exc).__name__}: {exc or 'connection failed'}"
+                    f"{service} at {url}: {type(exc).__name__}: {exc or 'connection failed'}",
+                    # Refused or unreachable: nothing was sent. Anything later may have been.
+                    maybe_received=not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
                 ) from None
         assert scope.cancelled_caught
         raise ServiceUnavailableError(
-            f"{service} at {url} did not answer within {self._config.timeout:g} s"
+            f"{service} at {url} did not answer within {self._config.timeout:g} s",
+            maybe_received=True,
         )
 
 

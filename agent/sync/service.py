@@ -125,7 +125,7 @@ class SyncService:
         self.failing_workers = config.conductor.sync_failing_node_workers
         # A healthy node silent for much longer than usual (at most one retransmission
         # timeout) gets its worker replaced, so the healthy lane keeps moving.
-        self._pace = NodePace(ceiling=self.drivers.request_timeout)
+        self._pace = NodePace(ceiling=self.drivers.request_timeout())
         self.stopping = trio.Event()
         self.cycles_started = 0
         self.cycles_running = 0  # > 1 would be an overlap; the tests watch it
@@ -225,6 +225,7 @@ class SyncService:
         if kind == "sync":
             nodes = await self.store.list_nodes()
             self.pool.retain({node.uuid for node in nodes})  # sessions of deleted nodes
+            self._pace.ceiling = self._request_timeout(nodes)
         else:
             nodes = await self.store.list_nodes(maintenance=True, fault="power failure")
         now = self.wall()
@@ -400,6 +401,13 @@ class SyncService:
                 self._failed(progress, exc, kind)
             else:
                 log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
+
+    def _request_timeout(self, nodes: Sequence[Node]) -> float:
+        """The stall ceiling for this fleet: its drivers' longest one-request timeout."""
+        try:
+            return self.drivers.request_timeout({node.driver for node in nodes})
+        except BmcError:  # a node of a driver this agent lacks: it fails on its own
+            return self.drivers.request_timeout()
 
     def _failed(self, progress: NodeProgress, exc: BmcError, kind: str) -> None:
         node = progress.node

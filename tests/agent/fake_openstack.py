@@ -6,7 +6,9 @@ catalog and an expiry; Nova ``POST /v2.1[/<project>]/os-server-external-events``
 keystonemiddleware's 401, the microversion rules, the 2.76 body schema, the body size
 limit, the policy's 403, and 200/207 with per-event codes), so the agent's client is
 tested over real sockets. It can be told to fail: answer a given status, hang, go away
-(stop listening), revoke tokens early, or be an old Nova (406).
+(stop listening), revoke tokens early, or be an old Nova (406). Like a real API it can also
+stall a request past the client's timeout and still apply it afterwards, when the client
+has long gone; ``power`` is the state Nova ends up holding for each instance.
 
 Paths: Keystone lives under ``/identity`` and each compute endpoint under
 ``/compute/<label>/``, so a test can see which catalog endpoint the client chose.
@@ -93,6 +95,7 @@ class ReceivedEvent:
     server_uuid: str
     tag: str | None
     code: int
+    at: float = 0.0  # wall-clock time it was applied
 
 
 @attrs.frozen
@@ -156,11 +159,16 @@ class FakeOpenStack:
         self.nova_statuses: list[int | None] = []
         self.nova_down_status: int | None = None  # answer every Nova request with this
         self.nova_hang = False
+        # Stall the next Nova requests this many seconds each, then apply them anyway (an API
+        # keeps processing a request whose client went away).
+        self.nova_stalls: list[float] = []
+        self.stalled_applied = 0  # stalled requests applied so far
         self.keystone_statuses: list[int] = []
         self.keystone_hang = False
         # What happened.
         self.requests: list[Request] = []
         self.events: list[ReceivedEvent] = []
+        self.power: dict[str, str] = {}  # server uuid -> the power-update tag last applied
         self.nova_posts = 0
         self._serve_scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
@@ -298,11 +306,17 @@ class FakeOpenStack:
         self.nova_posts += 1
         if self.nova_hang:
             await trio.sleep_forever()
+        stall = self.nova_stalls.pop(0) if self.nova_stalls else None
         status = self.nova_statuses.pop(0) if self.nova_statuses else None
         if status is not None:
             return _fault(status, f"injected {status}")
         if self.nova_down_status is not None:
             return _fault(self.nova_down_status, "injected outage")
+        if stall is not None:
+            await trio.sleep(stall)  # the client times out meanwhile; Nova carries on
+            answer = self._external_events(request, endpoint, route.group(1))
+            self.stalled_applied += 1
+            return answer
         return self._external_events(request, endpoint, route.group(1))
 
     # -- Keystone --------------------------------------------------------------------------
@@ -588,7 +602,10 @@ class FakeOpenStack:
                 code = 422
             else:
                 code = 200
-            self.events.append(ReceivedEvent(endpoint.label, server, event.get("tag"), code))
+            tag = event.get("tag")
+            self.events.append(ReceivedEvent(endpoint.label, server, tag, code, self.wall_clock()))
+            if code == 200 and event["name"] == "power-update":
+                self.power[server] = tag
             answered.append(
                 {**event, "status": "completed" if code == 200 else "failed", "code": code}
             )
