@@ -28,6 +28,7 @@ this module holds the commands, their retransmission and ``open_bmc``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -128,10 +129,18 @@ class BmcSession:
         *,
         machine: ClientSession,
         retry: RetryPolicy,
+        min_datagram_interval: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
-        self._link = BmcLink(peer_label(host, port), endpoint, machine, retry)
+        self._min_datagram_interval = min_datagram_interval
+        self._link = BmcLink(
+            peer_label(host, port),
+            endpoint,
+            machine,
+            retry,
+            min_datagram_interval=min_datagram_interval,
+        )
         self._machine = machine
         self._retry = retry
         self._lock = trio.Lock()
@@ -290,8 +299,7 @@ class BmcSession:
                         started,
                         adaptive=adaptive,
                     )
-                sent_at = trio.current_time()
-                await self._link.send(datagram)
+                sent_at = await self._link.send(datagram)
                 # A late answer to an earlier attempt carries the same rqSeq: it is accepted
                 # here, and the machine drops any later duplicate as stale.
                 event = await self._link.next_event(sent_at + timeout, answer)
@@ -336,7 +344,9 @@ class BmcSession:
             except IpmiError:
                 return  # no keys, no session on the BMC side
             # Shielded: a caller's cancelled scope must still free the BMC's session slot.
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
+            # Waiting for its slot under min_datagram_interval comes on top of the grace.
+            grace = CLOSE_GRACE + self._min_datagram_interval
+            with trio.CancelScope(shield=True), trio.move_on_after(grace):
                 await self._link.send(datagram)
                 # The answer needs no processing; waiting briefly for it keeps it from
                 # hitting a closed port (the BMC would get an ICMP error).
@@ -379,14 +389,22 @@ def open_bmc(
     kg: bytes | None = None,
     connect: Connector | None = None,
     entropy: Callable[[int], bytes] | None = None,
+    min_datagram_interval: float = 0.0,
 ) -> AbstractAsyncContextManager[BmcSession]:
     """Log in to the BMC at ``host:port`` on enter; Close Session on exit.
 
-    ``connect`` (``async (host, port) -> DatagramEndpoint``) and ``entropy`` are for tests.
+    ``min_datagram_interval`` (seconds, default 0: no spacing) spaces every datagram this
+    session sends to the BMC at least that far apart: login steps, requests,
+    retransmissions and Close Session (some BMCs drop datagrams that come in a burst).
+    The wait for a slot is not counted as round-trip time nor against a step's timeout.
+    ``connect`` (``async (host, port) -> DatagramEndpoint``, e.g.
+    ``ipmi.testing.FakeNetwork.connect``) and ``entropy`` are for tests.
     Raises NoResponseError, AuthenticationError (never retried), NegotiationError,
     SessionLostError on login; every message names host:port and never the password.
     """
     level = _check_arguments(privilege, cipher_suites, username, password)
+    if not 0.0 <= min_datagram_interval < math.inf:
+        raise ValueError("min_datagram_interval must be a finite number of seconds >= 0")
     suites = tuple(cipher_suites)
     policy = retry or RetryPolicy()
 
@@ -402,7 +420,14 @@ def open_bmc(
     @asynccontextmanager
     async def session() -> AsyncIterator[BmcSession]:
         endpoint = await (connect or connect_udp)(host, port)
-        bmc = BmcSession(host, port, endpoint, machine=machine, retry=policy)
+        bmc = BmcSession(
+            host,
+            port,
+            endpoint,
+            machine=machine,
+            retry=policy,
+            min_datagram_interval=min_datagram_interval,
+        )
         try:
             async with bmc._lock:
                 await bmc._login()

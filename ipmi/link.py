@@ -1,7 +1,8 @@
 """One BMC's datagram path as a :class:`ipmi.BmcSession` uses it: :class:`BmcLink`.
 
 The link joins the endpoint (a socket, or a fake network in tests), the sans-I/O session
-machine, the counters and the round-trip estimate. It sends (counted) and feeds what
+machine, the counters and the round-trip estimate. It sends (counted, and spaced at least
+``min_datagram_interval`` apart: BMCs that drop datagrams arriving in a burst) and feeds what
 arrives to the machine until the event a caller waits for comes, or a deadline passes.
 The login (``ipmi.login``) and the commands (``ipmi.client``) are both built on it.
 """
@@ -9,6 +10,7 @@ The login (``ipmi.login``) and the commands (``ipmi.client``) are both built on 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import trio
@@ -25,7 +27,16 @@ logger = logging.getLogger("ipmi.client")  # one logger for the whole client
 class BmcLink:
     """The endpoint, machine, policy, counters and RTT estimate of one session."""
 
-    __slots__ = ("counters", "endpoint", "machine", "peer", "retry", "rtt")
+    __slots__ = (
+        "_min_interval",
+        "_next_send_at",
+        "counters",
+        "endpoint",
+        "machine",
+        "peer",
+        "retry",
+        "rtt",
+    )
 
     def __init__(
         self,
@@ -33,6 +44,8 @@ class BmcLink:
         endpoint: DatagramEndpoint,
         machine: ClientSession,
         retry: RetryPolicy,
+        *,
+        min_datagram_interval: float = 0.0,
     ) -> None:
         self.peer = peer  # host:port, for every message
         self.endpoint = endpoint
@@ -40,10 +53,21 @@ class BmcLink:
         self.retry = retry
         self.counters = Counters()
         self.rtt = RttEstimator(retry)
+        self._min_interval = min_datagram_interval
+        self._next_send_at = -math.inf
 
-    async def send(self, datagram: bytes) -> None:
+    async def send(self, datagram: bytes) -> float:
+        """Send one datagram, at least ``min_datagram_interval`` after the previous one
+        (waiting if need be); returns when it went out, for timing its answer (the wait
+        for the slot is neither round-trip time nor part of the answer's timeout)."""
+        if self._min_interval:
+            if trio.current_time() < self._next_send_at:
+                await trio.sleep_until(self._next_send_at)
+            self._next_send_at = trio.current_time() + self._min_interval
+        sent_at = trio.current_time()
         self.counters.sent += 1
         await self.endpoint.send(datagram)
+        return sent_at
 
     async def next_event(self, deadline: float, wanted: Callable[[object], bool]) -> object | None:
         """Feed datagrams to the machine until it yields a wanted event or the deadline

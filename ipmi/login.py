@@ -104,8 +104,7 @@ async def _handshake(
         session_step = not machine.probing
         opened = opened or session_step
         wait = step_wait(session_step)
-        sent_at = trio.current_time()
-        await link.send(datagram)
+        sent_at = await link.send(datagram)
         event = await link.next_event(sent_at + wait, _is_login_event)
         if event is None:
             # Only codes that did not verify came: the BMC's verdict (AuthenticationError,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -681,3 +682,42 @@ async def test_statistics_after_the_block_match_a_capture_close_session_included
     assert after.received == len(delivered)
     await session.aclose()  # idempotent: nothing more is sent or counted
     assert session.statistics() == after
+
+
+async def test_min_datagram_interval_spaces_every_datagram_login_included(
+    autojump_clock: object,
+) -> None:
+    bmc = fake_bmc(power_on=True)
+    async with trio.open_nursery() as nursery:
+        network = network_for(bmc, nursery, only("to_bmc", "status", (2,), ()))  # one resend
+        started = trio.current_time()
+        async with bmc_session(network, min_datagram_interval=0.3) as session:
+            assert await session.get_power() is True
+            assert await session.get_power() is True  # its first send is lost
+            await session.set_power("off")
+        stats = session.statistics()
+    sends = [t.time for t in network.trace if t.direction == "to_bmc"]
+    assert network.labels()[:5] == ["v15", "open", "rakp1", "rakp3", "privilege"]
+    assert network.labels()[-1] == "close"
+    assert sends[0] == started  # the first one never waits
+    assert min(b - a for a, b in itertools.pairwise(sends)) == pytest.approx(0.3)
+    assert stats.sent == len(sends) and stats.retransmits == 1
+    # The network answers at once: waiting for a slot is no round-trip time.
+    assert stats.srtt == pytest.approx(0.0) and stats.last_rtt == pytest.approx(0.0)
+    assert bmc.power_on is False
+
+
+async def test_without_min_datagram_interval_nothing_waits(autojump_clock: object) -> None:
+    bmc = fake_bmc(power_on=True)
+    async with trio.open_nursery() as nursery:
+        network = network_for(bmc, nursery)
+        started = trio.current_time()
+        async with bmc_session(network) as session:
+            assert await session.get_power() is True
+    assert {t.time for t in network.trace} == {started}
+
+
+async def test_min_datagram_interval_is_validated() -> None:
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="min_datagram_interval"):
+            open_bmc(HOST, PORT, username=USERNAME, password=PASSWORD, min_datagram_interval=bad)
