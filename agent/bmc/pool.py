@@ -158,6 +158,8 @@ class BmcPool:
         self._counters = PoolCounters()
         self.last_rtt: dict[str, float] = {}  # per node key, seconds
         self.logins_refused = LoginBackoff()
+        self._keepalive_slots = trio.CapacityLimiter(KEEPALIVE_CONCURRENCY)
+        self._closers = CLOSE_CONCURRENCY
 
     # --- public -------------------------------------------------------------------------
 
@@ -203,6 +205,12 @@ class BmcPool:
     def open_sessions(self) -> int:
         return self._open
 
+    def limit_background(self, in_flight: int) -> None:
+        """At most ``in_flight`` keepalives at once, and as many logouts at once on closing
+        (the sync's worker count: the pool's own traffic stays within the operator's bound)."""
+        self._keepalive_slots.total_tokens = max(1, min(in_flight, KEEPALIVE_CONCURRENCY))
+        self._closers = max(1, min(in_flight, CLOSE_CONCURRENCY))
+
     def statistics(self) -> PoolCounters:
         """The totals so far: closed sessions' counts plus the live sessions' current ones."""
         totals = attrs.evolve(
@@ -230,7 +238,7 @@ class BmcPool:
         self._idle.clear()
         # A few closers, not a task per session: 10,000 tasks at once cost ~30 MB.
         async with trio.open_nursery() as nursery:
-            for _ in range(min(CLOSE_CONCURRENCY, len(closing))):
+            for _ in range(min(self._closers, len(closing))):
                 nursery.start_soon(self._close_each, closing)
 
     async def _close_each(
@@ -396,7 +404,7 @@ class BmcPool:
     async def _keepalive_loop(self) -> None:
         """Send a keepalive on every session idle for ``keepalive_interval``."""
         interval = self.keepalive_interval
-        slots = trio.Semaphore(KEEPALIVE_CONCURRENCY)
+        slots = self._keepalive_slots
         with self._keepalive_scope:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -411,14 +419,14 @@ class BmcPool:
                         await trio.sleep_until(due)
                         continue
                     del idle[key]
-                    await slots.acquire()
+                    await slots.acquire_on_behalf_of(record)
                     nursery.start_soon(self._keepalive, record, slots)
 
-    async def _keepalive(self, record: _Record, slots: trio.Semaphore) -> None:
+    async def _keepalive(self, record: _Record, slots: trio.CapacityLimiter) -> None:
         try:
             await self._keepalive_unless_busy(record)
         finally:
-            slots.release()
+            slots.release_on_behalf_of(record)
 
     async def _keepalive_unless_busy(self, record: _Record) -> None:
         interval = self.keepalive_interval

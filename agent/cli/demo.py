@@ -25,6 +25,7 @@ from agent.bmc.pool import BmcPool, open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.drivers.ipmi import IpmiDriver
 from agent.errors import AgentError
+from agent.nova.config import NovaConfig
 from agent.storeio import AsyncStore
 from agent.sync.report import CycleReport
 from agent.sync.service import SyncService
@@ -156,7 +157,9 @@ async def _story(
     dead: int,
     numbers: dict[str, Any],
 ) -> None:
-    config = AgentConfig(source="<demo>", conductor=DEMO_CONDUCTOR, ipmi=DEMO_IPMI)
+    # Events are queued as for a site with Nova (the demo runs no Nova to send them to).
+    nova = NovaConfig(send_power_notifications=True)
+    config = AgentConfig(source="<demo>", conductor=DEMO_CONDUCTOR, ipmi=DEMO_IPMI, nova=nova)
     astore = AsyncStore(store)
     forcing = SyncService(config, astore, pool, holder="demo:sync")
     recording = SyncService(

@@ -25,7 +25,9 @@ def configured_drivers(config: AgentConfig) -> Drivers:
     """Every driver, set up from its section of the configuration."""
     return Drivers(
         {
-            "ipmi": IpmiDriver(config.ipmi),
+            "ipmi": IpmiDriver(
+                config.ipmi, min_datagram_interval=config.conductor.min_command_interval
+            ),
             "redfish": RedfishDriver(session_mode=config.ipmi.session_mode),
         }
     )

@@ -142,8 +142,16 @@ class IpmiDriver:
 
     name = NAME
 
-    def __init__(self, config: IpmiConfig, *, connect: Connector | None = None) -> None:
+    def __init__(
+        self,
+        config: IpmiConfig,
+        *,
+        connect: Connector | None = None,
+        min_datagram_interval: float = 0.0,
+    ) -> None:
         self.config = config
+        # [conductor] min_command_interval spaces every datagram, the login's included.
+        self._min_interval = min_datagram_interval
         self._retry = retry_policy(config)
         self._connect = connect  # None: real UDP sockets; tests pass ipmi.testing's network
 
@@ -191,6 +199,7 @@ class IpmiDriver:
             cipher_suites=suites,
             retry=self._retry,
             connect=self._connect,
+            min_datagram_interval=self._min_interval,
         )
         try:
             session = await context.__aenter__()

@@ -11,7 +11,9 @@ waiting for its retransmission). A watchdog notices a healthy worker whose node 
 much longer than a typical node (:class:`NodePace`), and starts a replacement worker, so
 the healthy lane keeps ``workers`` nodes moving. The stalled worker finishes its node and
 then stops. Stalled workers take their slots from the failing lane's: at most
-``failing_workers`` nodes wait on silence at once, whichever lane they came from.
+``failing_workers`` nodes wait on silence at once, whichever lane they came from. So the
+BMCs in flight are at most ``workers`` (the sync) plus ``failing_workers`` (failing nodes,
+stalled ones and recovery probes, when the passes share one limiter), logins included.
 
 Workers pull nodes from a queue in start-offset order (the jitter window) instead of one
 task per node waiting on a limiter: the same schedule, without 10,000 parked tasks.
@@ -155,8 +157,13 @@ async def run_lanes(
     stopping: trio.Event,
     run: RunNode[T],
     pace: NodePace,
+    silent_slots: trio.CapacityLimiter | None = None,
 ) -> int:
-    """Run every item of both lanes; items are (start offset, item). Returns the stalls seen."""
+    """Run every item of both lanes; items are (start offset, item). Returns the stalls seen.
+
+    ``silent_slots`` bounds the failing lane and the stalled workers together; a service
+    shares one across its passes (sync and recovery), so ``failing_workers`` bounds them all.
+    """
     healthy_queue = deque(sorted(healthy, key=lambda entry: entry[0]))
     failing_queue = deque(sorted(failing, key=lambda entry: entry[0]))
     async with trio.open_nursery() as nursery:
@@ -166,7 +173,7 @@ async def run_lanes(
             stopping=stopping,
             run=run,
             pace=pace,
-            silent_slots=trio.CapacityLimiter(failing_workers),
+            silent_slots=silent_slots or trio.CapacityLimiter(failing_workers),
         )
         for _ in range(min(workers, len(healthy_queue))):
             nursery.start_soon(one_pass.healthy_worker, healthy_queue)

@@ -123,6 +123,10 @@ class SyncService:
         self.workers = config.conductor.sync_power_state_workers
         # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery probes.
         self.failing_workers = config.conductor.sync_failing_node_workers
+        # One budget for every silent node of every pass (sync and recovery run side by
+        # side): BMCs in flight stay within workers + failing_workers.
+        self._silent_slots = trio.CapacityLimiter(self.failing_workers)
+        pool.limit_background(self.workers)
         # A healthy node silent for much longer than usual (at most one retransmission
         # timeout) gets its worker replaced, so the healthy lane keeps moving.
         self._pace = NodePace(ceiling=self.drivers.request_timeout())
@@ -266,6 +270,7 @@ class SyncService:
                     stopping=self.stopping,
                     run=partial(self._run_node, cycle=cycle, kind=kind),
                     pace=self._pace,
+                    silent_slots=self._silent_slots,
                 )
             finally:
                 self._active_scopes.discard(scope)
@@ -287,7 +292,9 @@ class SyncService:
         names: dict[str, str] = {}  # node uuid -> name, for the log of dropped changes
         for progress in work:
             results.append(node_result(progress))
-            change = node_change(progress, self.holder)
+            change = node_change(
+                progress, self.holder, notify=self.config.nova.send_power_notifications
+            )
             if change is not None:
                 changes.append(change)
                 names[change.node_uuid] = progress.node.name

@@ -44,6 +44,8 @@ class FakeBmc:
     in_flight: int = 0
     max_in_flight: int = 0
     command_time: float = 0.01  # virtual seconds per command
+    login_time: float = 0.01  # virtual seconds per login
+    fleet: FakeFleet | None = attrs.field(default=None, repr=False)
 
 
 class FakeSession:
@@ -55,6 +57,9 @@ class FakeSession:
         bmc = self.bmc
         bmc.in_flight += 1
         bmc.max_in_flight = max(bmc.max_in_flight, bmc.in_flight)
+        fleet = bmc.fleet
+        if fleet is not None:
+            fleet.started()
         try:
             bmc.commands.append((trio.current_time(), name))
             if bmc.hang:
@@ -65,6 +70,8 @@ class FakeSession:
             self.requests += 1
         finally:
             bmc.in_flight -= 1
+            if fleet is not None:
+                fleet.ended()
 
     async def get_power(self) -> bool:
         await self._command("status")
@@ -89,10 +96,19 @@ class FakeSession:
 class FakeFleet:
     def __init__(self) -> None:
         self.bmcs: dict[tuple[str, int], FakeBmc] = {}
+        self.in_flight = 0  # requests (logins included) in flight across the fleet
+        self.max_in_flight = 0
 
     def add(self, port: int, *, on: bool = True, host: str = "127.0.0.1") -> FakeBmc:
-        bmc = self.bmcs[(host, port)] = FakeBmc(on=on)
+        bmc = self.bmcs[(host, port)] = FakeBmc(on=on, fleet=self)
         return bmc
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def ended(self) -> None:
+        self.in_flight -= 1
 
     def __getitem__(self, port: int) -> FakeBmc:
         return self.bmcs[("127.0.0.1", port)]
@@ -100,9 +116,13 @@ class FakeFleet:
     @asynccontextmanager
     async def opener(self, endpoint: BmcEndpoint) -> AsyncIterator[FakeSession]:
         bmc = self.bmcs.get((endpoint.host, endpoint.port))
-        await trio.sleep(0.01)  # a login is a few round trips
-        if bmc is None or bmc.hang:
-            await trio.sleep_forever()
+        self.started()
+        try:
+            await trio.sleep(bmc.login_time if bmc else 0.01)  # a login is a few round trips
+            if bmc is None or bmc.hang:
+                await trio.sleep_forever()
+        finally:
+            self.ended()
         assert bmc is not None
         if bmc.login_error is not None:
             raise FakeBmcError(bmc.login_error)

@@ -22,6 +22,7 @@ import trio
 from agent.bmc.pool import open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.drivers.ipmi import IpmiDriver
+from agent.nova.config import NovaConfig
 from agent.storeio import AsyncStore
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
 from agent.sync.service import SyncService
@@ -44,7 +45,8 @@ def config(**conductor: Any) -> AgentConfig:
         "power_state_sync_max_retries": 1,
     }
     settings.update(conductor)
-    return AgentConfig(source="e2e", conductor=ConductorConfig(**settings), ipmi=IPMI)
+    nova = NovaConfig(send_power_notifications=True)  # changes queue their Nova events
+    return AgentConfig(source="e2e", conductor=ConductorConfig(**settings), ipmi=IPMI, nova=nova)
 
 
 def opener() -> Any:

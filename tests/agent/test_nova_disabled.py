@@ -52,11 +52,6 @@ async def test_power_action_queues_only_when_sending_is_on(
     assert store.notification_counts()["pending"] == (1 if send else 0)
 
 
-@pytest.mark.xfail(
-    reason="needs agent/sync/service.py to call node_change(..., notify="
-    "self.config.nova.send_power_notifications) (the lead's one-line change)",
-    strict=False,
-)
 async def test_sync_cycle_queues_nothing_when_sending_is_off(
     store: Store, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -15,6 +15,7 @@ import trio.testing
 
 from agent.bmc.pool import open_bmc_pool
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
+from agent.nova.config import NovaConfig
 from agent.storeio import AsyncStore
 from agent.sync.daemon import run_service
 from agent.sync.policy import FAULT_POWER_FAILURE, POWER_OFF, POWER_ON
@@ -58,7 +59,9 @@ def make_config(**conductor: Any) -> AgentConfig:
     }
     settings.update(conductor)
     ipmi = IpmiConfig(keepalive_interval=25.0)
-    return AgentConfig(source="test", conductor=ConductorConfig(**settings), ipmi=ipmi)
+    # Sending on, so changes queue their Nova events (with it off nothing is queued).
+    nova = NovaConfig(send_power_notifications=True)
+    return AgentConfig(source="test", conductor=ConductorConfig(**settings), ipmi=ipmi, nova=nova)
 
 
 @pytest.fixture(params=["sqlite", "json"])
@@ -755,3 +758,21 @@ async def test_nodes_in_ironic_sync_excluded_provision_states_are_left_alone(
     assert set(skipped) == {names[0], names[1]}, report.results
     assert fleet[10001].commands == [] and fleet[10002].commands == []
     assert power(store, names[0]) is None and power(store, names[2]) == POWER_ON
+
+
+async def test_bmcs_in_flight_stay_within_workers_plus_failing_workers(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found: the sync pass and the recovery pass each had the failing lane's budget, so slow
+    # logins (stepping aside) plus recovery probes put more BMCs in flight than configured.
+    names = add_nodes(store, fleet, 24)
+    for bmc in fleet.bmcs.values():
+        bmc.login_time = 3.0  # slow logins: healthy nodes stall and step aside
+    for name in names[18:]:
+        store.update_node(name, maintenance=True, fault=FAULT_POWER_FAILURE)
+    config = make_config(sync_power_state_workers=2, sync_failing_node_workers=3)
+    async with Harness(store, fleet, config) as service, trio.open_nursery() as nursery:
+        nursery.start_soon(service.run_recovery)
+        await service.run_cycle()
+    assert fleet.max_in_flight <= 2 + 3, fleet.max_in_flight
+    assert fleet.max_in_flight >= 4  # the lanes did run side by side
