@@ -11,7 +11,8 @@ Exceptions (one root)::
     ├── NodeLocked
     ├── InvalidNode
     ├── StoreCorrupt
-    └── SchemaTooNew
+    ├── SchemaTooNew
+    └── LeaseLost
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from store.base import Store
 from store.errors import (
     DuplicateNode,
     InvalidNode,
+    LeaseLost,
     NodeLocked,
     NodeNotFound,
     SchemaTooNew,
@@ -28,8 +30,10 @@ from store.errors import (
 )
 from store.model import (
     SETTABLE_FIELDS,
+    Conductor,
     HistoryEntry,
     HistoryRecord,
+    Lease,
     Node,
     NodeChange,
     Notification,
@@ -45,11 +49,27 @@ from store.validate import (
     DriverInfo,
 )
 
-BACKENDS = ("sqlite", "json")
+BACKENDS = ("sqlite", "json", "postgresql")
 
 
-def open_store(path: str, backend: str = "sqlite") -> Store:
-    """Open (creating it 0600 if missing) the store at ``path`` with the given backend."""
+def open_store(
+    path: str = "",
+    backend: str = "sqlite",
+    *,
+    dsn: str | None = None,
+    password: str | None = None,
+) -> Store:
+    """Open the store with the given backend.
+
+    ``sqlite`` / ``json``: the file at ``path`` (created 0600 if missing). ``postgresql``: the
+    database at ``dsn`` (or ``path`` when no dsn is given), e.g.
+    ``postgresql://powersync@db.example.org/powersync``; ``password`` is passed separately so
+    it never has to be in the DSN, and it never appears in messages or ``repr``.
+    """
+    if backend == "postgresql":
+        from store.postgres import PostgresStore
+
+        return PostgresStore(dsn if dsn is not None else str(path), password)
     path = str(path)
     if backend == "sqlite":
         from store.sqlite import SqliteStore
@@ -72,11 +92,14 @@ __all__ = [
     "REBOOTING",
     "SETTABLE_FIELDS",
     "SOFT_POWER_OFF",
+    "Conductor",
     "DriverInfo",
     "DuplicateNode",
     "HistoryEntry",
     "HistoryRecord",
     "InvalidNode",
+    "Lease",
+    "LeaseLost",
     "Node",
     "NodeChange",
     "NodeLocked",

@@ -19,9 +19,13 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
+import attrs
+
 from store.errors import DuplicateNode, InvalidNode, StoreError
 from store.model import (
+    Conductor,
     HistoryEntry,
+    Lease,
     Node,
     NodeChange,
     Notification,
@@ -53,6 +57,18 @@ def check_holder(holder: object) -> str:
     if not isinstance(holder, str) or not holder:
         raise InvalidNode("reservation: the lock holder must be a non-empty string")
     return holder
+
+
+def check_name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
+        raise StoreError(f"{what}: must be a printable string of 1-255 characters, got {value!r}")
+    return value
+
+
+def check_lease(lease: object) -> Lease:
+    if not isinstance(lease, Lease):
+        raise StoreError(f"lease: must be a Lease, got {lease!r}")
+    return lease
 
 
 def check_ttl(ttl: object) -> float:
@@ -158,9 +174,7 @@ class Store(abc.ABC):
                 "provision_state": provision_state,
             }
         )
-        node = new_node(fields, now=resolve_now(now))
-        self._insert_nodes([node])
-        return node
+        return self._insert_nodes([new_node(fields, now=0.0)], check_now(now))[0]
 
     def add_nodes(
         self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
@@ -170,10 +184,8 @@ class Store(abc.ABC):
         Each mapping has add_node's keyword arguments. InvalidNode names the entry and the
         field; DuplicateNode if a name exists or repeats in the batch.
         """
-        new = prepare_new_nodes(nodes, resolve_now(now))
-        if new:
-            self._insert_nodes(new)
-        return new
+        new = prepare_new_nodes(nodes)
+        return self._insert_nodes(new, check_now(now)) if new else []
 
     def upsert_node(
         self,
@@ -212,14 +224,15 @@ class Store(abc.ABC):
                 "provision_state": provision_state,
             }
         )
-        return self._upsert(fields, resolve_now(now))
+        return self._upsert(fields, check_now(now))
 
     @abc.abstractmethod
-    def _insert_nodes(self, nodes: Sequence[Node]) -> None:
-        """Insert validated new nodes in one transaction; DuplicateNode if a name is taken."""
+    def _insert_nodes(self, nodes: Sequence[Node], now: float | None) -> list[Node]:
+        """Insert validated new nodes in one transaction, stamped with ``now`` or the
+        backend's clock (:func:`stamp_new_nodes`); DuplicateNode if a name is taken."""
 
     @abc.abstractmethod
-    def _upsert(self, fields: Mapping[str, object], now: float) -> Node:
+    def _upsert(self, fields: Mapping[str, object], now: float | None) -> Node:
         """Insert or update (by name) from validated inventory fields, in one transaction."""
 
     @abc.abstractmethod
@@ -248,12 +261,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def acquire_lock(
-        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+        self,
+        node_uuid: str,
+        holder: str,
+        *,
+        ttl: float,
+        now: float | None = None,
+        fence: Lease | None = None,
     ) -> bool:
         """Reserve the node for ``holder`` until now + ttl if it is free or expired.
 
         Atomic across processes. Not re-entrant: a holder that already has the node gets
-        False (use :meth:`renew_lock`). Taking over an expired lock is logged.
+        False (use :meth:`renew_lock`). Taking over an expired lock is logged. With
+        ``fence``, also False unless that lease is still current (checked in the same
+        transaction).
         """
 
     @abc.abstractmethod
@@ -288,6 +309,12 @@ class Store(abc.ABC):
         plan = self._carry_out(checked, at)
         for node_uuid in plan.missing:
             log.warning("apply: node %s no longer exists; its change is skipped", node_uuid)
+        for name, count in plan.fenced.items():
+            log.warning(
+                "apply: lease %s is no longer held with the batch's token; %d change(s) skipped",
+                name,
+                count,
+            )
         return plan.conflicts
 
     @abc.abstractmethod
@@ -300,9 +327,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def due_notifications(
-        self, *, limit: int = 100, now: float | None = None
+        self, *, limit: int = 100, now: float | None = None, fence: Lease | None = None
     ) -> list[Notification]:
-        """Pending notifications whose next attempt is due, oldest first."""
+        """Pending notifications whose next attempt is due, oldest first.
+
+        With ``fence`` (the outbox drainer's lease): LeaseLost unless it is still current."""
 
     @abc.abstractmethod
     def next_notification_at(self) -> float | None:
@@ -341,6 +370,54 @@ class Store(abc.ABC):
         Pending notifications are never pruned. Returns {"history": n, "notifications": m}.
         """
 
+    # --- several agents on one site (docs/scale-out.md) -----------------------------------
+
+    @abc.abstractmethod
+    def server_time(self) -> float:
+        """The backend's clock in epoch seconds: the database server's for PostgreSQL, this
+        process's wall clock for the embedded backends. Leases and heartbeats use it."""
+
+    @abc.abstractmethod
+    def register_conductor(
+        self, host: str, *, now: float | None = None, info: str | None = None
+    ) -> Conductor:
+        """An agent (re)starts as ``host``: started_at and last_heartbeat become now."""
+
+    @abc.abstractmethod
+    def heartbeat(
+        self, host: str, *, now: float | None = None, info: str | None = None
+    ) -> Conductor:
+        """Record that ``host`` is alive (registering it if unknown); ``info`` None keeps the
+        last info (e.g. the last cycle summary as JSON)."""
+
+    @abc.abstractmethod
+    def list_conductors(self) -> list[Conductor]:
+        """Every registered agent, ordered by host, alive or not (see Conductor.alive)."""
+
+    @abc.abstractmethod
+    def unregister(self, host: str) -> bool:
+        """Remove ``host`` (a clean shutdown); False if it was not registered."""
+
+    @abc.abstractmethod
+    def acquire_lease(
+        self, name: str, holder: str, *, ttl: float, now: float | None = None
+    ) -> Lease | None:
+        """Take lease ``name`` for ``holder`` if it is free, expired or already the holder's;
+        None if another holder has it unexpired. Every acquisition gets a new, larger token,
+        so an earlier incarnation of the same holder is fenced off too."""
+
+    @abc.abstractmethod
+    def renew_lease(self, lease: Lease, *, ttl: float, now: float | None = None) -> Lease | None:
+        """Extend the lease to now + ttl, same token; None if it has changed hands since."""
+
+    @abc.abstractmethod
+    def release_lease(self, lease: Lease) -> bool:
+        """Give the lease up (the token stays, so the next holder's is larger)."""
+
+    @abc.abstractmethod
+    def list_leases(self) -> list[Lease]:
+        """Leases that have a holder (expired ones included), ordered by name."""
+
     # --- metadata -----------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -378,8 +455,14 @@ def merge_fields(node: Node, fields: Mapping[str, object]) -> dict[str, object]:
     return {key: value for key, value in fields.items() if getattr(node, key) != value}
 
 
-def prepare_new_nodes(specs: Sequence[Mapping[str, object]], now: float) -> list[Node]:
-    """Validate a batch of add_node() argument mappings into new Node records."""
+def stamp_new_nodes(nodes: Sequence[Node], at: float) -> list[Node]:
+    """New nodes with their creation time, read inside the inserting transaction."""
+    return [attrs.evolve(node, created_at=at, updated_at=at) for node in nodes]
+
+
+def prepare_new_nodes(specs: Sequence[Mapping[str, object]]) -> list[Node]:
+    """Validate a batch of add_node() argument mappings into new Node records (the backend
+    stamps their times when it inserts them)."""
     nodes: list[Node] = []
     seen: set[str] = set()
     for index, spec in enumerate(specs):
@@ -391,7 +474,7 @@ def prepare_new_nodes(specs: Sequence[Mapping[str, object]], now: float) -> list
             fields = validate_inventory(values)
         except InvalidNode as exc:
             raise InvalidNode(f"{label}: {exc}") from None
-        node = new_node(fields, now=now)
+        node = new_node(fields, now=0.0)
         if node.name in seen:
             raise DuplicateNode(f"a node named {node.name!r} appears twice in the batch")
         seen.add(node.name)

@@ -11,7 +11,7 @@ import attrs
 
 from store.model import NO_DEFAULT, Node
 
-CURRENT_VERSION = 3
+CURRENT_VERSION = 4
 
 
 @attrs.frozen
@@ -88,7 +88,22 @@ def _nodes_table(dialect: Dialect) -> str:
     return f"CREATE TABLE nodes (\n    {columns}\n)"
 
 
-_OTHER_TABLES = """
+_SCALE_OUT_TABLES = """
+CREATE TABLE conductors (
+    host TEXT PRIMARY KEY,
+    started_at {real} NOT NULL,
+    last_heartbeat {real} NOT NULL,
+    info TEXT
+);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT,
+    token BIGINT NOT NULL,
+    expires_at {real}
+)
+"""
+_OTHER_TABLES = (
+    """
 CREATE TABLE history (
     id {serial},
     node_uuid TEXT NOT NULL REFERENCES nodes(uuid) ON DELETE CASCADE,
@@ -117,8 +132,10 @@ CREATE INDEX notifications_by_node ON notifications(node_uuid);
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
-)
+);
 """
+    + _SCALE_OUT_TABLES
+)
 
 
 def current_schema(dialect: Dialect) -> list[str]:
@@ -137,3 +154,8 @@ def migration_2_to_3(dialect: Dialect) -> list[str]:
         f"ALTER TABLE nodes ADD COLUMN {node_column(name, dialect)}"
         for name in ("driver", "driver_info", "provision_state", "health")
     ] + ["CREATE INDEX history_by_time ON history(at)"]
+
+
+def migration_3_to_4(dialect: Dialect) -> list[str]:
+    """Schema 4: several agents on one site (conductors and leases)."""
+    return split_statements(_SCALE_OUT_TABLES.format(real=dialect.real))

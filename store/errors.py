@@ -6,7 +6,8 @@ StoreError                 root; also "the store file cannot be opened or is bus
 ├── NodeLocked             the node is reserved by another holder (e.g. delete refused)
 ├── InvalidNode            a field value is invalid; the message names the field
 ├── StoreCorrupt           the file is damaged or not a powersync store; names the file
-└── SchemaTooNew           the file was written by a newer powersync; names the file
+├── SchemaTooNew           the file was written by a newer powersync; names the file
+└── LeaseLost              a fenced call's lease is no longer held with its token
 """
 
 from __future__ import annotations
@@ -38,3 +39,7 @@ class StoreCorrupt(StoreError):
 
 class SchemaTooNew(StoreError):
     """The store was written by a newer schema version than this program understands."""
+
+
+class LeaseLost(StoreError):
+    """The lease a call was fenced with has expired or changed hands."""

@@ -1,12 +1,14 @@
 """The JSON store file: its format, how it is read, and how it is replaced atomically.
 
-Format (version 2)::
+Format (version 3)::
 
-    {"format": "powersync-store", "version": 2,
+    {"format": "powersync-store", "version": 3,
      "nodes": [{...Node fields...}, ...],           sorted by name; driver_info an object
      "history": [{"id", "node_uuid", "at", "from_state", "to_state", "cause", "message"}],
      "notifications": [{...Notification fields...}],
      "meta": {"key": "value"},
+     "conductors": [{"host", "started_at", "last_heartbeat", "info"}],
+     "leases": [{"name", "holder", "token", "expires_at"}],
      "next_ids": {"history": n, "notification": m}}
 
 A write goes to a temporary file (mode 0600) in the same directory, is fsynced, renamed over
@@ -14,7 +16,7 @@ the store and the directory is fsynced: a reader or a crash sees the old or the 
 
 Versions: 1 had no driver, driver_info, provision_state or health in a node; reading a
 version-1 document fills them in (driver "ipmi", driver_info {}, None), and the store rewrites
-the file as version 2 when it opens it.
+the file as the current version when it opens it. Version 2 had no conductors or leases.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from typing import Any
 import attrs
 
 from store.errors import InvalidNode, NodeNotFound, SchemaTooNew, StoreCorrupt, StoreError
-from store.model import UPDATABLE_FIELDS, Node, Notification, validate_fields
+from store.model import UPDATABLE_FIELDS, Conductor, Node, Notification, validate_fields
+from store.plan import LeaseRow
 from store.rows import node_from_json, node_to_json
 from store.validate import parse_uuid
 
 Stamp = tuple[int, int, int, int]
 
 FORMAT = "powersync-store"
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 _HISTORY_KEYS = ("id", "node_uuid", "at", "from_state", "to_state", "cause", "message")
 # What a version-1 node lacks, as it is read: the fields schema 3 / format 2 added.
 _ADDED_IN_2: dict[str, Any] = {
@@ -54,6 +57,8 @@ class JsonState:
     history: list[dict[str, Any]] = attrs.field(factory=list)  # oldest first
     notifications: dict[int, Notification] = attrs.field(factory=dict)  # by id, ascending
     meta: dict[str, str] = attrs.field(factory=dict)
+    conductors: dict[str, Conductor] = attrs.field(factory=dict)  # by host
+    leases: dict[str, LeaseRow] = attrs.field(factory=dict)  # by name
     next_history_id: int = 1
     next_notification_id: int = 1
     # The format version of the document this was read from (older ones are rewritten).
@@ -69,6 +74,8 @@ class JsonState:
             "history": self.history,
             "notifications": [attrs.asdict(n) for n in self.notifications.values()],
             "meta": self.meta,
+            "conductors": [attrs.asdict(c) for c in self.conductors.values()],
+            "leases": [{"name": name, **attrs.asdict(row)} for name, row in self.leases.items()],
             "next_ids": {
                 "history": self.next_history_id,
                 "notification": self.next_notification_id,
@@ -92,6 +99,13 @@ class JsonState:
             notification = Notification(**values)
             state.notifications[notification.id] = notification
         state.meta = {str(k): str(v) for k, v in dict(document["meta"]).items()}
+        for values in document.get("conductors", []) if version < 3 else document["conductors"]:
+            conductor = Conductor(**values)
+            state.conductors[conductor.host] = conductor
+        for values in document.get("leases", []) if version < 3 else document["leases"]:
+            values = dict(values)
+            name = str(values.pop("name"))
+            state.leases[name] = LeaseRow(**values)
         state.next_history_id = int(document["next_ids"]["history"])
         state.next_notification_id = int(document["next_ids"]["notification"])
         return state
@@ -110,6 +124,14 @@ class JsonState:
 
     def name_taken(self, name: object) -> bool:
         return any(node.name == name for node in self.nodes.values())
+
+
+@attrs.define
+class Transaction:
+    """One read-modify-write of the store: saved if ``dirty`` is set."""
+
+    state: JsonState
+    dirty: bool = False
 
 
 def _check_node(node: Node, names: set[str]) -> None:

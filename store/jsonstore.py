@@ -33,12 +33,15 @@ from store.base import (
     log_takeover,
     merge_fields,
     resolve_now,
+    stamp_new_nodes,
     warn_if_exposed,
 )
-from store.errors import DuplicateNode, NodeLocked, NodeNotFound, StoreError
+from store.errors import DuplicateNode, LeaseLost, NodeLocked, NodeNotFound, StoreError
+from store.jsonagents import JsonConductors, fence_holds
 from store.jsonfile import (
     CURRENT_VERSION,
     JsonState,
+    Transaction,
     Version,
     file_stamp,
     load_state,
@@ -49,23 +52,23 @@ from store.model import (
     GUARD_FIELDS,
     UPDATABLE_FIELDS,
     HistoryEntry,
+    Lease,
     Node,
     Notification,
     new_node,
     validate_fields,
 )
-from store.plan import ApplyPlan, CheckedChange, GuardRow, plan_apply
+from store.plan import (
+    ApplyPlan,
+    CheckedChange,
+    GuardRow,
+    plan_apply,
+)
 
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's lock on the file
 
 
-@attrs.define
-class _Transaction:
-    state: JsonState
-    dirty: bool = False
-
-
-class JsonStore(Store):
+class JsonStore(JsonConductors, Store):
     backend = "json"
 
     def __init__(self, path: str) -> None:
@@ -158,13 +161,13 @@ class JsonStore(Store):
             yield self._current()
 
     @contextmanager
-    def _writing(self) -> Iterator[_Transaction]:
+    def _writing(self) -> Iterator[Transaction]:
         """A read-modify-write under the exclusive lock; saved if the body set ``dirty``.
 
         Bodies raise StoreError only before they change anything, so the cache stays valid.
         """
         with self._lock, self._flock(fcntl.LOCK_EX):
-            transaction = _Transaction(self._current())
+            transaction = Transaction(self._current())
             try:
                 yield transaction
             except StoreError:
@@ -178,27 +181,30 @@ class JsonStore(Store):
 
     # --- inventory ----------------------------------------------------------------------
 
-    def _insert_nodes(self, nodes: Sequence[Node]) -> None:
+    def _insert_nodes(self, nodes: Sequence[Node], now: float | None) -> list[Node]:
+        stamped = stamp_new_nodes(nodes, resolve_now(now))
         with self._writing() as txn:
             taken = {node.name for node in txn.state.nodes.values()}
-            for node in nodes:
+            for node in stamped:
                 if node.name in taken:
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
-            for node in nodes:
+            for node in stamped:
                 txn.state.nodes[node.uuid] = node
             txn.dirty = True
+        return stamped
 
-    def _upsert(self, fields: Mapping[str, object], now: float) -> Node:
+    def _upsert(self, fields: Mapping[str, object], now: float | None) -> Node:
+        at = resolve_now(now)
         with self._writing() as txn:
             try:
                 existing = txn.state.find(str(fields["name"]))
             except NodeNotFound:
-                node = new_node(fields, now=now)
+                node = new_node(fields, now=at)
             else:
                 changed = merge_fields(existing, fields)
                 if not changed:
                     return existing
-                node = attrs.evolve(existing, **changed, updated_at=now)  # type: ignore[arg-type]
+                node = attrs.evolve(existing, **changed, updated_at=at)  # type: ignore[arg-type]
             txn.state.nodes[node.uuid] = node
             txn.dirty = True
         return node
@@ -259,14 +265,20 @@ class JsonStore(Store):
     # --- locks --------------------------------------------------------------------------
 
     def acquire_lock(
-        self, node_uuid: str, holder: str, *, ttl: float, now: float | None = None
+        self,
+        node_uuid: str,
+        holder: str,
+        *,
+        ttl: float,
+        now: float | None = None,
+        fence: Lease | None = None,
     ) -> bool:
         holder = check_holder(holder)
         at = resolve_now(now)
         expires_at = at + check_ttl(ttl)
         with self._writing() as txn:
             node = txn.state.find(node_uuid)
-            if node.is_locked(at):
+            if node.is_locked(at) or not fence_holds(txn.state, fence, at):
                 return False
             if node.reservation is not None:
                 log_takeover(node.name, node.reservation, node.reservation_expires_at, holder)
@@ -326,7 +338,7 @@ class JsonStore(Store):
                     rows[node.uuid] = GuardRow(
                         node.instance_uuid, node.reservation_expires_at, values
                     )
-            plan = plan_apply(checked, rows, at)
+            plan = plan_apply(checked, rows, at, state.leases)
             for node_uuid, fields in plan.updates.items():
                 state.nodes[node_uuid] = attrs.evolve(
                     state.nodes[node_uuid],
@@ -384,11 +396,14 @@ class JsonStore(Store):
     # --- outbox -------------------------------------------------------------------------
 
     def due_notifications(
-        self, *, limit: int = 100, now: float | None = None
+        self, *, limit: int = 100, now: float | None = None, fence: Lease | None = None
     ) -> list[Notification]:
         limit = check_limit(limit)
         at = resolve_now(now)
         with self._reading() as state:
+            if not fence_holds(state, fence, at):
+                assert fence is not None
+                raise LeaseLost(f"lease {fence.name} of {fence.holder} is no longer current")
             due = [
                 n
                 for n in state.notifications.values()

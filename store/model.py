@@ -212,6 +212,37 @@ class NodeChange:
     # no other holder's unexpired lock is on the node. Otherwise it is skipped and reported.
     expected: Mapping[str, object] | None = None
     holder: str | None = None
+    # Fencing for several agents on one site: the lease under which the agent owns this node
+    # (e.g. its bucket's). The change is written only while that lease is still held with
+    # this token and unexpired, checked in apply()'s transaction; otherwise it is skipped and
+    # reported like a compare-and-set conflict.
+    fence: Lease | None = None
+
+
+@attrs.frozen
+class Lease:
+    """A named lease (a bucket of nodes, the outbox drainer) held by one agent until
+    ``expires_at`` (the backend's clock). ``token`` grows every time the lease changes hands,
+    so a holder that lost it and still presents its old token is refused (fencing)."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: float
+
+
+@attrs.frozen
+class Conductor:
+    """One agent registered on the site (Ironic's conductor), named by its host."""
+
+    host: str
+    started_at: float
+    last_heartbeat: float  # the backend's clock
+    info: str | None  # e.g. the agent's last cycle summary as JSON
+
+    def alive(self, now: float, timeout: float) -> bool:
+        """Heartbeat within ``timeout`` seconds of ``now`` (Ironic: heartbeat_timeout, 60 s)."""
+        return now - self.last_heartbeat <= timeout
 
 
 @attrs.frozen

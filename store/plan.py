@@ -17,6 +17,7 @@ from store.model import (
     GUARD_FIELDS,
     SETTABLE_FIELDS,
     HistoryRecord,
+    Lease,
     NodeChange,
     validate_fields,
     validate_history,
@@ -45,6 +46,26 @@ class GuardRow:
 
 
 @attrs.frozen
+class LeaseRow:
+    """A lease as stored: ``holder`` None once released."""
+
+    holder: str | None
+    token: int
+    expires_at: float | None
+
+
+def lease_current(fence: Lease, row: LeaseRow | None, now: float) -> bool:
+    """True while ``fence`` is still the holder's unexpired lease with the same token."""
+    return (
+        row is not None
+        and row.holder == fence.holder
+        and row.token == fence.token
+        and row.expires_at is not None
+        and row.expires_at > now
+    )
+
+
+@attrs.frozen
 class HistoryRow:
     node_uuid: str
     at: float
@@ -68,8 +89,9 @@ class ApplyPlan:
     outbox: list[OutboxRow]
     # Instances whose pending rows already stored become superseded (before the new rows).
     supersede: list[str]
-    conflicts: list[str]  # uuids of changes skipped by their compare-and-set
+    conflicts: list[str]  # uuids of changes skipped by their compare-and-set or fence
     missing: list[str]  # uuids of changes for nodes that no longer exist
+    fenced: dict[str, int] = attrs.field(factory=dict)  # lost lease name -> changes skipped
 
 
 def check_changes(changes: Sequence[NodeChange]) -> list[CheckedChange]:
@@ -83,6 +105,8 @@ def check_changes(changes: Sequence[NodeChange]) -> list[CheckedChange]:
         if change.history is not None:
             validate_history(change.history)
         validate_notification(change.notification)
+        if change.fence is not None and not isinstance(change.fence, Lease):
+            raise InvalidNode(f"fence: must be a Lease, got {change.fence!r}")
         canonical = parse_uuid(change.node_uuid) or change.node_uuid
         checked.append(CheckedChange(canonical, fields, change))
     return checked
@@ -101,10 +125,18 @@ def guard_fails(change: NodeChange, row: GuardRow, now: float) -> bool:
     return holder is not None and holder != change.holder and unexpired
 
 
+def fence_names(checked: Sequence[CheckedChange]) -> list[str]:
+    """The leases a batch is fenced by: the backend reads these rows with the guard rows."""
+    return sorted({item.change.fence.name for item in checked if item.change.fence is not None})
+
+
 def plan_apply(
-    checked: Sequence[CheckedChange], rows: Mapping[str, GuardRow], now: float
+    checked: Sequence[CheckedChange],
+    rows: Mapping[str, GuardRow],
+    now: float,
+    leases: Mapping[str, LeaseRow] | None = None,
 ) -> ApplyPlan:
-    """The writes of one apply() batch, given the guard rows read in its transaction."""
+    """The writes of one apply() batch, given the guard and lease rows read in its transaction."""
     plan = ApplyPlan(
         at=now, updates={}, history=[], outbox=[], supersede=[], conflicts=[], missing=[]
     )
@@ -113,6 +145,11 @@ def plan_apply(
         row = rows.get(item.node_uuid)
         if row is None:
             plan.missing.append(item.node_uuid)
+            continue
+        fence = item.change.fence
+        if fence is not None and not lease_current(fence, (leases or {}).get(fence.name), now):
+            plan.conflicts.append(item.node_uuid)
+            plan.fenced[fence.name] = plan.fenced.get(fence.name, 0) + 1
             continue
         if guard_fails(item.change, row, now):
             plan.conflicts.append(item.node_uuid)
@@ -130,3 +167,22 @@ def plan_apply(
         status = "pending" if last[instance] == index else "superseded"
         plan.outbox.append(OutboxRow(node_uuid, instance, state, now, status))
     return plan
+
+
+def lease_after_acquire(
+    name: str, row: LeaseRow | None, holder: str, now: float, ttl: float
+) -> Lease | None:
+    """The lease ``holder`` gets, or None while another holder has it unexpired."""
+    held_by_another = row is not None and row.holder not in (None, holder)
+    if held_by_another and row is not None and row.expires_at is not None and row.expires_at > now:
+        return None
+    token = 1 if row is None else row.token + 1
+    return Lease(name, holder, token, now + ttl)
+
+
+def lease_after_renew(lease: Lease, row: LeaseRow | None, now: float, ttl: float) -> Lease | None:
+    """The renewed lease, or None if it changed hands (an expired lease nobody took over is
+    still the holder's: its token is unchanged, so nobody else wrote under it)."""
+    if row is None or row.holder != lease.holder or row.token != lease.token:
+        return None
+    return attrs.evolve(lease, expires_at=now + ttl)

@@ -11,7 +11,10 @@ Versions:
      nodes.last_seen_at; the meta table; indexes for the outbox and history.
   3  the protocol-neutral BMC seam: nodes.driver (existing nodes: "ipmi"), nodes.driver_info
      (a JSON object, existing nodes: {}), nodes.provision_state, nodes.health; an index on
-     history time for prune(). The current schema itself is written in store/ddl.py.
+     history time for prune().
+  4  several agents on one site: the conductors and leases tables.
+
+The current schema itself is written in store/ddl.py (shared with PostgreSQL).
 
 A migration runs inside the caller's write transaction, so it is all-or-nothing.
 """
@@ -141,10 +144,16 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    for statement in ddl.migration_3_to_4(ddl.SQLITE):
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] upgrades version n to n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
 }
 
 

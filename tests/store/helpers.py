@@ -11,7 +11,8 @@ PASSWORD = "s3cr3t-Pa55w0rd!"  # distinctive, so a leak into logs/reprs is easy 
 INSTANCE = "6a0c3f4e-2b8d-4a59-9c61-0d5d8f4e7a11"
 INSTANCE_2 = "0f6e1a52-97c4-4b0e-8a43-2e5a3c9d1b77"
 T0 = 1_700_000_000.0
-BACKENDS = ("sqlite", "json")
+BACKENDS = ("sqlite", "json", "postgresql")
+FILE_BACKENDS = ("sqlite", "json")
 
 
 def store_path(directory: Path, backend: str) -> str:

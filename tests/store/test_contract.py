@@ -13,6 +13,7 @@ from store import (
     DuplicateNode,
     HistoryRecord,
     InvalidNode,
+    LeaseLost,
     NodeChange,
     NodeLocked,
     NodeNotFound,
@@ -20,7 +21,8 @@ from store import (
     StoreError,
     open_store,
 )
-from tests.store.helpers import INSTANCE, INSTANCE_2, PASSWORD, T0, add, store_path
+from tests.store.conftest import Opener
+from tests.store.helpers import FILE_BACKENDS, INSTANCE, INSTANCE_2, PASSWORD, T0, add
 
 # --- inventory ----------------------------------------------------------------------------
 
@@ -654,9 +656,8 @@ def test_meta(store: Store) -> None:
 # --- files, persistence, secrets ---------------------------------------------------------
 
 
-def test_everything_survives_reopen(tmp_path: Path, backend: str) -> None:
-    path = store_path(tmp_path, backend)
-    with open_store(path, backend) as first:
+def test_everything_survives_reopen(opener: Opener) -> None:
+    with opener() as first:
         node = add(first, instance_uuid=INSTANCE, cipher_suites=[3, 17], session_mode="persistent")
         first.apply(
             [
@@ -672,16 +673,15 @@ def test_everything_survives_reopen(tmp_path: Path, backend: str) -> None:
         first.acquire_lock(node.uuid, "daemon", ttl=100, now=T0)
         first.set_meta("k", "v")
         expected = (first.get_node(node.uuid), first.history(), first.due_notifications(now=T0 + 1))
-    with open_store(path, backend) as second:
+    with opener() as second:
         got = (second.get_node(node.uuid), second.history(), second.due_notifications(now=T0 + 1))
         assert got == expected
         assert second.get_meta("k") == "v"
         assert got[0].cipher_suites == (3, 17)
 
 
-def test_two_handles_on_one_file_see_each_other(tmp_path: Path, backend: str) -> None:
-    path = store_path(tmp_path, backend)
-    with open_store(path, backend) as daemon, open_store(path, backend) as cli:
+def test_two_handles_on_one_store_see_each_other(opener: Opener) -> None:
+    with opener() as daemon, opener() as cli:
         node = add(daemon)
         assert cli.get_node("node-1") == node
         assert cli.acquire_lock(node.uuid, "cli", ttl=30, now=T0)
@@ -712,8 +712,8 @@ def test_password_never_shown(store: Store, caplog: pytest.LogCaptureFixture) ->
     assert store.get_node(node.uuid).bmc_password == PASSWORD  # still stored for the agent
 
 
-def test_closed_store_refuses_calls(tmp_path: Path, backend: str) -> None:
-    store = open_store(store_path(tmp_path, backend), backend)
+def test_closed_store_refuses_calls(opener: Opener) -> None:
+    store = opener()
     store.close()
     store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
@@ -730,6 +730,7 @@ def test_backend_name(store: Store, backend: str) -> None:
     assert store.path in repr(store)
 
 
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_directory_is_not_a_store(tmp_path: Path, backend: str) -> None:
     with pytest.raises(StoreError, match=str(tmp_path)):
         open_store(str(tmp_path), backend)
@@ -802,6 +803,7 @@ def test_prune_keeps_recent_rows_and_every_pending_notification(store: Store) ->
     assert store.prune(before=T0 + 50) == {"history": 0, "notifications": 0}
 
 
+@pytest.mark.parametrize("backend", FILE_BACKENDS)
 def test_missing_directory_is_reported(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "no-such-dir" / "store"
     with pytest.raises(StoreError, match=str(path.parent)):
@@ -834,3 +836,136 @@ def test_calls_from_several_threads_are_safe(store: Store) -> None:
     assert [n.sync_failures for n in store.list_nodes()] == [25] * 4
     counts = store.notification_counts()
     assert (counts["pending"], counts["superseded"]) == (1, 99)
+
+
+# --- several agents on one site: conductors, leases, fencing ------------------------------
+
+
+def test_server_time_is_the_backends_clock(store: Store) -> None:
+    import time
+
+    before = time.time()
+    server = store.server_time()
+    # Same machine in these tests, so the server's clock agrees with ours to within a second.
+    assert before - 1 <= server <= time.time() + 1
+    node = store.add_node(name="n", bmc_address="::1", bmc_username="u", bmc_password="p")
+    assert before - 1 <= node.created_at <= store.server_time()
+
+
+def test_conductors_register_heartbeat_list_unregister(store: Store) -> None:
+    assert store.list_conductors() == []
+    first = store.register_conductor("agent-b", now=T0)
+    assert (first.host, first.started_at, first.last_heartbeat, first.info) == (
+        "agent-b",
+        T0,
+        T0,
+        None,
+    )
+    store.heartbeat("agent-a", now=T0 + 1, info='{"nodes": 5}')  # registers an unknown host
+    beat = store.heartbeat("agent-b", now=T0 + 10, info='{"nodes": 3}')
+    assert (beat.started_at, beat.last_heartbeat, beat.info) == (T0, T0 + 10, '{"nodes": 3}')
+    kept = store.heartbeat("agent-b", now=T0 + 20)  # no info: the last one is kept
+    assert kept.info == '{"nodes": 3}'
+    assert [c.host for c in store.list_conductors()] == ["agent-a", "agent-b"]
+    a, b = store.list_conductors()
+    # Ironic: heartbeat_timeout 60 s.
+    assert b.alive(T0 + 80, timeout=60) and not a.alive(T0 + 80, timeout=60)
+    restarted = store.register_conductor("agent-b", now=T0 + 30)
+    assert (restarted.started_at, restarted.info) == (T0 + 30, None)
+    assert store.unregister("agent-a")
+    assert not store.unregister("agent-a")
+    assert [c.host for c in store.list_conductors()] == ["agent-b"]
+    with pytest.raises(StoreError, match="host"):
+        store.heartbeat("")
+
+
+def test_lease_compare_and_set_with_growing_tokens(store: Store) -> None:
+    first = store.acquire_lease("bucket:3", "agent-a", ttl=30, now=T0)
+    assert first is not None and (first.holder, first.expires_at) == ("agent-a", T0 + 30)
+    assert store.acquire_lease("bucket:3", "agent-b", ttl=30, now=T0 + 29) is None
+    renewed = store.renew_lease(first, ttl=30, now=T0 + 20)
+    assert renewed is not None
+    assert (renewed.token, renewed.expires_at) == (first.token, T0 + 50)
+    # Expired: another agent takes it over with a larger token; the old one is fenced off.
+    taken = store.acquire_lease("bucket:3", "agent-b", ttl=30, now=T0 + 50)
+    assert taken is not None and taken.token > first.token
+    assert store.renew_lease(renewed, ttl=30, now=T0 + 51) is None
+    assert not store.release_lease(renewed)
+    # The same holder acquiring again (a restarted agent) also gets a new token.
+    again = store.acquire_lease("bucket:3", "agent-b", ttl=30, now=T0 + 52)
+    assert again is not None and again.token > taken.token
+    assert store.renew_lease(taken, ttl=30, now=T0 + 53) is None
+    assert [(lease.name, lease.holder) for lease in store.list_leases()] == [
+        ("bucket:3", "agent-b")
+    ]
+    assert store.release_lease(again)
+    assert store.list_leases() == []
+    after = store.acquire_lease("bucket:3", "agent-a", ttl=30, now=T0 + 54)
+    assert after is not None and after.token > again.token
+    # An expired lease nobody took over is still its holder's: renewing it is safe.
+    late = store.renew_lease(after, ttl=30, now=T0 + 100)
+    assert late is not None and late.expires_at == T0 + 130
+
+
+def test_apply_is_fenced_by_the_lease(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    other = add(store, "node-2")
+    lease = store.acquire_lease("bucket:0", "agent-a", ttl=30, now=T0)
+    assert lease is not None
+
+    def change(uuid: str, state: str) -> NodeChange:
+        record = HistoryRecord(None, state, "sync")
+        return NodeChange(uuid, {"power_state": state}, record, state, fence=lease)
+
+    assert store.apply([change(node.uuid, "power on")], now=T0 + 10) == []
+    assert store.get_node(node.uuid).power_state == "power on"
+    # agent-a is paused past its lease (SIGSTOP); agent-b takes the bucket over.
+    taken = store.acquire_lease("bucket:0", "agent-b", ttl=30, now=T0 + 31)
+    assert taken is not None
+    with caplog.at_level(logging.WARNING, logger="store"):
+        skipped = store.apply(
+            [change(node.uuid, "power off"), NodeChange(other.uuid, {"sync_failures": 1})],
+            now=T0 + 32,
+        )
+    assert skipped == [node.uuid]
+    assert any("bucket:0" in r.getMessage() for r in caplog.records)
+    assert store.get_node(node.uuid).power_state == "power on"  # the paused agent wrote nothing
+    assert store.get_node(other.uuid).sync_failures == 1  # the unfenced change went in
+    assert len(store.history(node.uuid)) == 1
+    assert [n.power_state for n in store.due_notifications(now=T0 + 40)] == ["power on"]
+    # Even before anyone takes it over, an expired lease fences.
+    fresh = store.acquire_lease("bucket:1", "agent-a", ttl=5, now=T0)
+    assert fresh is not None
+    late = NodeChange(node.uuid, {"sync_failures": 9}, fence=fresh)
+    assert store.apply([late], now=T0 + 5) == [node.uuid]
+    assert store.get_node(node.uuid).sync_failures == 0
+
+
+def test_node_lock_and_outbox_drainer_are_fenced(store: Store) -> None:
+    node = add(store, instance_uuid=INSTANCE)
+    store.apply([NodeChange(node.uuid, {}, None, "power on")], now=T0)
+    drainer = store.acquire_lease("outbox", "agent-a", ttl=30, now=T0)
+    assert drainer is not None
+    assert [n.power_state for n in store.due_notifications(now=T0 + 1, fence=drainer)] == [
+        "power on"
+    ]
+    assert store.acquire_lock(node.uuid, "agent-a:1", ttl=10, now=T0 + 1, fence=drainer)
+    assert store.release_lock(node.uuid, "agent-a:1")
+    successor = store.acquire_lease("outbox", "agent-b", ttl=30, now=T0 + 31)
+    assert successor is not None
+    with pytest.raises(LeaseLost, match="outbox"):
+        store.due_notifications(now=T0 + 32, fence=drainer)
+    assert not store.acquire_lock(node.uuid, "agent-a:1", ttl=10, now=T0 + 32, fence=drainer)
+    assert store.get_node(node.uuid).reservation is None
+    assert len(store.due_notifications(now=T0 + 32, fence=successor)) == 1
+
+
+def test_two_agents_share_leases_through_the_store(opener: Opener) -> None:
+    with opener() as agent_a, opener() as agent_b:
+        got_a = [agent_a.acquire_lease(f"bucket:{i}", "a", ttl=30, now=T0) for i in range(4)]
+        got_b = [agent_b.acquire_lease(f"bucket:{i}", "b", ttl=30, now=T0 + 1) for i in range(4)]
+        assert all(lease is not None for lease in got_a) and got_b == [None] * 4
+        agent_a.heartbeat("a", now=T0)
+        agent_b.heartbeat("b", now=T0 + 1)
+        assert [c.host for c in agent_a.list_conductors()] == ["a", "b"]
+        assert [lease.holder for lease in agent_b.list_leases()] == ["a"] * 4

@@ -26,7 +26,7 @@ def test_file_is_readable_json(tmp_path: Path) -> None:
         node = add(store, instance_uuid=INSTANCE)
         store.apply([NodeChange(node.uuid, {"power_state": "power on"}, None, "power on")], now=T0)
     document = json.loads(path.read_text())
-    assert document["format"] == "powersync-store" and document["version"] == 2
+    assert document["format"] == "powersync-store" and document["version"] == 3
     [stored] = document["nodes"]
     assert stored["name"] == "node-1" and stored["power_state"] == "power on"
     assert stored["cipher_suites"] == [17, 3]
@@ -107,11 +107,11 @@ def test_newer_version_refused(tmp_path: Path) -> None:
     with open_store(str(path), "json") as store:
         add(store)
     document = json.loads(path.read_text())
-    document["version"] = 3
+    document["version"] = 4
     path.write_text(json.dumps(document))
-    with pytest.raises(SchemaTooNew, match=f"{path}.*version 3"):
+    with pytest.raises(SchemaTooNew, match=f"{path}.*version 4"):
         open_store(str(path), "json")
-    assert json.loads(path.read_text())["version"] == 3
+    assert json.loads(path.read_text())["version"] == 4
 
 
 def test_reload_after_another_process_changed_the_file(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from tests.store.helpers import INSTANCE, PASSWORD, T0
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_FILES = {
-    "sqlite": ("schema-v2.sqlite", "schema version 2 to 3"),
-    "json": ("format-v1.json", "format version 1 to 2"),
+    "sqlite": ("schema-v2.sqlite", "schema version 2 to 4"),
+    "json": ("format-v1.json", "format version 1 to 3"),
 }
 
 
@@ -90,7 +90,7 @@ def test_previous_release_store_is_migrated_with_nothing_lost(
         assert store.list_nodes() == expected
     assert not any("migrating" in r.getMessage() for r in caplog.records)
     if backend == "json":
-        assert json.loads(path.read_text())["version"] == 2
+        assert json.loads(path.read_text())["version"] == 3
 
 
 def _columns(conn: sqlite3.Connection) -> dict[str, set[tuple[object, ...]]]:

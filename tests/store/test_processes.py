@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from store import open_store
-from tests.store.helpers import INSTANCE, T0, add, store_path
+from tests.store.helpers import FILE_BACKENDS, INSTANCE, T0, add, store_path
 from tests.store.workers import race_for_lock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +25,7 @@ KILLS = 30
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", FILE_BACKENDS)  # PostgreSQL: test_postgres.py
 def test_two_processes_racing_for_one_lock(tmp_path: Path, backend: str) -> None:
     path = store_path(tmp_path, backend)
     with open_store(path, backend) as store:
@@ -95,6 +96,7 @@ def check_store_after_kill(path: str, backend: str, reported: int, added: list[s
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", FILE_BACKENDS)  # PostgreSQL: test_postgres.py
 def test_sigkill_during_writes_loses_nothing_that_returned(tmp_path: Path, backend: str) -> None:
     path = store_path(tmp_path, backend)
     with open_store(path, backend) as store:

@@ -110,7 +110,7 @@ def test_migration_from_version_1(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     path = tmp_path / "old.sqlite"
     build_v1(path)
     with caplog.at_level(logging.WARNING, logger="store"), open_store(str(path)) as store:
-        assert any("migrating schema version 1 to 3" in r.getMessage() for r in caplog.records)
+        assert any("migrating schema version 1 to 4" in r.getMessage() for r in caplog.records)
         node = store.get_node("old-1")
         assert node.uuid == NODE_1
         assert node.bmc_password == PASSWORD and node.cipher_suites == (17, 3)
