@@ -137,6 +137,9 @@ class FakeBmc:
         )
         self.silent = False
         self.hanging = False
+        # Get Chassis Status fault bits: 0x02 overload, 0x04 interlock, 0x08 main power
+        # fault, 0x10 power control fault.
+        self.fault_bits = 0
         self.wrong_password = False
         self.ignore_soft_off = False
         self.actions: list[int] = []
@@ -170,6 +173,9 @@ class FakeBmc:
     # -- what BmcProtocol calls (ipmi.proto.server.ManagedSystem) ------------------------
     def chassis_power(self, now: float) -> bool:
         return self._hardware.chassis_power(now)
+
+    def chassis_faults(self, now: float) -> int:
+        return self.fault_bits
 
     def chassis_control(self, action: int, now: float) -> int:
         self.actions.append(action)

@@ -68,10 +68,13 @@ class PoolCounters:
 
 
 class NodeBmc(Protocol):
-    """What a lease gives the service: power in Ironic's words."""
+    """What a lease gives the service: power in Ironic's words, and the hardware's health as
+    the latest read saw it ("ok", the active faults, or None where the driver reads none)."""
 
     async def get_power(self) -> str: ...
     async def set_power(self, action: str) -> None: ...
+    @property
+    def health(self) -> str | None: ...
 
 
 # What a node's BMC work is doing, kept as a number and put into words only when asked.
@@ -93,6 +96,7 @@ class _Record:
         "endpoint",
         "forgotten",
         "gate",
+        "health",
         "in_use",
         "key",
         "last_used",
@@ -112,6 +116,7 @@ class _Record:
         self.in_use = False  # someone holds the gate for this record
         self.forgotten = False
         self.stage = _LEASED
+        self.health: str | None = None
 
     # A persistent lease is the record itself; leaving it leaves the session open.
     async def __aenter__(self) -> _Record:
@@ -121,7 +126,10 @@ class _Record:
         return None
 
     async def get_power(self) -> str:
-        return power_word(await self.pool._run(self, _read_power))
+        on = await self.pool._run(self, _read_power)
+        # A session that reads health along with power says so (the seam's BmcSession.health).
+        self.health = getattr(self.session, "health", None)
+        return power_word(on)
 
     async def set_power(self, action: str) -> None:
         word = session_action(action)

@@ -98,7 +98,12 @@ class SessionCounts(Protocol):
 
 
 class BmcSession(Protocol):
-    """One logged-in session to one BMC; every method raises only :class:`BmcError`."""
+    """One logged-in session to one BMC; every method raises only :class:`BmcError`.
+
+    A session that reads the hardware's health with the power state also has a ``health``
+    attribute: "ok" or the active faults ("main power fault, interlock"), as of the latest
+    ``get_power()``; the pool reads it when present.
+    """
 
     async def get_power(self) -> bool: ...
     async def set_power(self, action: str) -> None: ...

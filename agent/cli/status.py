@@ -56,6 +56,8 @@ def collect(
     """The status document (what ``--json`` prints)."""
     by_state = Counter(node.power_state or "unknown" for node in nodes)
     faults = Counter(node.fault for node in nodes if node.fault)
+    health = Counter(node.health or "unknown" for node in nodes)
+    provision = Counter(node.provision_state or "unknown" for node in nodes)
     return {
         "nodes": len(nodes),
         "power_states": dict(sorted(by_state.items())),
@@ -65,6 +67,13 @@ def collect(
             if node.maintenance
         ],
         "faults": dict(sorted(faults.items())),
+        "health": dict(sorted(health.items())),
+        "unhealthy": [
+            {"name": node.name, "health": node.health}
+            for node in nodes
+            if node.health not in (None, "ok")
+        ],
+        "provision_states": dict(sorted(provision.items())),
         "locked": sum(1 for node in nodes if node.is_locked(now)),
         "last_cycle": cycle,
         "last_recovery": recovery,
@@ -86,6 +95,12 @@ def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
         print(f"  {entry['name']}: {detail}{fault}")
     faults = ", ".join(f"{count} {fault}" for fault, count in status["faults"].items())
     print(f"faults: {faults or 'none'}")
+    health = ", ".join(f"{count} {word}" for word, count in status["health"].items())
+    print(f"health: {health or 'none read'}")
+    for entry in status["unhealthy"]:
+        print(f"  {entry['name']}: {entry['health']}")
+    provision = ", ".join(f"{count} {state}" for state, count in status["provision_states"].items())
+    print(f"provision states: {provision or 'none'}")
     interval = config.conductor.sync_power_state_interval
     print(f"last cycle: {_pass_text(status['last_cycle'], interval)}")
     if status["last_recovery"] is not None:

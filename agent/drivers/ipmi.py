@@ -107,19 +107,38 @@ def translate(exc: ipmi.IpmiError | OSError) -> BmcError:
     return BmcError(text, kind=kind)
 
 
-class IpmiSession:
-    """An ``ipmi.BmcSession`` that raises only the seam's errors."""
+def health_of(status: ipmi.ChassisStatus) -> str:
+    """Get Chassis Status's fault bits in words: "ok", or the active faults."""
+    faults = [
+        word
+        for word, active in (
+            ("power overload", status.power_overload),
+            ("interlock", status.interlock),
+            ("main power fault", status.power_fault),
+            ("power control fault", status.power_control_fault),
+        )
+        if active
+    ]
+    return ", ".join(faults) if faults else "ok"
 
-    __slots__ = ("_session",)
+
+class IpmiSession:
+    """An ``ipmi.BmcSession`` that raises only the seam's errors; each power read also
+    records the chassis's health (the same Get Chassis Status answer)."""
+
+    __slots__ = ("_session", "health")
 
     def __init__(self, session: ipmi.BmcSession) -> None:
         self._session = session
+        self.health: str | None = None
 
     async def get_power(self) -> bool:
         try:
-            return await self._session.get_power()
+            status = await self._session.chassis_status()
         except (ipmi.IpmiError, OSError) as exc:
             raise translate(exc) from exc
+        self.health = health_of(status)
+        return status.power_on
 
     async def set_power(self, action: str) -> None:
         try:

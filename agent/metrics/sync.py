@@ -48,6 +48,9 @@ class ServiceMetrics:
         self.nodes = r.gauge("powersync_nodes", "Nodes by recorded power state", ["power_state"])
         self.maintenance = r.gauge("powersync_nodes_maintenance", "Nodes in maintenance")
         self.faults = r.gauge("powersync_nodes_fault", "Nodes with a fault", ["fault"])
+        self.health = r.gauge(
+            "powersync_nodes_health", "Nodes by hardware health read during sync", ["health"]
+        )
         self.rtt = r.histogram(
             "powersync_bmc_rtt_seconds", "BMC command round-trip time", buckets=RTT_BUCKETS
         )
@@ -94,6 +97,7 @@ class ServiceMetrics:
             self.cycle_results.labels(action=result.action).inc()
         by_state = dict.fromkeys(STATE_LABELS, 0)
         by_fault: dict[str, int] = {}
+        by_health: dict[str, int] = {}
         in_maintenance = 0
         self._last_seen = {}
         for node in nodes:
@@ -102,6 +106,8 @@ class ServiceMetrics:
             in_maintenance += node.maintenance
             if node.fault:
                 by_fault[node.fault] = by_fault.get(node.fault, 0) + 1
+            health = node.health or "unknown"
+            by_health[health] = by_health.get(health, 0) + 1
             if node.last_seen_at is not None:
                 self._last_seen[node.name] = node.last_seen_at
         for state, count in by_state.items():
@@ -110,6 +116,9 @@ class ServiceMetrics:
         self.faults.clear()
         for fault, count in by_fault.items():
             self.faults.labels(fault=fault).set(count)
+        self.health.clear()
+        for health, count in by_health.items():
+            self.health.labels(health=health).set(count)
         for result in report.results:
             rtt = pool.last_rtt.get(result.uuid)
             if rtt is not None and result.observed is not None:

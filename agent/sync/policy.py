@@ -64,6 +64,8 @@ class RecordedNode(Protocol):
     @property
     def provision_state(self) -> str | None: ...
     @property
+    def health(self) -> str | None: ...
+    @property
     def sync_failures(self) -> int: ...
     @property
     def last_error(self) -> str | None: ...
@@ -154,6 +156,16 @@ def skip_reason(node: RecordedNode, *, now: float) -> str | None:
     if lock_is_held(node, now=now):
         return f"locked by {node.reservation}"
     return None
+
+
+def health_note(node: RecordedNode, seen: str | None) -> HistoryNote | None:
+    """The history row for a change of the hardware's health (None: unchanged or unread, or
+    a first reading that is "ok": nothing an operator needs to see in the history)."""
+    recorded = node.health
+    if seen is None or seen == recorded or (recorded is None and seen == "ok"):
+        return None
+    message = f"health {recorded or 'unknown'} -> {seen}"
+    return HistoryNote(node.power_state, node.power_state, "sync", message)
 
 
 def _notify(node: RecordedNode, old: str | None, new: str | None) -> str | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from agent.sync.policy import Action, Decision, Observation
+from agent.sync.policy import Action, Decision, Observation, health_note
 from store import HistoryRecord, Node, NodeChange
 
 
@@ -76,6 +76,7 @@ class NodeProgress:
     force_result: Decision | None = None
     skipped: str | None = None
     seen_at: float | None = None
+    health: str | None = None  # as the read saw it (None: the driver reads none)
 
 
 def fingerprint(node: Node) -> dict[str, object]:
@@ -140,6 +141,14 @@ def node_change(progress: NodeProgress, holder: str, *, notify: bool = True) -> 
         note = note or progress.force_result.history
     if progress.seen_at is not None:
         fields["last_seen_at"] = progress.seen_at
+    if progress.health is not None and progress.health != node.health:
+        fields["health"] = progress.health
+    health = health_note(node, progress.health)
+    if health is not None:
+        if note is None:
+            note = health
+        else:  # one history row for the change: the power note, with the health appended
+            note = attrs.evolve(note, message=f"{note.message}; {health.message}")
     if not fields and note is None:
         return None
     history = None

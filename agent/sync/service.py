@@ -399,6 +399,7 @@ class SyncService:
                     return
                 progress.observation = Observation.read(state)
                 progress.seen_at = self.wall()
+                progress.health = bmc.health
                 # Outside any BMC error handling: a bug in the rules is not a BMC failure.
                 progress.decision = self._decide(node, progress.observation, kind)
                 if kind == "sync" and progress.decision.action is Action.FORCE:

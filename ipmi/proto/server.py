@@ -101,6 +101,11 @@ class ManagedSystem(Protocol):
 
     def chassis_power(self, now: float) -> bool: ...
 
+    def chassis_faults(self, now: float) -> int:
+        """Get Chassis Status fault bits: 0x02 overload, 0x04 interlock, 0x08 main power
+        fault, 0x10 power control fault."""
+        ...
+
     def chassis_control(self, action: int, now: float) -> int: ...  # completion code
 
 
@@ -431,7 +436,8 @@ class BmcProtocol:
         try:
             if key == (NetFn.CHASSIS, Command.GET_CHASSIS_STATUS):
                 on = self._system.chassis_power(now)
-                status = GetChassisStatusResponse(power_state=0x01 if on else 0x00)
+                faults = self._system.chassis_faults(now) & 0x1E
+                status = GetChassisStatusResponse(power_state=(0x01 if on else 0x00) | faults)
                 return CC_OK, status.encode(), False
             if key == (NetFn.CHASSIS, Command.CHASSIS_CONTROL):
                 action = ChassisControlRequest.decode(request.data).action

@@ -61,6 +61,7 @@ class SimBmc:
         "address",
         "boot_count",
         "down_until",
+        "fault_bits",
         "index",
         "last_command",
         "name",
@@ -95,6 +96,8 @@ class SimBmc:
         self.boot_count = 0
         self.requests = 0  # datagrams answered
         self.last_command: str | None = None
+        # Get Chassis Status fault bits to report (0x02 overload ... 0x10 control fault).
+        self.fault_bits = 0
 
     def __repr__(self) -> str:
         power = "on" if self.power_on else "off"
@@ -130,6 +133,9 @@ class SimBmc:
     # -- what the BMC's chassis device does (called by the protocol machine) ---------------
     def chassis_power(self, now: float) -> bool:
         return self.power_at(now)
+
+    def chassis_faults(self, now: float) -> int:
+        return self.fault_bits
 
     def chassis_control(self, action: int, now: float) -> int:
         """Apply a Chassis Control request; returns the IPMI completion code."""

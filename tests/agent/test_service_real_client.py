@@ -186,3 +186,25 @@ async def test_a_bmc_out_of_session_slots_is_not_put_into_maintenance_at_once(
         assert node.sync_failures == 0 and not node.maintenance
         # The refusals were paced, not one login per 2 s cycle.
         assert network.labels().count("open") <= 6, network.labels()
+
+
+async def test_health_read_with_the_power_state_is_recorded_with_history(
+    store: Store, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_fake_network() as network:
+        bmcs = add_bmcs(store, network, 2)
+        async with service_over(network, store, make_config()) as service:
+            await service.run_cycle()
+            assert [store.get_node(f"node-{i}").health for i in range(2)] == ["ok", "ok"]
+            bmcs[1].fault_bits = 0x08 | 0x04  # main power fault, interlock
+            await service.run_cycle()
+            await service.run_cycle()  # unchanged: no second history row
+            node = store.get_node("node-1")
+            assert node.health == "interlock, main power fault"
+            notes = [e.message for e in store.history("node-1") if "health" in e.message]
+            assert notes == ["health ok -> interlock, main power fault"]
+            bmcs[1].fault_bits = 0
+            await service.run_cycle()
+        assert store.get_node("node-1").health == "ok"
+        assert store.history("node-1")[0].message == "health interlock, main power fault -> ok"
+        assert not any("health" in e.message for e in store.history("node-0"))
