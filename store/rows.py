@@ -10,38 +10,46 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from store.model import BOOL, CODECS, MAPPING, NODE_FIELDS, SUITES, Node
+from store.model import BOOL, CODECS, MAPPING, NO_DRIVER_INFO, NODE_FIELDS, SUITES, Node
 from store.validate import DriverInfo
 
 
 def to_column(field: str, value: object, *, native_bool: bool = False) -> object:
     """A field value as an SQL parameter (suites as "17,3", driver_info as JSON text)."""
     codec = CODECS.get(field)
+    if codec is None:
+        return value
     if codec == SUITES:
         return ",".join(str(suite) for suite in value)  # type: ignore[attr-defined]
     if codec == BOOL:
         return bool(value) if native_bool else int(bool(value))
     if codec == MAPPING:
-        return json.dumps(dict(value), sort_keys=True)  # type: ignore[call-overload]
+        return json.dumps(dict(value), sort_keys=True) if value else "{}"  # type: ignore[call-overload]
     return value
 
 
 def from_column(field: str, value: Any) -> object:
     codec = CODECS.get(field)
+    if codec is None:
+        return value
     if codec == SUITES:
         return tuple(int(suite) for suite in value.split(","))
     if codec == BOOL:
         return bool(value)
     if codec == MAPPING:
-        return DriverInfo(json.loads(value))
+        return NO_DRIVER_INFO if value == "{}" else DriverInfo(json.loads(value))
     return value
+
+
+# (position, field) of the columns that need decoding: the rest map as they are.
+_CODED = [(index, field) for index, field in enumerate(NODE_FIELDS) if field in CODECS]
 
 
 def node_from_row(row: Sequence[Any]) -> Node:
     """A Node from a row selected with the columns NODE_FIELDS, in that order."""
-    values: list[Any] = [
-        from_column(field, value) for field, value in zip(NODE_FIELDS, row, strict=True)
-    ]
+    values = list(row)
+    for index, field in _CODED:
+        values[index] = from_column(field, values[index])
     return Node(*values)
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import attrs
-
 from store.base import (
     Store,
     check_holder,
@@ -29,6 +27,7 @@ from store.base import (
 )
 from store.errors import DuplicateNode, LeaseLost, NodeLocked, NodeNotFound, StoreError
 from store.model import (
+    CODECS,
     GUARD_FIELDS,
     NODE_FIELDS,
     NOTIFICATION_FIELDS,
@@ -57,6 +56,7 @@ T = TypeVar("T")
 _NODE_SELECT = f"SELECT {', '.join(NODE_FIELDS)} FROM nodes"  # noqa: S608
 _NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_FIELDS)} FROM notifications"  # noqa: S608
 _GUARDS = sorted(GUARD_FIELDS)
+_CODED_GUARDS = [field for field in _GUARDS if field in CODECS]
 _GUARD_SELECT = (
     f"SELECT uuid, instance_uuid, reservation_expires_at, {', '.join(_GUARDS)} "  # noqa: S608
     "FROM nodes WHERE uuid IN "
@@ -291,8 +291,9 @@ class SqlStore(SqlConductors, Store):
                 "INSERT INTO history (node_uuid, at, from_state, to_state, cause, message) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (h.node_uuid, h.at, *attrs.astuple(h.record, recurse=False))
+                    (h.node_uuid, h.at, r.from_state, r.to_state, r.cause, r.message)
                     for h in plan.history
+                    for r in (h.record,)
                 ],
             )
         if plan.supersede:
@@ -320,7 +321,9 @@ class SqlStore(SqlConductors, Store):
             chunk = wanted[start : start + CHUNK]
             marks = ", ".join("?" for _ in chunk)
             for uuid, instance, expires, *guarded in db.execute(f"{_GUARD_SELECT}({marks})", chunk):
-                values = {f: from_column(f, v) for f, v in zip(_GUARDS, guarded, strict=True)}
+                values = dict(zip(_GUARDS, guarded, strict=True))
+                for field in _CODED_GUARDS:  # only maintenance needs decoding (0/1)
+                    values[field] = from_column(field, values[field])
                 found[uuid] = GuardRow(instance, expires, values)
         return found
 
