@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
-from agent.errors import AgentError
+from agent.config.secrets import read_secret_env, read_secret_file
+from agent.errors import AgentError, SecretError
 from store import POWER_OFF, POWER_ON
 
 if TYPE_CHECKING:
@@ -119,13 +120,57 @@ class BmcEndpoint:
     host: str
     port: int
     username: str
-    password: str = attrs.field(repr=False)
+    password: str = attrs.field(repr=False)  # "" when the node keeps a reference instead
     session_mode: str = "persistent"
     options: tuple[tuple[str, object], ...] = ()
+    password_file: str | None = None  # read at each login (and so again after a reload)
+    password_env: str | None = None
+
+    def secret(self) -> str:
+        """The password: the stored one, or read now from the node's file or variable.
+
+        A missing, empty or loose (group/world-readable) file fails this node only, with a
+        reason that names the file, never the secret.
+        """
+        try:
+            if self.password_file is not None:
+                return read_secret_file(self.password_file, what="BMC password")
+            if self.password_env is not None:
+                return read_secret_env(self.password_env, what="BMC password")
+        except SecretError as exc:
+            raise BmcError(str(exc), kind="SecretError") from None
+        if not self.password:
+            raise BmcError("no BMC password: none stored and no password file", kind="SecretError")
+        return self.password
 
     @property
     def label(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def for_node(
+        cls,
+        node: Node,
+        driver: str,
+        *,
+        session_mode: str,
+        options: tuple[tuple[str, object], ...] = (),
+    ) -> BmcEndpoint:
+        """The endpoint fields every driver takes from the node (address, user, secret)."""
+        info = node.driver_info
+        password_file = info.get(f"{driver}_password_file")
+        password_env = info.get(f"{driver}_password_env")
+        return cls(
+            driver=driver,
+            host=node.bmc_address,
+            port=node.bmc_port,
+            username=node.bmc_username,
+            password=node.bmc_password,
+            password_file=None if password_file is None else str(password_file),
+            password_env=None if password_env is None else str(password_env),
+            session_mode=session_mode,
+            options=options,
+        )
 
     def option(self, name: str, default: object = None) -> object:
         for key, value in self.options:

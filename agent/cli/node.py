@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
+from agent.bmc.seam import BmcEndpoint, BmcError
 from agent.cli.common import (
     format_time,
     open_configured_store,
@@ -28,8 +30,8 @@ from agent.config.options import (
     parse_node,
 )
 from agent.config.secrets import read_secret_env, read_secret_file
-from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES
-from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_password, check_username
+from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, check_secret
+from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_username
 from agent.errors import NodeError
 from store import (
     DuplicateNode,
@@ -53,12 +55,64 @@ def password_from_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def secret_fields(
+    args: argparse.Namespace, subject: str, driver: str, driver_info: Mapping[str, object]
+) -> dict[str, Any]:
+    """Store fields for the password options: by default a reference (``<driver>_password_file``
+    or ``_env`` in driver_info, read at each login); with --store-secret a copy in the store.
+    The secret is read here once either way, so a missing or loose file fails now."""
+    password = password_from_args(args)
+    if password is None:
+        return {}
+    try:
+        check_secret(driver, password)
+    except ValueError as exc:
+        raise NodeError(f"node {subject}: {exc}") from None
+    references = ("_password_file", "_password_env")
+    info = {key: value for key, value in driver_info.items() if not key.endswith(references)}
+    if getattr(args, "store_secret", False):
+        return {"bmc_password": password, "driver_info": info}
+    if args.password_file:
+        info[f"{driver}_password_file"] = os.path.abspath(args.password_file)
+    else:
+        info[f"{driver}_password_env"] = args.password_env
+    return {"bmc_password": "", "driver_info": info}
+
+
+def secret_source(node: Node) -> str:
+    """Where a node's BMC password comes from, in words (never the secret)."""
+    info = node.driver_info
+    for key, value in sorted(info.items()):
+        if key.endswith("_password_file"):
+            return f"file {value}"
+        if key.endswith("_password_env"):
+            return f"environment variable {value}"
+    return "stored in the store" if node.bmc_password else "none"
+
+
+def _referenced_secret(node: Node) -> str | None:
+    """The secret a node's password file or variable holds now (None: none or unreadable)."""
+    if not secret_source(node).startswith(("file", "environment")):
+        return None
+    try:
+        return BmcEndpoint.for_node(node, node.driver, session_mode="persistent").secret()
+    except BmcError:
+        return None
+
+
 def _add_password_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(
-        "--password-file", metavar="FILE", help="file (mode 0600) holding the password"
+        "--password-file",
+        metavar="FILE",
+        help="file (mode 0600) holding the password; the node refers to it (read at each login)",
     )
     group.add_argument("--password-env", metavar="VAR", help="environment variable holding it")
+    parser.add_argument(
+        "--store-secret",
+        action="store_true",
+        help="copy the password into the store instead of referring to the file or variable",
+    )
 
 
 def _split_suites(text: str) -> list[object]:
@@ -93,10 +147,10 @@ def _cmd_add(args: argparse.Namespace) -> int:
     )
     with open_configured_store(config, create=True) as store, store_errors(f"node {node.name}"):
         try:
+            fields = node_inventory(node, config.ipmi)
+            fields.update(secret_fields(args, node.name, args.driver, {}))
             added = store.add_node(
-                **node_inventory(node, config.ipmi),
-                driver=args.driver,
-                provision_state=args.provision_state or None,
+                **fields, driver=args.driver, provision_state=args.provision_state or None
             )
         except DuplicateNode:
             raise NodeError(
@@ -164,6 +218,7 @@ _SHOWN_FIELDS = (
     "bmc_port",
     "bmc_username",
     "bmc_password",
+    "password_source",
     "cipher_suites",
     "privilege",
     "session_mode",
@@ -195,6 +250,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         node = store.get_node(args.node)
         history = store.history(node.uuid, limit=args.history) if args.history else []
     values = node.masked()
+    values["password_source"] = secret_source(node)
     if args.json:
         values["history"] = [
             {
@@ -253,12 +309,6 @@ def _inventory_changes(args: argparse.Namespace) -> dict[str, Any]:
             fields["cipher_suites"] = check_cipher_suites(_split_suites(args.cipher_suites))
         except ValueError as exc:
             raise NodeError(f"node {args.node}: --cipher-suites {exc}") from None
-    password = password_from_args(args)
-    if password is not None:
-        try:
-            fields["bmc_password"] = check_password(password)
-        except ValueError as exc:
-            raise NodeError(f"node {args.node}: {exc}") from None
     return fields
 
 
@@ -294,6 +344,7 @@ def _cmd_set(args: argparse.Namespace) -> int:
     fields = _inventory_changes(args)
     with open_configured_store(config, create=False) as store, store_errors(f"node {args.node}"):
         node = store.get_node(args.node)
+        fields.update(secret_fields(args, node.name, node.driver, node.driver_info))
         change = _maintenance_change(args, node)
         if not fields and change is None:
             raise NodeError(
@@ -350,6 +401,14 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
         for key in ("cipher_suites", "privilege", "instance_uuid", "session_mode"):
             if getattr(row.node, key) is None:
                 wanted[key] = getattr(existing, key)
+        if _referenced_secret(existing) == wanted["bmc_password"]:
+            # A node that refers to its password keeps the reference when the file brings
+            # the same secret (the import reads it); a different one replaces it.
+            wanted["bmc_password"] = existing.bmc_password
+        elif secret_source(existing).startswith(("file", "environment")):
+            references = ("_password_file", "_password_env")
+            info = existing.driver_info
+            wanted["driver_info"] = {k: v for k, v in info.items() if not k.endswith(references)}
         if all(getattr(existing, key) == wanted[key] for key in wanted):
             return "unchanged"
     outcome = "added" if existing is None else "updated"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from agent.bmc.seam import Drivers
+from agent.drivers import ipmi
 from agent.drivers.ipmi import IpmiDriver
 from agent.drivers.redfish import RedfishDriver
 
@@ -19,6 +20,14 @@ if TYPE_CHECKING:
 
 DRIVER_NAMES: Final = ("ipmi", "redfish")
 DEFAULT_PORTS: Final = {"ipmi": 623, "redfish": 443}
+
+
+def check_secret(driver: str, password: str) -> None:
+    """The driver's own rule for a password (ValueError says what is wrong)."""
+    if not password or "\0" in password:
+        raise ValueError("the BMC password must be non-empty, without NUL characters")
+    if driver == ipmi.NAME:
+        ipmi.check_password(password)
 
 
 def configured_drivers(config: AgentConfig) -> Drivers:

@@ -188,12 +188,9 @@ class IpmiDriver:
 
     def endpoint(self, node: Node) -> BmcEndpoint:
         config = self.config
-        return BmcEndpoint(
-            driver=NAME,
-            host=node.bmc_address,
-            port=node.bmc_port,
-            username=node.bmc_username,
-            password=node.bmc_password,
+        return BmcEndpoint.for_node(
+            node,
+            NAME,
             session_mode=node.session_mode or config.session_mode,
             options=(
                 ("cipher_suites", tuple(node.cipher_suites) or config.cipher_suites),
@@ -209,11 +206,16 @@ class IpmiDriver:
         suites = endpoint.option("cipher_suites", CIPHER_SUITES)
         privilege = endpoint.option("privilege", "administrator")
         assert isinstance(suites, tuple) and isinstance(privilege, str)
+        password = endpoint.secret()  # a referenced file is read at each login
+        try:
+            check_password(password)
+        except ValueError as exc:
+            raise BmcError(f"{endpoint.label}: {exc}", kind="SecretError") from None
         context = ipmi.open_bmc(
             endpoint.host,
             endpoint.port,
             username=endpoint.username,
-            password=endpoint.password,
+            password=password,
             privilege=privilege,
             cipher_suites=suites,
             retry=self._retry,

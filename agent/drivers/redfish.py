@@ -159,14 +159,8 @@ class RedfishDriver:
         ):
             if info.get(key) is not None:
                 options.append((option, info[key]))
-        return BmcEndpoint(
-            driver=NAME,
-            host=node.bmc_address,
-            port=node.bmc_port,
-            username=node.bmc_username,
-            password=node.bmc_password,
-            session_mode=node.session_mode or self._session_mode,
-            options=tuple(options),
+        return BmcEndpoint.for_node(
+            node, NAME, session_mode=node.session_mode or self._session_mode, options=tuple(options)
         )
 
     def open_session(self, endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSession]:
@@ -176,13 +170,14 @@ class RedfishDriver:
     async def _open(self, endpoint: BmcEndpoint) -> AsyncIterator[BmcSession]:
         address = str(endpoint.option("address"))
         system_id = endpoint.option("system_id")
+        password = endpoint.secret()  # a referenced file is read at each login
         try:
             verify = check_verify_ca(endpoint.option("verify", True))
             auth = check_auth_type(endpoint.option("auth", "auto"))
             context = redfish.open_redfish(
                 address,
                 username=endpoint.username,
-                password=endpoint.password,
+                password=password,
                 system_id=None if system_id is None else str(system_id),
                 verify=verify,
                 retry=self._retry,

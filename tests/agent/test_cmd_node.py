@@ -72,7 +72,9 @@ def test_add_list_show_with_password_masked(cli: Cli) -> None:
     assert status == 0 and out.startswith("added node n1 (")
     with cli.store() as store:
         node = store.get_node("n1")
-        assert node.bmc_password == PASSWORD  # stored for the agent, never shown
+        # The node refers to the file (read at each login); the store holds no copy.
+        assert node.bmc_password == ""
+        assert dict(node.driver_info) == {"ipmi_password_file": str(cli.password_file)}
         assert (node.bmc_port, node.cipher_suites, node.privilege) == (6230, (3,), "operator")
         assert (node.instance_uuid, node.session_mode) == (INSTANCE, "per-cycle")
 
@@ -94,7 +96,9 @@ def test_add_list_show_with_password_masked(cli: Cli) -> None:
     document = json.loads(out)
     assert document["bmc_password"] == "******"
     assert document["name"] == "n1" and document["history"] == []
-    assert document["driver"] == "ipmi" and document["driver_info"] == {}
+    assert document["driver"] == "ipmi"
+    assert document["driver_info"] == {"ipmi_password_file": str(cli.password_file)}
+    assert document["password_source"] == f"file {cli.password_file}"
     assert document["provision_state"] is None and document["health"] is None
 
 
@@ -134,7 +138,25 @@ def test_add_password_from_environment(cli: Cli, monkeypatch: pytest.MonkeyPatch
     )  # fmt: skip
     assert status == 0
     with cli.store() as store:
-        assert store.get_node("n1").bmc_password == "env-secret"
+        node = store.get_node("n1")
+    # A reference, read at each login; never a copy unless --store-secret.
+    assert node.bmc_password == "" and node.driver_info == {"ipmi_password_env": "N1_PW"}
+    status, out, _ = cli("node", "show", "n1")
+    assert "environment variable N1_PW" in out and "env-secret" not in out
+
+
+def test_store_secret_copies_the_password(cli: Cli) -> None:
+    status, _, err = cli(
+        "node", "add", "n1", "--address", "10.1.2.3", "--username", "root",
+        "--password-file", str(cli.password_file), "--store-secret",
+    )  # fmt: skip
+    assert status == 0, err
+    with cli.store() as store:
+        node = store.get_node("n1")
+    assert node.bmc_password == PASSWORD and dict(node.driver_info) == {}
+    _, out, _ = cli("node", "show", "n1", "--json")
+    assert json.loads(out)["password_source"] == "stored in the store"
+    assert PASSWORD not in out
 
 
 def test_add_errors_are_one_line(cli: Cli) -> None:
@@ -247,7 +269,7 @@ def test_set_inventory_fields(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None
     with cli.store() as store:
         node = store.get_node("n1b")
     assert (node.bmc_address, node.bmc_port, node.cipher_suites) == ("10.0.0.9", 1623, (3, 17))
-    assert node.bmc_password == "newer-secret"
+    assert node.bmc_password == "" and dict(node.driver_info) == {"ipmi_password_env": "NEW_PW"}
     assert node.instance_uuid is None and node.session_mode is None
 
 

@@ -208,3 +208,27 @@ async def test_health_read_with_the_power_state_is_recorded_with_history(
         assert store.get_node("node-1").health == "ok"
         assert store.history("node-1")[0].message == "health interlock, main power fault -> ok"
         assert not any("health" in e.message for e in store.history("node-0"))
+
+
+async def test_a_referenced_password_file_is_read_at_login_and_a_loose_one_fails_one_node(
+    store: Store, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_fake_network() as network:
+        add_bmcs(store, network, 2)
+        secret = tmp_path / "bmc.pw"
+        secret.write_text(PASSWORD + "\n")
+        secret.chmod(0o644)  # group/world-readable: refused, like ssh refuses a loose key
+        store.update_node(
+            "node-0", bmc_password="", driver_info={"ipmi_password_file": str(secret)}
+        )
+        async with service_over(network, store, make_config()) as service:
+            first = await service.run_cycle()
+            by_name = {r.name: r for r in first.results}
+            assert by_name["node-0"].action == "read-failed"
+            assert "readable by other users" in (by_name["node-0"].error or "")
+            assert PASSWORD not in (by_name["node-0"].error or "")
+            assert by_name["node-1"].action == "record"  # the cycle went on
+            secret.chmod(0o600)
+            second = await service.run_cycle()
+        assert [r.action for r in second.results if r.name == "node-0"] == ["record"]
+        assert store.get_node("node-0").bmc_password == ""  # still only a reference
