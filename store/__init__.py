@@ -29,6 +29,7 @@ from store.errors import (
     StoreError,
 )
 from store.model import (
+    OUTBOX_LEASE,
     SETTABLE_FIELDS,
     Conductor,
     HistoryEntry,
@@ -37,6 +38,8 @@ from store.model import (
     Node,
     NodeChange,
     Notification,
+    bucket_lease,
+    bucket_of,
 )
 from store.validate import (
     NOTIFIABLE_STATES,
@@ -85,6 +88,7 @@ def open_store(
 __all__ = [
     "BACKENDS",
     "NOTIFIABLE_STATES",
+    "OUTBOX_LEASE",
     "POWER_ERROR",
     "POWER_OFF",
     "POWER_ON",
@@ -109,5 +113,7 @@ __all__ = [
     "Store",
     "StoreCorrupt",
     "StoreError",
+    "bucket_lease",
+    "bucket_of",
     "open_store",
 ]

@@ -231,6 +231,21 @@ class Lease:
     expires_at: float
 
 
+OUTBOX_LEASE = "outbox"  # the one agent that drains the Nova outbox holds this lease
+
+
+def bucket_of(node_uuid: str, buckets: int) -> int:
+    """The bucket (0 .. buckets-1) a node belongs to: the same in every agent and release."""
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise ValueError(f"buckets: must be a positive integer, got {buckets!r}")
+    return uuid_module.UUID(node_uuid).int % buckets
+
+
+def bucket_lease(bucket: int) -> str:
+    """The name of the lease that gives its holder the nodes of ``bucket``."""
+    return f"bucket:{bucket}"
+
+
 @attrs.frozen
 class Conductor:
     """One agent registered on the site (Ironic's conductor), named by its host."""
