@@ -61,3 +61,13 @@ class AsyncStore:
     mark_dropped = _in_thread(Store.mark_dropped)
     defer_notification = _in_thread(Store.defer_notification)
     prune = _in_thread(Store.prune)
+    # several agents on one site
+    server_time = _in_thread(Store.server_time)
+    register_conductor = _in_thread(Store.register_conductor)
+    heartbeat = _in_thread(Store.heartbeat)
+    list_conductors = _in_thread(Store.list_conductors)
+    unregister = _in_thread(Store.unregister)
+    acquire_lease = _in_thread(Store.acquire_lease)
+    renew_lease = _in_thread(Store.renew_lease)
+    release_lease = _in_thread(Store.release_lease)
+    list_leases = _in_thread(Store.list_leases)

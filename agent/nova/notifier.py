@@ -55,7 +55,7 @@ from agent.nova.keystone import (
     open_http_client,
 )
 from agent.storeio import AsyncStore
-from store import Notification, StoreError
+from store import Lease, LeaseLost, Notification, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,11 @@ class Notifier:
         rng: random.Random | None = None,
         poll_interval: float = POLL_INTERVAL,
         watch_interval: float = WATCH_INTERVAL,
+        outbox_lease: Callable[[], Lease | None] | None = None,
     ) -> None:
         self._config = config
+        # Several agents on a site: only the holder of the outbox lease drains (fenced).
+        self._outbox_lease = outbox_lease
         self._poll_interval = poll_interval
         self._watch_interval = watch_interval
         self._store = store
@@ -212,11 +215,22 @@ class Notifier:
             await trio.sleep(blocked)
 
     async def _drain(self) -> DeliveryReport:
+        fence: Lease | None = None
+        if self._outbox_lease is not None:
+            fence = self._outbox_lease()
+            if fence is None:
+                return DeliveryReport()  # another agent drains the outbox
         now = self._clock()
         limit = self._config.batch_size * _ROUND_BATCHES
         doubts = await self._load_doubts()
         # Every pending row, oldest first: only an instance's oldest one may go, so a newer
         # state never overtakes an older row that is waiting for its retry.
+        if fence is not None:
+            try:  # the drainer's fence, checked by the store's clock (the read is a probe)
+                await self._store.due_notifications(limit=1, fence=fence)
+            except LeaseLost:
+                log.info("Nova notifier: the outbox lease moved to another agent")
+                return DeliveryReport()
         rows: list[Notification] = await self._store.due_notifications(
             limit=limit, now=now + _EVERY_PENDING
         )

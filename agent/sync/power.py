@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from agent.storeio import AsyncStore
-from store import POWER_OFF, POWER_ON, Node
+from store import POWER_OFF, POWER_ON, Lease, Node
 
 # action -> ((command, the state it must reach), ...), in order.
 STEPS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -84,13 +84,23 @@ async def drive(
 
 @asynccontextmanager
 async def holding_lock(
-    store: AsyncStore, node: Node, holder: str, *, ttl: float, wall: Callable[[], float]
+    store: AsyncStore,
+    node: Node,
+    holder: str,
+    *,
+    ttl: float,
+    wall: Callable[[], float],
+    fence: Lease | None = None,
 ) -> AsyncIterator[bool]:
-    """The node's lock for the block (True), or False when another holder has it.
+    """The node's lock for the block (True), or False when another holder has it (or, with
+    ``fence``, when that lease is no longer this agent's: a woken agent powers nothing).
 
     Released on the way out, shielded, whatever happened inside.
     """
-    acquired = await store.acquire_lock(node.uuid, holder, ttl=ttl, now=wall())
+    if fence is None:
+        acquired = await store.acquire_lock(node.uuid, holder, ttl=ttl, now=wall())
+    else:  # the lease is checked by the store's clock, so the lock is too
+        acquired = await store.acquire_lock(node.uuid, holder, ttl=ttl, fence=fence)
     try:
         yield acquired
     finally:

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from agent.sync.policy import Action, Decision, Observation, health_note
-from store import HistoryRecord, Node, NodeChange
+from store import HistoryRecord, Lease, Node, NodeChange
 
 
 @attrs.frozen
@@ -119,7 +119,9 @@ def node_result(progress: NodeProgress) -> NodeResult:
     )
 
 
-def node_change(progress: NodeProgress, holder: str, *, notify: bool = True) -> NodeChange | None:
+def node_change(
+    progress: NodeProgress, holder: str, *, notify: bool = True, fence: Lease | None = None
+) -> NodeChange | None:
     """What the pass writes for this node: only if the node is as the pass read it (its
     fingerprint) and no other holder has locked it, checked in apply()'s transaction.
     ``notify`` False ([nova] send_power_notifications = false) queues no Nova event."""
@@ -127,7 +129,11 @@ def node_change(progress: NodeProgress, holder: str, *, notify: bool = True) -> 
     if progress.skipped is not None or progress.decision is None:
         if progress.extra:
             return NodeChange(
-                node.uuid, fields=dict(progress.extra), expected=fingerprint(node), holder=holder
+                node.uuid,
+                fields=dict(progress.extra),
+                expected=fingerprint(node),
+                holder=holder,
+                fence=fence,
             )
         return None
     fields: dict[str, object] = dict(progress.decision.fields)
@@ -161,4 +167,5 @@ def node_change(progress: NodeProgress, holder: str, *, notify: bool = True) -> 
         notification=progress.decision.notification if notify else None,
         expected=fingerprint(node),
         holder=holder,
+        fence=fence,
     )

@@ -32,6 +32,7 @@ from agent.bmc.pool import BmcPool, NodeBmc
 from agent.bmc.seam import BmcBusy, BmcError, Drivers, describe_error
 from agent.config.options import AgentConfig, node_inventory
 from agent.drivers import configured_drivers
+from agent.site.membership import SiteMembership
 from agent.storeio import AsyncStore
 from agent.sync.lanes import NodePace, run_lanes
 from agent.sync.policy import (
@@ -55,7 +56,7 @@ from agent.sync.report import (
     node_change,
     node_result,
 )
-from store import Node, NodeChange, StoreError
+from store import Lease, Node, NodeChange, StoreError
 
 log = logging.getLogger("powersync.sync")
 
@@ -106,8 +107,10 @@ class SyncService:
         wall_clock: Callable[[], float] = time.time,
         holder: str | None = None,
         drivers: Drivers | None = None,
+        site: SiteMembership | None = None,
     ) -> None:
         self.config = config
+        self.site = site  # several agents on one site: this one's share of the nodes
         self.drivers = drivers or configured_drivers(config)
         self.conductor = config.conductor
         self.store = store
@@ -227,11 +230,14 @@ class SyncService:
         started_wall = self.wall()
         started = trio.current_time()
         if kind == "sync":
-            nodes = await self.store.list_nodes()
-            self.pool.retain({node.uuid for node in nodes})  # sessions of deleted nodes
+            nodes = self._owned(await self.store.list_nodes())
+            # Sessions of deleted nodes, and of nodes now another agent's, are closed.
+            self.pool.retain({node.uuid for node in nodes})
             self._pace.ceiling = self._request_timeout(nodes)
         else:
-            nodes = await self.store.list_nodes(maintenance=True, fault="power failure")
+            nodes = self._owned(
+                await self.store.list_nodes(maintenance=True, fault="power failure")
+            )
         now = self.wall()
         work: list[NodeProgress] = []
         results: list[NodeResult] = []
@@ -293,7 +299,10 @@ class SyncService:
         for progress in work:
             results.append(node_result(progress))
             change = node_change(
-                progress, self.holder, notify=self.config.nova.send_power_notifications
+                progress,
+                self.holder,
+                notify=self.config.nova.send_power_notifications,
+                fence=self._fence(progress.node),
             )
             if change is not None:
                 changes.append(change)
@@ -380,6 +389,9 @@ class SyncService:
         if self.stopping.is_set():
             progress.skipped = "shutting down"
             return
+        if self.site is not None and self._fence(progress.node) is None:
+            progress.skipped = "its bucket moved to another agent"
+            return
         timeout = self.conductor.sync_node_timeout
         with trio.move_on_after(timeout) as deadline:
             await self._with_bmc(progress, cycle, kind)
@@ -409,6 +421,17 @@ class SyncService:
                 self._failed(progress, exc, kind)
             else:
                 log.debug("node %s: closing the BMC session: %s", node.name, describe_error(exc))
+
+    def _owned(self, nodes: Sequence[Node]) -> list[Node]:
+        """The nodes this agent syncs: all of them, or on a shared site its buckets' only."""
+        site = self.site
+        if site is None:
+            return list(nodes)
+        return [node for node in nodes if site.lease_for(node.uuid) is not None]
+
+    def _fence(self, node: Node) -> Lease | None:
+        """The lease every write and lock for ``node`` is fenced with (None: one agent)."""
+        return None if self.site is None else self.site.lease_for(node.uuid)
 
     def _request_timeout(self, nodes: Sequence[Node]) -> float:
         """The stall ceiling for this fleet: its drivers' longest one-request timeout."""
@@ -450,7 +473,10 @@ class SyncService:
         assert progress.decision is not None and progress.observation is not None
         target = progress.decision.force_to or ""
         ttl = self.conductor.lock_ttl
-        async with holding_lock(self.store, node, self.holder, ttl=ttl, wall=self.wall) as held:
+        fence = self._fence(node)
+        async with holding_lock(
+            self.store, node, self.holder, ttl=ttl, wall=self.wall, fence=fence
+        ) as held:
             if not held:
                 progress.skipped = "locked by another holder"
                 log.info(

@@ -1,0 +1,1 @@
+"""Several agents on one site (a shared PostgreSQL store): membership, buckets, takeover."""
