@@ -76,18 +76,20 @@ def test_server_restart_under_an_open_store_loses_nothing_and_repeats_nothing(
                 time.sleep(0.01)
             stop.set()
             thread.join(60)
-        assert not thread.is_alive()
-        assert len(returned) >= before_restart + 50, (before_restart, len(returned), failures)
-        assert any("connection lost" in r.getMessage() for r in caplog.records)
+        # What a failure needs explained: the counts and the store's warnings.
+        context = (before_restart, len(returned), failures, caplog.text[-2000:])
+        assert not thread.is_alive(), context
+        assert len(returned) >= before_restart + 50, context
+        assert any("connection lost" in r.getMessage() for r in caplog.records), context
         assert SECRET not in caplog.text
         messages = [entry.message for entry in store.history(limit=1_000_000)]
         written = [int(message.split()[1]) for message in messages]
-        assert len(written) == len(set(written)), "a write was applied twice"
-        assert set(returned) <= set(written), "a write that returned was lost"
-        assert set(written) <= set(returned) | set(failed)
-        assert all("outcome is unknown" in failure for failure in failures)
+        assert len(written) == len(set(written)), ("a write was applied twice", context)
+        assert set(returned) <= set(written), ("a write that returned was lost", context)
+        assert set(written) <= set(returned) | set(failed), context
+        assert all("outcome is unknown" in failure for failure in failures), context
         counts = store.notification_counts()
-        assert counts["pending"] == 1 and counts["superseded"] == len(written) - 1
+        assert counts["pending"] == 1 and counts["superseded"] == len(written) - 1, counts
         assert store.get_node(node.uuid).sync_failures == max(written)
 
 
