@@ -54,13 +54,11 @@ def _sql_literal(value: object, dialect: Dialect) -> str:
     return "'{}'"  # an empty mapping (driver_info)
 
 
-def node_column(name: str, dialect: Dialect) -> str:
-    """The column definition of one Node field."""
-    field = attrs.fields_dict(Node)[name]
-    declared = str(field.type)
-    nullable = declared.endswith("| None")
+def column_type(name: str, dialect: Dialect) -> str:
+    """The SQL type of the column of one Node field, from the field's declared type."""
+    declared = str(attrs.fields_dict(Node)[name].type)
     base = declared.removesuffix("| None").strip()
-    sql_type = {
+    return {
         "str": "TEXT",
         "int": "INTEGER",
         "float": dialect.real,
@@ -68,7 +66,13 @@ def node_column(name: str, dialect: Dialect) -> str:
         "tuple[int, ...]": "TEXT",
         "Mapping[str, Scalar]": "TEXT",
     }[base]
-    parts = [name, sql_type]
+
+
+def node_column(name: str, dialect: Dialect) -> str:
+    """The column definition of one Node field."""
+    field = attrs.fields_dict(Node)[name]
+    nullable = str(field.type).endswith("| None")
+    parts = [name, column_type(name, dialect)]
     if name == "uuid":
         parts.append("PRIMARY KEY")
     elif not nullable:

@@ -36,7 +36,8 @@ from psycopg.conninfo import conninfo_to_dict
 from store import ddl
 from store.base import check_now
 from store.errors import DuplicateNode, SchemaTooNew, StoreCorrupt, StoreError
-from store.sql import SqlStore
+from store.plan import ApplyPlan, GuardRow
+from store.sql import GUARD_COLUMNS, GUARDS, SqlStore
 from store.sqlagents import Cursor, Db
 
 log = logging.getLogger("store")
@@ -309,6 +310,78 @@ class PostgresStore(SqlStore):
             f"store {self.path}: the connection broke while committing and the outcome is "
             f"unknown (transaction {xact}); check the store before repeating the change"
         )
+
+    # --- apply, set-based: one statement per table instead of one per row -------------------
+
+    @staticmethod
+    def _guard_rows(db: Db, uuids: set[str]) -> dict[str, GuardRow]:
+        found: dict[str, GuardRow] = {}
+        rows = db.execute(f"{GUARD_COLUMNS} WHERE uuid = ANY(?::text[])", [sorted(uuids)])
+        for uuid, instance, expires, *guarded in rows:
+            found[uuid] = GuardRow(instance, expires, dict(zip(GUARDS, guarded, strict=True)))
+        return found
+
+    def _write_plan(self, db: Db, plan: ApplyPlan) -> None:
+        by_shape: dict[tuple[str, ...], list[list[object]]] = {}
+        for node_uuid, fields in plan.updates.items():
+            by_shape.setdefault(tuple(fields), []).append(
+                [node_uuid, *(self._column(f, v) for f, v in fields.items())]
+            )
+        for shape, rows in by_shape.items():
+            if not shape:  # changes that only touch updated_at
+                db.execute(
+                    "UPDATE nodes SET updated_at = ? WHERE uuid = ANY(?::text[])",
+                    [plan.at, [row[0] for row in rows]],
+                )
+                continue
+            columns = list(zip(*rows, strict=True))
+            arrays = ", ".join(
+                "?::text[]"
+                if index == 0
+                else f"?::{ddl.column_type(shape[index - 1], ddl.POSTGRESQL)}[]"
+                for index in range(len(shape) + 1)
+            )
+            assignments = "".join(f"{field} = v.{field}, " for field in shape)
+            db.execute(
+                f"UPDATE nodes AS n SET {assignments}updated_at = ? "  # noqa: S608
+                f"FROM unnest({arrays}) AS v(uuid, {', '.join(shape)}) WHERE n.uuid = v.uuid",
+                [plan.at, *(list(column) for column in columns)],
+            )
+        if plan.history:
+            records = [h.record for h in plan.history]
+            db.execute(
+                "INSERT INTO history (node_uuid, at, from_state, to_state, cause, message) "
+                "SELECT * FROM unnest(?::text[], ?::float8[], ?::text[], ?::text[], ?::text[], "
+                "?::text[])",
+                [
+                    [h.node_uuid for h in plan.history],
+                    [h.at for h in plan.history],
+                    [r.from_state for r in records],
+                    [r.to_state for r in records],
+                    [r.cause for r in records],
+                    [r.message for r in records],
+                ],
+            )
+        if plan.supersede:
+            db.execute(
+                "UPDATE notifications SET status = 'superseded' "
+                "WHERE status = 'pending' AND instance_uuid = ANY(?::text[])",
+                [plan.supersede],
+            )
+        if plan.outbox:
+            db.execute(
+                "INSERT INTO notifications (node_uuid, instance_uuid, power_state, created_at, "
+                "next_attempt_at, status) SELECT n, i, p, t, t, s "
+                "FROM unnest(?::text[], ?::text[], ?::text[], ?::float8[], ?::text[]) "
+                "AS v(n, i, p, t, s)",
+                [
+                    [o.node_uuid for o in plan.outbox],
+                    [o.instance_uuid for o in plan.outbox],
+                    [o.power_state for o in plan.outbox],
+                    [o.at for o in plan.outbox],
+                    [o.status for o in plan.outbox],
+                ],
+            )
 
     def _clock(self, db: Db, now: float | None) -> float:
         checked = check_now(now)

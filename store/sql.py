@@ -55,11 +55,11 @@ T = TypeVar("T")
 
 _NODE_SELECT = f"SELECT {', '.join(NODE_FIELDS)} FROM nodes"  # noqa: S608
 _NOTIFICATION_SELECT = f"SELECT {', '.join(NOTIFICATION_FIELDS)} FROM notifications"  # noqa: S608
-_GUARDS = sorted(GUARD_FIELDS)
-_CODED_GUARDS = [field for field in _GUARDS if field in CODECS]
-_GUARD_SELECT = (
-    f"SELECT uuid, instance_uuid, reservation_expires_at, {', '.join(_GUARDS)} "  # noqa: S608
-    "FROM nodes WHERE uuid IN "
+GUARDS = sorted(GUARD_FIELDS)
+_CODEDGUARDS = [field for field in GUARDS if field in CODECS]
+GUARD_COLUMNS = (
+    f"SELECT uuid, instance_uuid, reservation_expires_at, {', '.join(GUARDS)} "  # noqa: S608
+    "FROM nodes"
 )
 CHUNK = 500  # rows per IN (...) list: SQLite's parameter limit
 
@@ -320,9 +320,11 @@ class SqlStore(SqlConductors, Store):
         for start in range(0, len(wanted), CHUNK):
             chunk = wanted[start : start + CHUNK]
             marks = ", ".join("?" for _ in chunk)
-            for uuid, instance, expires, *guarded in db.execute(f"{_GUARD_SELECT}({marks})", chunk):
-                values = dict(zip(_GUARDS, guarded, strict=True))
-                for field in _CODED_GUARDS:  # only maintenance needs decoding (0/1)
+            for uuid, instance, expires, *guarded in db.execute(
+                f"{GUARD_COLUMNS} WHERE uuid IN ({marks})", chunk
+            ):
+                values = dict(zip(GUARDS, guarded, strict=True))
+                for field in _CODEDGUARDS:  # only maintenance needs decoding (0/1)
                     values[field] = from_column(field, values[field])
                 found[uuid] = GuardRow(instance, expires, values)
         return found
