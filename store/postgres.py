@@ -106,10 +106,17 @@ class PostgresStore(SqlStore):
     def __init__(self, dsn: str, password: str | None = None) -> None:
         if not isinstance(dsn, str) or not dsn:
             raise StoreError("postgresql: a DSN is required (e.g. postgresql://user@host/db)")
+        try:
+            in_dsn = conninfo_to_dict(dsn).get("password")
+        except psycopg.ProgrammingError:
+            # Never echo it: a DSN may hold a password.
+            raise StoreError(
+                "postgresql: the DSN cannot be parsed (expected a libpq URI or key=value string)"
+            ) from None
         self.path = display_dsn(dsn)
         self._dsn = dsn
         self._password = password
-        self._secrets = [s for s in (password, conninfo_to_dict(dsn).get("password")) if s]
+        self._secrets = [str(s) for s in (password, in_dsn) if s]
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False

@@ -146,6 +146,13 @@ def test_password_and_dsn_secrets_never_shown(
     assert SECRET not in caplog.text
 
 
+def test_unparsable_dsn_is_refused_without_echoing_it() -> None:
+    with pytest.raises(StoreError, match="cannot be parsed") as error:
+        open_store(backend="postgresql", dsn=f"postgresql://u:{SECRET}@[broken", password=SECRET)
+    assert SECRET not in str(error.value)
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
 def test_newer_schema_and_foreign_database_refused(pg_server: PgServer, dsn: str) -> None:
     open_pg(dsn).close()
     import psycopg
