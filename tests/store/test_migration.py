@@ -1,7 +1,8 @@
 """Stores written by the previous release (SQLite schema 2, JSON format 1) open and migrate.
 
-The fixture files in tests/store/fixtures were written by that release's own code (commit
-e8a4053): two nodes, a history row, a pending notification, a lock and a meta value.
+The fixtures in tests/store/fixtures were written by that release's own code (commit e8a4053;
+the SQLite one kept as its text dump): two nodes, a history row, a pending notification, a
+lock and a meta value.
 """
 
 from __future__ import annotations
@@ -20,14 +21,26 @@ from tests.store.helpers import INSTANCE, PASSWORD, T0
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_FILES = {
-    "sqlite": ("schema-v2.sqlite", "schema version 2 to 4"),
+    "sqlite": ("schema-v2.sql", "schema version 2 to 4"),
     "json": ("format-v1.json", "format version 1 to 3"),
 }
 
 
 def copy_fixture(tmp_path: Path, backend: str) -> Path:
-    path = tmp_path / OLD_FILES[backend][0]
-    shutil.copyfile(FIXTURES / OLD_FILES[backend][0], path)
+    """The previous release's store as a file in tmp_path (never the fixture itself)."""
+    name = OLD_FILES[backend][0]
+    if backend == "json":
+        path = tmp_path / name
+        shutil.copyfile(FIXTURES / name, path)
+    else:
+        # Kept as a text dump (reviewable, and *.sqlite is git-ignored); a dump does not
+        # carry the two header pragmas, so they are set as schema 2 had them.
+        path = tmp_path / "schema-v2.sqlite"
+        conn = sqlite3.connect(path)
+        conn.executescript((FIXTURES / name).read_text())
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+        conn.close()
     os.chmod(path, 0o600)
     return path
 
