@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from agent.config.options import AgentConfig
+from agent.config.secrets import read_secret_env, read_secret_file
 from agent.errors import AgentError, NodeError
 from store import (
     DuplicateNode,
@@ -24,17 +25,35 @@ from store import (
 
 def open_configured_store(config: AgentConfig, *, create: bool) -> Store:
     """The store named by ``[store]``; for read-only commands a missing store is an error."""
-    path = config.store.path
+    store = config.store
+    if store.backend == "postgresql":
+        return _open_postgresql(config)
+    path = store.path
     if not create and not os.path.exists(path):
         raise AgentError(
             f"store {path} does not exist yet ([store] path in {config.source}); "
             "add nodes with `powersync node add` or `powersync node import`"
         )
     try:
-        return open_store(path, config.store.backend)
+        return open_store(path, store.backend)
     except StoreError as exc:
         message = str(exc)
         raise AgentError(message if path in message else f"store {path}: {message}") from None
+
+
+def _open_postgresql(config: AgentConfig) -> Store:
+    """A shared PostgreSQL store; its password from [store] password_file or password_env."""
+    store = config.store
+    assert store.dsn is not None  # the config requires it for this backend
+    password = None
+    if store.password_file is not None:
+        password = read_secret_file(store.password_file, what="[store] password")
+    elif store.password_env is not None:
+        password = read_secret_env(store.password_env, what="[store] password")
+    try:
+        return open_store(backend="postgresql", dsn=store.dsn, password=password)
+    except StoreError as exc:  # the store's messages show the DSN without any password
+        raise AgentError(f"store ([store] in {config.source}): {exc}") from None
 
 
 @contextlib.contextmanager

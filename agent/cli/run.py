@@ -11,6 +11,7 @@ from agent.cli.common import open_configured_store
 from agent.config.options import AgentConfig, load_config
 from agent.logs import setup_logging
 from agent.metrics.sync import ServiceMetrics
+from agent.site.membership import SiteMembership
 from agent.storeio import AsyncStore
 from agent.sync.daemon import run_service
 
@@ -19,29 +20,35 @@ log = logging.getLogger("powersync")
 
 async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
     """Everything ``powersync run`` starts, on an open store."""
+    site = None
+    if config.store.backend == "postgresql":  # a shared store: several agents on one site
+        conductor = config.conductor
+        site = SiteMembership(
+            astore,
+            host=conductor.host,
+            heartbeat_interval=conductor.heartbeat_interval,
+            heartbeat_timeout=conductor.heartbeat_timeout,
+        )
     notifier = None
     if config.nova.send_power_notifications:
         from agent.nova.notifier import Notifier
 
-        notifier = Notifier(config.nova, astore)
+        notifier = Notifier(
+            config.nova, astore, outbox_lease=None if site is None else site.outbox_lease
+        )
     metrics = None
     if config.metrics.listen is not None:
         metrics = ServiceMetrics(host=config.metrics.host, port=config.metrics.port)
     log.info(
         "powersync starting: config %s, store %s (%s), sync every %g s, %d workers, force %s",
         config.source,
-        config.store.path,
+        astore.store.path,  # for PostgreSQL the DSN without its password
         config.store.backend,
         config.conductor.sync_power_state_interval,
         config.conductor.sync_power_state_workers,
         "on" if config.conductor.force_power_state_during_sync else "off",
     )
-    await run_service(
-        config,
-        astore,
-        notifier=notifier,
-        metrics=metrics,
-    )
+    await run_service(config, astore, notifier=notifier, metrics=metrics, site=site)
 
 
 def _handle(args: argparse.Namespace) -> int:

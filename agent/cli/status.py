@@ -16,7 +16,8 @@ from typing import Any
 
 from agent.cli.common import format_time, open_configured_store, print_json, store_errors
 from agent.config.options import AgentConfig, load_config
-from store import Node
+from agent.site.membership import BUCKETS
+from store import OUTBOX_LEASE, Conductor, Lease, Node, bucket_lease, bucket_of
 
 LAST_CYCLE_KEY = "last_cycle"
 LAST_RECOVERY_KEY = "last_recovery"
@@ -44,6 +45,41 @@ def _last_pass(raw: str | None, interval: float, now: float) -> dict[str, Any] |
         summary["age"] = max(0.0, now - started)
         summary["stale"] = interval > 0 and summary["age"] > STALE_INTERVALS * interval
     return summary
+
+
+def agents(
+    nodes: list[Node],
+    conductors: list[Conductor],
+    leases: list[Lease],
+    server_now: float,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """The agents of a shared site: host, heartbeat, nodes owned (by bucket lease), last cycle."""
+    holders = {lease.name: lease.holder for lease in leases if lease.expires_at > server_now}
+    owned: dict[str, int] = {}
+    for node in nodes:
+        holder = holders.get(bucket_lease(bucket_of(node.uuid, BUCKETS)))
+        if holder is not None:
+            owned[holder] = owned.get(holder, 0) + 1
+    listed = []
+    for conductor in conductors:
+        try:
+            last_cycle = json.loads(conductor.info) if conductor.info else None
+        except ValueError:
+            last_cycle = None
+        listed.append(
+            {
+                "host": conductor.host,
+                "alive": conductor.alive(server_now, timeout),
+                "last_heartbeat": conductor.last_heartbeat,
+                "heartbeat_age": round(max(0.0, server_now - conductor.last_heartbeat), 3),
+                "started_at": conductor.started_at,
+                "nodes_owned": owned.get(conductor.host, 0),
+                "drains_outbox": holders.get(OUTBOX_LEASE) == conductor.host,
+                "last_cycle": last_cycle,
+            }
+        )
+    return listed
 
 
 def collect(
@@ -84,7 +120,7 @@ def collect(
 
 
 def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
-    print(f"store: {config.store.path} ({config.store.backend})")
+    print(f"store: {status.get('store', config.store.path)} ({config.store.backend})")
     states = ", ".join(f"{count} {state}" for state, count in status["power_states"].items())
     print(f"nodes: {status['nodes']}" + (f" ({states})" if states else ""))
     maintenance = status["maintenance"]
@@ -111,6 +147,15 @@ def _print_text(status: dict[str, Any], config: AgentConfig) -> None:
     if not config.nova.send_power_notifications:
         line += " (sending is off: [nova] send_power_notifications = false)"
     print(f"notifications: {line}")
+    for agent in status.get("agents", []):
+        state = "alive" if agent["alive"] else "DEAD"
+        cycle = agent["last_cycle"] or {}
+        summary = f", last cycle {cycle.get('nodes', '?')} nodes" if cycle else ""
+        outbox = ", drains the Nova outbox" if agent["drains_outbox"] else ""
+        print(
+            f"agent {agent['host']}: {state}, heartbeat {_ago(agent['heartbeat_age'])} ago, "
+            f"{agent['nodes_owned']} nodes{summary}{outbox}"
+        )
 
 
 def _pass_text(cycle: dict[str, Any] | None, interval: float) -> str:
@@ -148,11 +193,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
         counts = store.notification_counts()
         raw_cycle = store.get_meta(LAST_CYCLE_KEY)
         raw_recovery = store.get_meta(LAST_RECOVERY_KEY)
+        conductors = store.list_conductors()
+        leases = store.list_leases() if conductors else []
+        server_now = store.server_time()
+        where = store.path  # for PostgreSQL the DSN without its password
     now = time.time()
     conductor = config.conductor
     cycle = _last_pass(raw_cycle, conductor.sync_power_state_interval, now)
     recovery = _last_pass(raw_recovery, conductor.power_failure_recovery_interval, now)
     status = collect(nodes, counts, cycle, now, recovery)
+    status["store"] = where
+    if conductors:
+        timeout = conductor.heartbeat_timeout
+        status["agents"] = agents(nodes, conductors, leases, server_now, timeout)
     if args.json:
         print_json(status)
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import uuid
 from collections.abc import Mapping
 from importlib import resources
@@ -41,7 +42,7 @@ from agent.errors import ConfigError, SecretError
 from agent.nova.config import NovaConfig, parse_nova_section
 
 SESSION_MODES: Final = ("persistent", "per-cycle")
-STORE_BACKENDS: Final = ("sqlite", "json")
+STORE_BACKENDS: Final = ("sqlite", "json", "postgresql")
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 BUILTIN_SOURCE: Final = "<built-in default>"
@@ -66,6 +67,10 @@ class ConductorConfig:
     sync_jitter_window: float = 5.0
     min_command_interval: float = 0.0
     lock_ttl: float = 120.0
+    # Several agents on one site (a PostgreSQL store): Ironic's conductor names and defaults.
+    host: str = attrs.field(factory=socket.gethostname)
+    heartbeat_interval: float = 10.0
+    heartbeat_timeout: float = 60.0
 
     @property
     def sync_enabled(self) -> bool:
@@ -99,6 +104,11 @@ class StoreConfig:
     backend: str = "sqlite"
     path: str = "./powersync.sqlite"
     history_retention_days: float = 90.0  # 0 keeps history forever
+    # backend = "postgresql": a libpq URI or keyword string, without the password, which
+    # comes from password_file (mode 0600) or the environment variable password_env.
+    dsn: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
 
 
 @attrs.frozen
@@ -268,6 +278,14 @@ def _parse_conductor(section: Section) -> ConductorConfig:
             f"must be less than sync_power_state_interval ({interval:g})",
             jitter,
         )
+    heartbeat_interval = section.positive("heartbeat_interval", defaults.heartbeat_interval)
+    heartbeat_timeout = section.positive("heartbeat_timeout", defaults.heartbeat_timeout)
+    if heartbeat_timeout <= heartbeat_interval:
+        raise section.fail(
+            "heartbeat_timeout",
+            f"must be greater than heartbeat_interval ({heartbeat_interval:g})",
+            heartbeat_timeout,
+        )
     if lock_ttl <= change_timeout:
         # A power action holds the node lock while it waits for the target state.
         raise section.fail(
@@ -298,6 +316,9 @@ def _parse_conductor(section: Section) -> ConductorConfig:
         min_command_interval=section.number(
             "min_command_interval", defaults.min_command_interval, minimum=0
         ),
+        host=section.optional_string("host") or defaults.host,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
         lock_ttl=lock_ttl,
     )
 
@@ -336,15 +357,31 @@ def _parse_ipmi(section: Section) -> IpmiConfig:
 
 
 def _parse_store(section: Section, base_dir: str) -> StoreConfig:
-    section.check_keys(["backend", "path", "history_retention_days"])
+    section.check_keys([field.name for field in attrs.fields(StoreConfig)])
     defaults = StoreConfig()
     path = section.path("path", defaults.path)
+    backend = section.choice("backend", defaults.backend, STORE_BACKENDS)
+    dsn = section.optional_string("dsn")
+    password_file = section.optional_string("password_file")
+    password_env = section.optional_string("password_env")
+    if backend == "postgresql" and dsn is None:
+        raise ConfigError(f'{section.where} backend = "postgresql" needs dsn (a libpq URI)')
+    if dsn is not None and ":" in dsn.split("@", 1)[0].split("//", 1)[-1] and "@" in dsn:
+        # Never echo it: the DSN has a password in it.
+        raise ConfigError(
+            f"{section.where} dsn must not hold the password: use password_file or password_env"
+        )
+    if password_file is not None and password_env is not None:
+        raise ConfigError(f"{section.where} give only one of password_file, password_env")
     return StoreConfig(
-        backend=section.choice("backend", defaults.backend, STORE_BACKENDS),
+        backend=backend,
         path=resolve_path(path, base_dir),
         history_retention_days=section.number(
             "history_retention_days", defaults.history_retention_days, minimum=0
         ),
+        dsn=dsn,
+        password_file=None if password_file is None else resolve_path(password_file, base_dir),
+        password_env=password_env,
     )
 
 

@@ -26,6 +26,7 @@ from agent.bmc.pool import open_bmc_pool
 from agent.bmc.seam import BmcOpener
 from agent.config.options import AgentConfig
 from agent.drivers import configured_drivers
+from agent.site.membership import SiteMembership
 from agent.storeio import AsyncStore
 from agent.sync.housekeeping import prune_loop
 from agent.sync.service import MetricsSink, Notifier, SyncService
@@ -63,9 +64,13 @@ async def run_service(
     metrics: MetricsSink | None = None,
     handle_signals: bool = True,
     wall_clock: Callable[[], float] = time.time,
+    site: SiteMembership | None = None,
     task_status: trio.TaskStatus[SyncService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The daemon: returns (normally) after SIGTERM/SIGINT or ``service.stop()``.
+
+    ``site`` (several agents on one shared store): this agent's membership; it joins before
+    the first cycle, syncs only its share, and hands every node over when it stops.
 
     ``metrics`` (e.g. :class:`agent.metrics.sync.ServiceMetrics`) gets every cycle; if it
     has a ``serve(task_status=...)`` coroutine, that runs the HTTP endpoint in the nursery.
@@ -94,11 +99,15 @@ async def run_service(
             metrics=metrics,
             wall_clock=wall_clock,
             drivers=drivers,
+            site=site,
         )
         await service.upsert_static_nodes()
         async with trio.open_nursery() as background:
             if handle_signals:
                 await background.start(_watch_signals, service, background.cancel_scope)
+            if site is not None:
+                site.info = partial(_agent_info, service)
+                await background.start(site.run)
             if notifier is not None:
                 background.start_soon(_run_notifier, notifier)
             background.start_soon(
@@ -118,6 +127,12 @@ async def run_service(
                 task_status.started(service)
             background.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _agent_info(service: SyncService) -> dict[str, object] | None:
+    """What `powersync status` shows for this agent: its last cycle's summary."""
+    report = service.last_report
+    return None if report is None else report.summary()
 
 
 async def _run_notifier(notifier: Notifier) -> None:

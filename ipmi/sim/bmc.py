@@ -60,6 +60,7 @@ class SimBmc:
         "_timing",
         "address",
         "boot_count",
+        "controls",
         "down_until",
         "fault_bits",
         "index",
@@ -96,6 +97,7 @@ class SimBmc:
         self.boot_count = 0
         self.requests = 0  # datagrams answered
         self.last_command: str | None = None
+        self.controls = 0  # Chassis Control requests carried out (power actions, counted)
         # Get Chassis Status fault bits to report (0x02 overload ... 0x10 control fault).
         self.fault_bits = 0
 
@@ -139,6 +141,7 @@ class SimBmc:
 
     def chassis_control(self, action: int, now: float) -> int:
         """Apply a Chassis Control request; returns the IPMI completion code."""
+        self.controls += 1
         on = self.power_at(now)
         timing = self._timing
         if action == ChassisAction.POWER_DOWN:

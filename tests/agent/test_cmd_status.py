@@ -173,10 +173,8 @@ def test_status_errors_are_one_line(
     broken.write_text('[store]\nbackend = "mysql"\n')
     assert main(["--config", str(broken), "status"]) == 1
     err = capsys.readouterr().err
-    assert (
-        err
-        == f"powersync: {broken}: [store] backend must be one of 'sqlite', 'json' (got 'mysql')\n"
-    )
+    choices = "'sqlite', 'json', 'postgresql'"
+    assert err == f"powersync: {broken}: [store] backend must be one of {choices} (got 'mysql')\n"
 
 
 def test_status_on_an_empty_store(

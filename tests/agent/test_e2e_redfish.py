@@ -105,7 +105,7 @@ async def test_a_mixed_fleet_is_synced_forced_and_survives_a_dead_redfish_bmc(
                 took = trio.current_time() - started
             by_name = {r.name: r for r in third.results}
             assert by_name["redfish-0"].action == "read-failed"
-                    # Silent on a kept-alive connection: the node's deadline ends the read.
+            # Silent on a kept-alive connection: the node's deadline ends the read.
             assert "no answer" in (by_name["redfish-0"].error or "")
             assert {r.action for r in third.results if r.name != "redfish-0"} == {"in-sync"}
             node = store.get_node("redfish-0")
