@@ -217,6 +217,9 @@ class NodeChange:
     # this token and unexpired, checked in apply()'s transaction; otherwise it is skipped and
     # reported like a compare-and-set conflict.
     fence: Lease | None = None
+    # False: this change's notification does not supersede the instance's older pending ones
+    # (a completed power action: each one is sent, in order). Rows of the same batch still do.
+    supersede: bool = True
 
 
 @attrs.frozen

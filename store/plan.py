@@ -141,6 +141,7 @@ def plan_apply(
         at=now, updates={}, history=[], outbox=[], supersede=[], conflicts=[], missing=[]
     )
     queued: list[tuple[str, str, str]] = []  # (node, instance, state) in batch order
+    keeps_older: set[str] = set()  # instances whose newest row leaves older pending ones
     for item in checked:
         row = rows.get(item.node_uuid)
         if row is None:
@@ -159,10 +160,16 @@ def plan_apply(
             plan.history.append(HistoryRow(item.node_uuid, now, item.change.history))
         if item.change.notification is not None and row.instance_uuid is not None:
             queued.append((item.node_uuid, row.instance_uuid, item.change.notification))
+            if item.change.supersede:
+                keeps_older.discard(row.instance_uuid)
+            else:
+                keeps_older.add(row.instance_uuid)
     # Only the newest row of an instance stays pending: an older state is never sent after a
-    # newer one is queued.
+    # newer one is queued. A change with supersede=False (a completed power action: Nova
+    # must hear it even if another follows at once) leaves the older pending rows, which the
+    # notifier sends first, in order.
     last = {instance: index for index, (_, instance, _) in enumerate(queued)}
-    plan.supersede.extend(last)
+    plan.supersede.extend(instance for instance in last if instance not in keeps_older)
     for index, (node_uuid, instance, state) in enumerate(queued):
         status = "pending" if last[instance] == index else "superseded"
         plan.outbox.append(OutboxRow(node_uuid, instance, state, now, status))

@@ -197,6 +197,7 @@ async def _act(
         notification=target
         if config.nova.send_power_notifications and (node.power_state != target or sent)
         else None,
+        supersede=False,  # each completed action reaches Nova, even if another follows at once
     )
     await _apply(store, change, wall_clock)
     return ActionResult(node.name, action, before, target, after, sent, duration, message)
@@ -225,6 +226,7 @@ async def _record_failure(
         notification=state
         if config.nova.send_power_notifications and state not in (None, node.power_state)
         else None,
+        supersede=False,
     )
     with trio.CancelScope(shield=True):
         await _apply(store, change, wall_clock)

@@ -969,3 +969,19 @@ def test_two_agents_share_leases_through_the_store(opener: Opener) -> None:
         agent_b.heartbeat("b", now=T0 + 1)
         assert [c.host for c in agent_a.list_conductors()] == ["a", "b"]
         assert [lease.holder for lease in agent_b.list_leases()] == ["a"] * 4
+
+
+def test_a_change_that_does_not_supersede_leaves_older_pending_events(store: Store) -> None:
+    # Two completed power actions a second apart: Nova must hear both, in order.
+    node = add(store, instance_uuid=INSTANCE)
+    store.apply([NodeChange(node.uuid, {"power_state": "power off"}, None, "power off",
+                            supersede=False)], now=T0)  # fmt: skip
+    store.apply([NodeChange(node.uuid, {"power_state": "power on"}, None, "power on",
+                            supersede=False)], now=T0 + 1)  # fmt: skip
+    pending = store.due_notifications(now=T0 + 2)
+    assert [n.power_state for n in pending] == ["power off", "power on"]
+    # A sync change (supersede=True, the default) still replaces what is pending.
+    store.apply(
+        [NodeChange(node.uuid, {"power_state": "power off"}, None, "power off")], now=T0 + 3
+    )
+    assert [n.power_state for n in store.due_notifications(now=T0 + 4)] == ["power off"]
