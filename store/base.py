@@ -77,12 +77,18 @@ def check_ttl(ttl: object) -> float:
     return float(ttl)
 
 
+def format_instant(epoch: float) -> str:
+    """An epoch time as an operator reads it: ISO 8601 UTC to the millisecond."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    return f"{whole}.{int(epoch % 1 * 1000):03d}Z"
+
+
 def log_takeover(node: str, old_holder: str, expired_at: float | None, holder: str) -> None:
     log.warning(
         "node %s: lock of %s expired at %s, taken over by %s",
         node,
         old_holder,
-        "?" if expired_at is None else f"{expired_at:.3f}",
+        "?" if expired_at is None else format_instant(expired_at),
         holder,
     )
 

@@ -108,7 +108,8 @@ async def _power(args: argparse.Namespace, password: str) -> dict[str, Any]:
         else:
             await bmc.set_power(args.op)
             result["result"] = "ok"
-        stats = bmc.statistics()
+    # Read after the block: Close Session is sent on the way out and counts too.
+    stats = bmc.statistics()
     result["datagrams_sent"] = stats.sent
     result["retransmits"] = stats.retransmits
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -985,3 +986,16 @@ def test_a_change_that_does_not_supersede_leaves_older_pending_events(store: Sto
         [NodeChange(node.uuid, {"power_state": "power off"}, None, "power off")], now=T0 + 3
     )
     assert [n.power_state for n in store.due_notifications(now=T0 + 4)] == ["power off"]
+
+
+def test_a_lock_takeover_names_the_expiry_as_a_time(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found: the WARNING printed a raw epoch ("expired at 1796297555.750").
+    node = add(store)
+    assert store.acquire_lock(node.uuid, "agent-a:1:sync", ttl=10, now=T0)
+    with caplog.at_level(logging.WARNING):
+        assert store.acquire_lock(node.uuid, "agent-b:2:power", ttl=10, now=T0 + 11)
+    [line] = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 + 10))
+    assert f"expired at {expected}.000Z" in line, line
