@@ -392,6 +392,8 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
     """
     assert row.node is not None
     wanted = node_inventory(row.node, config.ipmi)
+    if row.provision_state is not None:  # Ironic's JSON: kept, so the sync skips what it skips
+        wanted["provision_state"] = row.provision_state
     existing: Node | None = None
     if store is not None:
         with contextlib.suppress(NodeNotFound):
@@ -419,7 +421,13 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
     if existing is None and (row.power_state is not None or row.maintenance):
         fields: dict[str, object] = {"power_state": row.power_state}
         if row.maintenance:
-            fields |= {"maintenance": True, "maintenance_reason": row.maintenance_reason}
+            # Ironic's "power failure" stays a fault, so recovery clears it when the BMC
+            # answers again; a maintenance without a fault is an operator's and stays.
+            fields |= {
+                "maintenance": True,
+                "maintenance_reason": row.maintenance_reason,
+                "fault": row.fault,
+            }
         record = HistoryRecord(None, row.power_state, OPERATOR, f"imported from {args.file}")
         store.apply([NodeChange(node.uuid, fields=fields, history=record)])
     return outcome

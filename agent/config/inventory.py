@@ -54,6 +54,8 @@ class ImportRow:
     power_state: str | None = None
     maintenance: bool = False
     maintenance_reason: str | None = None
+    fault: str | None = None  # Ironic's fault, e.g. "power failure" (auto-recovered here too)
+    provision_state: str | None = None  # Ironic's, e.g. "active", "enroll"
 
 
 def detect_format(path: str) -> str:
@@ -236,7 +238,13 @@ class _Reader:
             power_state=power_state if power_state in _POWER_STATES else None,
             maintenance=bool(maintenance),
             maintenance_reason=item.get("maintenance_reason") or None,
+            fault=_text_or_none(item.get("fault")) if maintenance else None,
+            provision_state=_text_or_none(item.get("provision_state")),
         )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def _int_or_text(value: object) -> object:

@@ -553,3 +553,34 @@ def test_import_keeps_fields_the_file_leaves_out(cli: Cli) -> None:
         node = store.get_node("k1")
     assert node.bmc_address == "127.0.0.2"
     assert (node.instance_uuid, node.privilege, node.cipher_suites) == (INSTANCE, "operator", (3,))
+
+
+def test_ironic_import_keeps_the_power_failure_fault_and_the_provision_state(cli: Cli) -> None:
+    # Found: "fault": "power failure" became an operator maintenance (never auto-recovered),
+    # and provision_state was dropped, so an enroll node was synced.
+    nodes = [
+        {
+            "UUID": "5b0f3f2e-6c1d-4e8a-9a55-0f7f2c1d4e01", "Name": "failed-1",
+            "Driver": "ipmi", "Provision State": "active", "Power State": "power off",
+            "Maintenance": True, "Maintenance Reason": "power sync failed",
+            "Fault": "power failure",
+            "Driver Info": {"ipmi_address": "127.0.0.1", "ipmi_username": "admin",
+                            "ipmi_password": "******"},
+        },
+        {
+            "UUID": "5b0f3f2e-6c1d-4e8a-9a55-0f7f2c1d4e02", "Name": "new-1",
+            "Driver": "ipmi", "Provision State": "enroll", "Power State": None,
+            "Maintenance": False, "Fault": None,
+            "Driver Info": {"ipmi_address": "127.0.0.2", "ipmi_username": "admin",
+                            "ipmi_password": "******"},
+        },
+    ]  # fmt: skip
+    path = cli.dir / "ironic.json"
+    path.write_text(json.dumps(nodes))
+    status, _, err = cli("node", "import", str(path), "--password-file", str(cli.password_file))
+    assert status == 0, err
+    with cli.store() as store:
+        failed, new = store.get_node("failed-1"), store.get_node("new-1")
+    assert failed.maintenance and failed.fault == "power failure"
+    assert (failed.provision_state, new.provision_state) == ("active", "enroll")
+    assert not new.maintenance and new.fault is None
