@@ -195,6 +195,8 @@ async def test_two_agent_processes_share_take_over_after_sigkill_and_fence_after
                 bmc
                 for uuid, bmc in buckets.items()
                 if leases.get(bucket_lease(bucket_of(uuid, BUCKETS))) == "agent-b"
+                # a node the earlier CLI action left off would not be forced back on
+                and bmc.power_on
             )
             controls = victim.controls
             agents[1].signal(signal.SIGSTOP)
