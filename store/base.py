@@ -31,6 +31,7 @@ from store.model import (
     Notification,
     new_node,
     validate_inventory,
+    validate_node_uuid,
 )
 from store.plan import ApplyPlan, CheckedChange, check_changes
 from store.validate import Scalar
@@ -161,9 +162,11 @@ class Store(abc.ABC):
         driver: str = "ipmi",
         driver_info: Mapping[str, Scalar] | None = None,
         provision_state: str | None = None,
+        uuid: str | None = None,
         now: float | None = None,
     ) -> Node:
-        """Add a node; DuplicateNode if the name exists, InvalidNode on a bad field."""
+        """Add a node; DuplicateNode if the name (or the given uuid) exists, InvalidNode on a
+        bad field. ``uuid`` keeps a given identity (Ironic's); by default a new one."""
         fields = validate_inventory(
             {
                 "name": name,
@@ -180,7 +183,8 @@ class Store(abc.ABC):
                 "provision_state": provision_state,
             }
         )
-        return self._insert_nodes([new_node(fields, now=0.0)], check_now(now))[0]
+        node = new_node(fields, now=0.0, uuid=validate_node_uuid(uuid))
+        return self._insert_nodes([node], check_now(now))[0]
 
     def add_nodes(
         self, nodes: Sequence[Mapping[str, object]], *, now: float | None = None
@@ -208,11 +212,13 @@ class Store(abc.ABC):
         driver: str = "ipmi",
         driver_info: Mapping[str, Scalar] | None = None,
         provision_state: str | None = None,
+        uuid: str | None = None,
         now: float | None = None,
     ) -> Node:
         """Add the node, or replace the inventory fields of the node with that name.
 
-        Power state, maintenance, reservation and counters of an existing node are kept.
+        Power state, maintenance, reservation, counters and the uuid of an existing node are
+        kept; ``uuid`` is the identity of a new one (DuplicateNode if another node has it).
         """
         fields = validate_inventory(
             {
@@ -230,16 +236,17 @@ class Store(abc.ABC):
                 "provision_state": provision_state,
             }
         )
-        return self._upsert(fields, check_now(now))
+        return self._upsert(fields, check_now(now), validate_node_uuid(uuid))
 
     @abc.abstractmethod
     def _insert_nodes(self, nodes: Sequence[Node], now: float | None) -> list[Node]:
         """Insert validated new nodes in one transaction, stamped with ``now`` or the
-        backend's clock (:func:`stamp_new_nodes`); DuplicateNode if a name is taken."""
+        backend's clock (:func:`stamp_new_nodes`); DuplicateNode if a name or uuid is taken."""
 
     @abc.abstractmethod
-    def _upsert(self, fields: Mapping[str, object], now: float | None) -> Node:
-        """Insert or update (by name) from validated inventory fields, in one transaction."""
+    def _upsert(self, fields: Mapping[str, object], now: float | None, uuid: str | None) -> Node:
+        """Insert or update (by name) from validated inventory fields, in one transaction;
+        a new node gets ``uuid`` when given (DuplicateNode if it is taken)."""
 
     @abc.abstractmethod
     def get_node(self, name_or_uuid: str) -> Node:
@@ -471,18 +478,23 @@ def prepare_new_nodes(specs: Sequence[Mapping[str, object]]) -> list[Node]:
     stamps their times when it inserts them)."""
     nodes: list[Node] = []
     seen: set[str] = set()
+    seen_uuids: set[str] = set()
     for index, spec in enumerate(specs):
         label = f"node {spec.get('name')!r}" if isinstance(spec.get("name"), str) else f"#{index}"
         values = dict(spec)
         if values.get("driver_info", {}) is None:
             values["driver_info"] = {}
+        given_uuid = values.pop("uuid", None)
         try:
             fields = validate_inventory(values)
+            node = new_node(fields, now=0.0, uuid=validate_node_uuid(given_uuid))
         except InvalidNode as exc:
             raise InvalidNode(f"{label}: {exc}") from None
-        node = new_node(fields, now=0.0)
         if node.name in seen:
             raise DuplicateNode(f"a node named {node.name!r} appears twice in the batch")
+        if node.uuid in seen_uuids:
+            raise DuplicateNode(f"uuid {node.uuid} appears twice in the batch")
         seen.add(node.name)
+        seen_uuids.add(node.uuid)
         nodes.append(node)
     return nodes

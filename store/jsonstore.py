@@ -188,18 +188,20 @@ class JsonStore(JsonConductors, Store):
             for node in stamped:
                 if node.name in taken:
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
+                _check_uuid_free(txn.state.nodes, node.uuid)
             for node in stamped:
                 txn.state.nodes[node.uuid] = node
             txn.dirty = True
         return stamped
 
-    def _upsert(self, fields: Mapping[str, object], now: float | None) -> Node:
+    def _upsert(self, fields: Mapping[str, object], now: float | None, uuid: str | None) -> Node:
         at = resolve_now(now)
         with self._writing() as txn:
             try:
                 existing = txn.state.find(str(fields["name"]))
             except NodeNotFound:
-                node = new_node(fields, now=at)
+                node = new_node(fields, now=at, uuid=uuid)
+                _check_uuid_free(txn.state.nodes, node.uuid)
             else:
                 changed = merge_fields(existing, fields)
                 if not changed:
@@ -515,3 +517,8 @@ class JsonStore(JsonConductors, Store):
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self._forget()
+
+
+def _check_uuid_free(nodes: Mapping[str, Node], node_uuid: str) -> None:
+    if node_uuid in nodes:
+        raise DuplicateNode(f"uuid {node_uuid} is already node {nodes[node_uuid].name!r}")

@@ -25,6 +25,7 @@ from store.validate import (
     optional_text,
     optional_time,
     optional_word_text,
+    parse_uuid,
     validate_address,
     validate_bool,
     validate_cipher_suites,
@@ -327,8 +328,21 @@ def validate_history(record: HistoryRecord) -> None:
         raise invalid("history.message", "must be a string")
 
 
-def new_node(fields: Mapping[str, object], *, now: float) -> Node:
-    """A fresh Node from validated inventory fields: unknown power state, no reservation."""
+def validate_node_uuid(value: object) -> str | None:
+    """A node's own uuid given by the caller (e.g. Ironic's, kept by ``node import``)."""
+    if value is None:
+        return None
+    parsed = parse_uuid(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise invalid("uuid", f"must be a UUID, got {value!r}")
+    return parsed
+
+
+def new_node(fields: Mapping[str, object], *, now: float, uuid: str | None = None) -> Node:
+    """A fresh Node from validated inventory fields: unknown power state, no reservation.
+
+    ``uuid`` (validated by :func:`validate_node_uuid`) keeps a given identity; else a new one.
+    """
     values: dict[str, Any] = {}
     for field in attrs.fields(Node):
         kind = field.metadata["kind"]
@@ -338,5 +352,5 @@ def new_node(fields: Mapping[str, object], *, now: float) -> Node:
             values[field.name] = now
         else:
             values[field.name] = field.metadata["initial"]
-    values["uuid"] = str(uuid_module.uuid4())
+    values["uuid"] = str(uuid_module.uuid4()) if uuid is None else uuid
     return Node(**values)

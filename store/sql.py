@@ -93,6 +93,12 @@ class SqlStore(SqlConductors, Store):
         except NodeNotFound:
             return None
 
+    @classmethod
+    def _check_uuid_free(cls, db: Db, node_uuid: str) -> None:
+        row = db.execute("SELECT name FROM nodes WHERE uuid = ?", (node_uuid,)).fetchone()
+        if row is not None:
+            raise DuplicateNode(f"uuid {node_uuid} is already node {row[0]!r}")
+
     def _insert(self, db: Db, nodes: Sequence[Node]) -> None:
         placeholders = ", ".join("?" for _ in NODE_FIELDS)
         db.executemany(
@@ -125,17 +131,19 @@ class SqlStore(SqlConductors, Store):
             for node in stamped:
                 if self._name_taken(db, node.name):
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
+                self._check_uuid_free(db, node.uuid)
             self._insert(db, stamped)
             return stamped
 
         return self._write(body, now)
 
-    def _upsert(self, fields: Mapping[str, object], now: float | None) -> Node:
+    def _upsert(self, fields: Mapping[str, object], now: float | None, uuid: str | None) -> Node:
         def body(db: Db, at: float) -> Node:
             try:
                 existing = self._find(db, str(fields["name"]))
             except NodeNotFound:
-                node = new_node(fields, now=at)
+                node = new_node(fields, now=at, uuid=uuid)
+                self._check_uuid_free(db, node.uuid)
                 self._insert(db, [node])
                 return node
             changed = merge_fields(existing, fields)

@@ -298,6 +298,32 @@ def test_upsert_adds_then_updates_inventory_keeping_state(store: Store) -> None:
     assert len(store.list_nodes()) == 1
 
 
+IRONIC_UUID = "8c1a7b6e-4f0d-4a4e-9c52-0d3e6f1b2a77"
+
+
+def test_a_given_uuid_is_kept_and_must_be_free(store: Store) -> None:
+    base = {"bmc_address": "::1", "bmc_username": "admin", "bmc_password": "pw"}
+    kept = store.upsert_node(name="ironic-1", uuid=IRONIC_UUID.upper(), **base, now=T0)
+    assert kept.uuid == IRONIC_UUID  # canonical form, as instance_uuid
+    assert store.get_node(IRONIC_UUID).name == "ironic-1"
+    # An existing node keeps its identity whatever uuid a later upsert brings.
+    again = store.upsert_node(name="ironic-1", uuid=INSTANCE, **base, now=T0 + 1)
+    assert again.uuid == IRONIC_UUID
+    with pytest.raises(DuplicateNode, match=f"uuid {IRONIC_UUID} is already node 'ironic-1'"):
+        store.upsert_node(name="other", uuid=IRONIC_UUID, **base)
+    with pytest.raises(DuplicateNode, match=IRONIC_UUID):
+        store.add_node(name="other", uuid=IRONIC_UUID, **base)
+    with pytest.raises(DuplicateNode, match=IRONIC_UUID):
+        store.add_nodes([{"name": "other", "uuid": IRONIC_UUID, **base}])
+    with pytest.raises(InvalidNode, match=r"^uuid: must be a UUID"):
+        store.upsert_node(name="other", uuid="not-a-uuid", **base)
+    with pytest.raises(DuplicateNode, match="twice in the batch"):
+        store.add_nodes([{"name": f"x{i}", "uuid": INSTANCE, **base} for i in range(2)])
+    added = store.add_node(name="given", uuid=INSTANCE_2, **base)
+    assert added.uuid == INSTANCE_2 and store.get_node(INSTANCE_2) == added
+    assert sorted(n.name for n in store.list_nodes()) == ["given", "ironic-1"]
+
+
 def test_delete_cascades_and_is_refused_while_locked(store: Store) -> None:
     node = add(store, instance_uuid=INSTANCE)
     keep = add(store, "node-2", instance_uuid=INSTANCE_2)
