@@ -90,11 +90,15 @@ def translate(exc: redfish.RedfishError) -> BmcError:
 
 @attrs.frozen
 class _Counts:
-    """The client's statistics in the pool's words (a Redfish retry is a retransmission)."""
+    """The client's statistics in the pool's words (a Redfish retry is a retransmission),
+    and its own (``powersync bmc --json`` prints them)."""
 
     logins: int
     retransmits: int
     drops: int = 0
+    requests: int = 0
+    retries: int = 0
+    tls_handshakes: int = 0
 
 
 class RedfishBmcSession:
@@ -125,7 +129,13 @@ class RedfishBmcSession:
 
     def statistics(self) -> SessionCounts:
         stats = self._session.statistics()
-        return _Counts(logins=stats.logins, retransmits=stats.retries)
+        return _Counts(
+            logins=stats.logins,
+            retransmits=stats.retries,
+            requests=stats.requests,
+            retries=stats.retries,
+            tls_handshakes=stats.tls_handshakes,
+        )
 
     @property
     def health(self) -> str | None:
