@@ -115,7 +115,12 @@ def write_inventory(
         described = describe_endpoints(
             fleet_or_endpoints, username, password_file=password_file, cipher_suites=cipher_suites
         )
-    text = render_descriptions(described, password)
+    write_private_text(path, render_descriptions(described, password))
+
+
+def write_private_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` mode 0600 from the first byte, atomically (a temporary
+    file in the same directory, renamed into place)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(prefix=".inventory-", suffix=".toml", dir=directory)
     try:

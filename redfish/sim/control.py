@@ -35,16 +35,17 @@ if TYPE_CHECKING:
 MAX_LINE = 64 * 1024
 
 
-def _selection(value: Any, count: int) -> list[int]:
+def _selection(value: Any, first: int, count: int) -> list[int]:
     if isinstance(value, str):
         indexes = parse_selection(value)
     elif isinstance(value, list) and all(isinstance(item, int) for item in value):
         indexes = frozenset(value)
     else:
         raise ValueError('"bmcs" must be a selection string like "0,3-5" or a list of indexes')
-    bad = sorted(index for index in indexes if not 0 <= index < count)
+    last = first + count - 1
+    bad = sorted(index for index in indexes if not first <= index <= last)
     if bad:
-        raise ValueError(f"no BMC with index {bad[0]} (the fleet has {count}: 0..{count - 1})")
+        raise ValueError(f"no BMC with index {bad[0]} (the fleet has {count}: {first}..{last})")
     return sorted(indexes)
 
 
@@ -72,19 +73,19 @@ def _execute(fleet: Fleet, request: Any) -> dict[str, Any]:
             fleet.set_faults(base.changed(changes))
         return {"ok": True, "faults": fleet.faults.to_json()}
     if op == "reboot":
-        indexes = _selection(request.get("bmcs", ""), count)
+        indexes = _selection(request.get("bmcs", ""), fleet.first_index, count)
         down_for = float(request.get("down_for", 0.0))
         if not down_for >= 0:
             raise ValueError('"down_for" must be >= 0 seconds')
         fleet.reboot(indexes, down_for=down_for)
         return {"ok": True, "rebooted": len(indexes)}
     if op == "power":
-        indexes = _selection(request.get("bmcs", ""), count)
+        indexes = _selection(request.get("bmcs", ""), fleet.first_index, count)
         on = request.get("on")
         if not isinstance(on, bool):
             raise ValueError('"on" must be true or false')
         for index in indexes:
-            fleet.bmcs[index].set_power(on)
+            fleet.bmc(index).set_power(on)
         return {"ok": True, "changed": len(indexes)}
     if op == "list":
         now = trio.current_time()

@@ -69,8 +69,10 @@ class Fleet:
         faults: Faults,
         tls: TlsFiles,
         seed: int | None,
+        first_index: int = 0,
     ) -> None:
         self.bmcs: Sequence[SimService] = bmcs
+        self.first_index = first_index  # bmcs[0].index (a fleet beside an IPMI one)
         self._by_port = {bmc.port: bmc for bmc in bmcs}
         self.username = username
         self.password = password
@@ -111,11 +113,17 @@ class Fleet:
         log.info("faults now %s", new.to_json())
         return new
 
+    def bmc(self, index: int) -> SimService:
+        """The BMC with this index (``first_index`` .. ``first_index + len(bmcs) - 1``)."""
+        if not self.first_index <= index < self.first_index + len(self.bmcs):
+            raise IndexError(f"no BMC with index {index}")
+        return self.bmcs[index - self.first_index]
+
     def reboot(self, indexes: Iterable[int], *, down_for: float = 0.0) -> None:
         """Reboot BMC firmware: every session dropped, silent for ``down_for`` seconds."""
         now = trio.current_time()
         for index in indexes:
-            bmc = self.bmcs[index]
+            bmc = self.bmc(index)
             bmc.drop_sessions()
             bmc.down_until = now + down_for
             bmc.boot_count += 1
@@ -217,8 +225,8 @@ class Fleet:
                 await self._faults_changed.wait()
                 continue  # faults changed: re-read the interval and the selection
             for index in sorted(faults.flapping):
-                if index < len(self.bmcs):
-                    bmc = self.bmcs[index]
+                if self.first_index <= index < self.first_index + len(self.bmcs):
+                    bmc = self.bmc(index)
                     bmc.set_power(not bmc.power_on)
 
 
@@ -325,6 +333,7 @@ async def open_fleet(
     seed: int | None = None,
     allow_any_address: bool = False,
     control_socket: str | None = None,
+    first_index: int = 0,
 ) -> AsyncIterator[Fleet]:
     """Serve ``count`` simulated Redfish services over HTTPS until the block exits.
 
@@ -334,6 +343,8 @@ async def open_fleet(
     temporary directory that is removed on exit). ``faults`` may be a :class:`Faults` or a
     mapping of its fields; ``options`` say how the services behave (sessions, ActionInfo,
     Tasks). ``control_socket`` also serves the JSON-line control interface there.
+    ``first_index`` numbers the BMCs from there (names, fault selections, control requests),
+    so a Redfish fleet can follow an IPMI fleet of ``first_index`` BMCs in one index space.
     """
     if count < 1:
         raise ValueError("a fleet needs at least one BMC")
@@ -343,6 +354,8 @@ async def open_fleet(
         raise FleetError(f"ports {port_base}..{port_base + count - 1} do not fit below 65536")
     if not password:
         raise ValueError("the fleet needs a password")
+    if first_index < 0:
+        raise ValueError("first_index must be >= 0")
     family = check_address(host, allow_any_address=allow_any_address)
     initial_faults = faults if isinstance(faults, Faults) else Faults().changed(faults or {})
     with tempfile.TemporaryDirectory(prefix="redfish-sim-") as scratch:
@@ -362,7 +375,7 @@ async def open_fleet(
 
         bmcs = [
             SimService(
-                index,
+                first_index + index,
                 host,
                 listener.socket.getsockname()[1],
                 clock=trio.current_time,
@@ -377,7 +390,13 @@ async def open_fleet(
             for index, listener in enumerate(listeners)
         ]
         fleet = Fleet(
-            bmcs, username=username, password=password, faults=initial_faults, tls=tls, seed=seed
+            bmcs,
+            username=username,
+            password=password,
+            faults=initial_faults,
+            tls=tls,
+            seed=seed,
+            first_index=first_index,
         )
         try:
             async with trio.open_nursery() as nursery:
