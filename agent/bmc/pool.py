@@ -411,11 +411,11 @@ class BmcPool:
 
     async def _keepalive_loop(self) -> None:
         """Send a keepalive on every session idle for ``keepalive_interval``."""
-        interval = self.keepalive_interval
         slots = self._keepalive_slots
         with self._keepalive_scope:
             async with trio.open_nursery() as nursery:
                 while True:
+                    interval = self.keepalive_interval  # a reload may change it
                     idle = self._idle
                     if not idle:
                         await trio.sleep(interval)  # anything idle from now is due later

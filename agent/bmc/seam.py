@@ -224,6 +224,10 @@ class Drivers:
     def names(self) -> tuple[str, ...]:
         return tuple(self._drivers)
 
+    def replace(self, other: Drivers) -> None:
+        """Take ``other``'s drivers (a reload): openers bound to this set see them at once."""
+        self._drivers = dict(other._drivers)
+
     def driver(self, name: str) -> BmcDriver:
         try:
             return self._drivers[name]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 
 import trio
 
 from agent.cli.common import open_configured_store
-from agent.config.options import AgentConfig, load_config
+from agent.config.options import BUILTIN_SOURCE, AgentConfig, load_config
 from agent.logs import setup_logging
 from agent.metrics.sync import ServiceMetrics
+from agent.nova.config import NovaConfig
 from agent.site.membership import SiteMembership
 from agent.storeio import AsyncStore
 from agent.sync.daemon import run_service
+from agent.sync.reload import Reloader
+from agent.sync.service import Notifier
 
 log = logging.getLogger("powersync")
 
 
-async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
-    """Everything ``powersync run`` starts, on an open store."""
+async def run_daemon(config: AgentConfig, astore: AsyncStore, *, debug: bool = False) -> None:
+    """Everything ``powersync run`` starts, on an open store; SIGHUP reloads the config
+    (``--debug`` keeps its level over a reloaded [logging])."""
     site = None
     if config.store.backend == "postgresql":  # a shared store: several agents on one site
         conductor = config.conductor
@@ -29,13 +34,15 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
             heartbeat_interval=conductor.heartbeat_interval,
             heartbeat_timeout=conductor.heartbeat_timeout,
         )
-    notifier = None
-    if config.nova.send_power_notifications:
-        from agent.nova.notifier import Notifier
 
-        notifier = Notifier(
-            config.nova, astore, outbox_lease=None if site is None else site.outbox_lease
-        )
+    def make_notifier(nova: NovaConfig) -> Notifier | None:
+        if not nova.send_power_notifications:
+            return None
+        from agent.nova.notifier import Notifier  # httpx only when Nova is on
+
+        return Notifier(nova, astore, outbox_lease=None if site is None else site.outbox_lease)
+
+    notifier = make_notifier(config.nova)
     metrics = None
     if config.metrics.listen is not None:
         metrics = ServiceMetrics(host=config.metrics.host, port=config.metrics.port)
@@ -48,7 +55,15 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore) -> None:
         config.conductor.sync_power_state_workers,
         "on" if config.conductor.force_power_state_during_sync else "off",
     )
-    await run_service(config, astore, notifier=notifier, metrics=metrics, site=site)
+    source = None if config.source == BUILTIN_SOURCE else config.source
+    reloader = Reloader(
+        lambda: load_config(source),
+        set_logging=None if debug else setup_logging,
+        make_notifier=make_notifier,
+    )
+    await run_service(
+        config, astore, notifier=notifier, metrics=metrics, site=site, reloader=reloader
+    )
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -56,7 +71,7 @@ def _handle(args: argparse.Namespace) -> int:
     if not args.debug:
         setup_logging(config.logging)
     with open_configured_store(config, create=True) as store:
-        trio.run(run_daemon, config, AsyncStore(store))
+        trio.run(partial(run_daemon, config, AsyncStore(store), debug=args.debug))
     return 0
 
 
@@ -67,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Run the power-sync daemon: a sync cycle every sync_power_state_interval, "
             "power-failure recovery, Nova notifications and metrics as configured. "
-            "SIGTERM or SIGINT stops it cleanly (exit 0)."
+            "SIGTERM or SIGINT stops it cleanly (exit 0); SIGHUP reloads the config file. "
+            "Under systemd (Type=notify) it reports readiness, status and watchdog pings."
         ),
     )
     parser.set_defaults(handler=_handle)

@@ -129,6 +129,13 @@ class Notifier:
         """New events were committed: deliver them now (unless Nova is backing off)."""
         self._wakeup.set()
 
+    @asynccontextmanager
+    async def between_rounds(self) -> AsyncIterator[None]:
+        """No round runs inside this block: a reload stops this notifier here, so no POST is
+        cut off halfway."""
+        async with self._draining:
+            yield
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver until cancelled: at once when woken, otherwise when the next row is due
         (and at least every ``poll_interval`` seconds, for rows other processes queue)."""

@@ -109,27 +109,26 @@ class SyncService:
         drivers: Drivers | None = None,
         site: SiteMembership | None = None,
     ) -> None:
-        self.config = config
         self.site = site  # several agents on one site: this one's share of the nodes
         self.drivers = drivers or configured_drivers(config)
-        self.conductor = config.conductor
         self.store = store
         self.pool = pool
         self.notifier = notifier
         self.metrics = metrics
         self.wall = wall_clock
         self.holder = holder or holder_name("sync")
-        self.settings = SyncSettings(
-            force=config.conductor.force_power_state_during_sync,
-            max_retries=config.conductor.power_state_sync_max_retries,
-        )
-        self.workers = config.conductor.sync_power_state_workers
-        # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery probes.
-        self.failing_workers = config.conductor.sync_failing_node_workers
         # One budget for every silent node of every pass (sync and recovery run side by
         # side): BMCs in flight stay within workers + failing_workers.
-        self._silent_slots = trio.CapacityLimiter(self.failing_workers)
-        pool.limit_background(self.workers)
+        self._silent_slots = trio.CapacityLimiter(config.conductor.sync_failing_node_workers)
+        self._use(config)
+        self._pending: AgentConfig | None = None  # a reload waiting for the passes to end
+        self._passes_running = 0
+        # Set (and replaced) by stop() and reconfigure(): the loops' waits look again.
+        self._nudge = trio.Event()
+        # trio time of the sync loop's latest progress (a node or a cycle done), for the
+        # systemd watchdog; None before the loop starts.
+        self.last_progress: float | None = None
+        self.cycle_hooks: list[Callable[[CycleReport], None]] = []  # after each sync cycle
         # A healthy node silent for much longer than usual (at most one retransmission
         # timeout) gets its worker replaced, so the healthy lane keeps moving.
         self._pace = NodePace(ceiling=self.drivers.request_timeout())
@@ -149,34 +148,81 @@ class SyncService:
         if not self.stopping.is_set():
             log.info("stopping: no new work, %g s for work in flight", grace)
         self.stopping.set()
+        self._wake_loops()
         deadline = trio.current_time() + grace
         for scope in self._active_scopes:
             scope.deadline = min(scope.deadline, deadline)
 
-    async def upsert_static_nodes(self) -> None:
-        """The ``[[nodes]]`` of the config file, inserted or updated at start."""
-        for static in self.config.nodes:
-            fields = node_inventory(static, self.config.ipmi)
+    async def upsert_static_nodes(self, config: AgentConfig | None = None) -> None:
+        """The ``[[nodes]]`` of the config file (or of a reloaded one), inserted or updated."""
+        config = config or self.config
+        for static in config.nodes:
+            fields = node_inventory(static, config.ipmi)
             await self.store.upsert_node(**fields)
-        if self.config.nodes:
-            log.info(
-                "upserted %d static node(s) from %s", len(self.config.nodes), self.config.source
-            )
+        if config.nodes:
+            log.info("upserted %d static node(s) from %s", len(config.nodes), config.source)
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Take a reloaded configuration between passes: now if none runs, else when the
+        running ones end (a pass never mixes two configurations)."""
+        self._pending = config
+        if self._passes_running == 0:
+            self._apply_pending()
+        self._wake_loops()  # a changed interval counts from the last cycle's start
+
+    def _use(self, config: AgentConfig) -> None:
+        self.config = config
+        self.conductor = config.conductor
+        self.settings = SyncSettings(
+            force=config.conductor.force_power_state_during_sync,
+            max_retries=config.conductor.power_state_sync_max_retries,
+        )
+        self.workers = config.conductor.sync_power_state_workers
+        # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery probes.
+        self.failing_workers = config.conductor.sync_failing_node_workers
+        self._silent_slots.total_tokens = self.failing_workers
+        self.pool.limit_background(self.workers)
+
+    def _apply_pending(self) -> None:
+        config, self._pending = self._pending, None
+        if config is None:
+            return
+        old = self.config
+        if config.ipmi != old.ipmi or (
+            config.conductor.min_command_interval != old.conductor.min_command_interval
+        ):
+            # The clients' retry settings live in their sessions: log in again with the new.
+            self.drivers.replace(configured_drivers(config))
+            self.pool.keepalive_interval = self.drivers.keepalive_interval
+            self.pool.min_command_interval = config.conductor.min_command_interval
+            self.pool.retain(set())
+        # Passwords may have been fixed: refused logins are tried again at once.
+        self.pool.logins_refused.reset()
+        self._use(config)
+
+    def _wake_loops(self) -> None:
+        nudge, self._nudge = self._nudge, trio.Event()
+        nudge.set()
 
     # --- loops --------------------------------------------------------------------------
 
     async def sync_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        interval = self.conductor.sync_power_state_interval
         task_status.started()
-        if interval <= 0:
-            log.info("power sync disabled (sync_power_state_interval = %g)", interval)
-            await self.stopping.wait()
-            return
+        self.last_progress = trio.current_time()
         while not self.stopping.is_set():
+            interval = self.conductor.sync_power_state_interval
+            if interval <= 0:
+                log.info("power sync disabled (sync_power_state_interval = %g)", interval)
+                await self._nudge.wait()  # a stop, or a reload that may enable it
+                self.last_progress = trio.current_time()
+                continue
             started = trio.current_time()
             report = await self.run_cycle()
+            self.last_progress = trio.current_time()
+            for hook in self.cycle_hooks:
+                hook(report)
             duration = trio.current_time() - started
             if duration > interval:
                 log.warning(
@@ -191,23 +237,33 @@ class SyncService:
                     self.conductor.sync_node_timeout,
                     extra={"cycle": report.cycle},
                 )
-            with trio.move_on_at(started + interval):
-                await self.stopping.wait()
+            await self._wait_from(started, "sync_power_state_interval")
 
     async def recovery_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        interval = self.conductor.power_failure_recovery_interval
         task_status.started()
-        if interval <= 0:
-            log.info("power failure recovery disabled (power_failure_recovery_interval = 0)")
-            await self.stopping.wait()
-            return
         while not self.stopping.is_set():
-            with trio.move_on_after(interval):
-                await self.stopping.wait()
-            if not self.stopping.is_set():
+            if self.conductor.power_failure_recovery_interval <= 0:
+                log.info("power failure recovery disabled (power_failure_recovery_interval = 0)")
+                await self._nudge.wait()
+                continue
+            if await self._wait_from(trio.current_time(), "power_failure_recovery_interval"):
                 await self.run_recovery()
+
+    async def _wait_from(self, started: float, option: str) -> bool:
+        """Sleep until ``started`` + the interval named ``option``, read again after each
+        reload; False when stopping (or the interval became 0) instead."""
+        while not self.stopping.is_set():
+            interval = getattr(self.conductor, option)
+            if interval <= 0:
+                return False
+            nudge = self._nudge
+            with trio.move_on_at(started + interval):
+                await nudge.wait()
+            if not nudge.is_set():
+                return True
+        return False
 
     # --- one pass -----------------------------------------------------------------------
 
@@ -216,13 +272,22 @@ class SyncService:
         self.cycles_started += 1
         self.cycles_running += 1
         try:
-            return await self._pass("sync")
+            return await self._counted("sync")
         finally:
             self.cycles_running -= 1
 
     async def run_recovery(self) -> CycleReport:
         """Probe every node in "power failure" maintenance once."""
-        return await self._pass("recovery")
+        return await self._counted("recovery")
+
+    async def _counted(self, kind: str) -> CycleReport:
+        self._passes_running += 1
+        try:
+            return await self._pass(kind)
+        finally:
+            self._passes_running -= 1
+            if self._passes_running == 0:
+                self._apply_pending()
 
     async def _pass(self, kind: str) -> CycleReport:
         self._passes[kind] += 1
@@ -378,6 +443,8 @@ class SyncService:
             await self._one_node(progress, cycle, kind)
         finally:
             self.nodes_done += 1
+            if kind == "sync":
+                self.last_progress = trio.current_time()
         decision = progress.decision
         return (
             progress.observation is not None
