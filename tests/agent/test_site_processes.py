@@ -22,7 +22,8 @@ import pytest
 import trio
 
 from ipmi.sim import open_fleet
-from store import Store, bucket_lease, bucket_of, open_store
+from store import OUTBOX_LEASE, Store, bucket_lease, bucket_of, open_store
+from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack
 from tests.store.conftest import pg_server  # noqa: F401 (the session's PostgreSQL server)
 from tests.store.pgserver import PgServer
 
@@ -43,7 +44,8 @@ def shared(dsn: str) -> Store:
     return open_store(backend="postgresql", dsn=dsn, password=None)
 
 
-def agent_config(tmp: Path, host: str, dsn: str) -> Path:
+def agent_config(tmp: Path, host: str, dsn: str, *, conductor: str = "", extra: str = "") -> Path:
+    """The agent's config: ``conductor`` lines go into [conductor], ``extra`` sections last."""
     path = tmp / f"{host}.toml"
     path.write_text(
         "[conductor]\n"
@@ -55,22 +57,21 @@ def agent_config(tmp: Path, host: str, dsn: str) -> Path:
         f"heartbeat_timeout = {DEAD}\n"
         "power_state_change_timeout = 5.0\n"
         "lock_ttl = 10.0\n"
-        "power_state_sync_max_retries = 5\n"
-        "[ipmi]\n"
+        "power_state_sync_max_retries = 5\n" + conductor + "[ipmi]\n"
         "retry_timeout = 0.2\nretry_max_timeout = 0.4\nretries = 2\n"
         "[store]\n"
         'backend = "postgresql"\n'
-        f'dsn = "{dsn}"\n'
+        f'dsn = "{dsn}"\n' + extra
     )
     path.chmod(0o600)
     return path
 
 
 class Agent:
-    def __init__(self, tmp: Path, host: str, dsn: str) -> None:
+    def __init__(self, tmp: Path, host: str, dsn: str, **options: str) -> None:
         self.host = host
         self.log = tmp / f"{host}.log"
-        config = agent_config(tmp, host, dsn)
+        config = agent_config(tmp, host, dsn, **options)
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli.main", "--config", str(config), "run"],
@@ -253,3 +254,131 @@ async def test_an_agent_carries_on_after_the_database_server_restarts(
         log = running.log.read_text()
         assert "Traceback" not in log
         assert "connection lost" in log and "reconnecting" in log  # one line, naming the store
+
+
+def nova_section(cloud: FakeOpenStack) -> str:
+    lines = [
+        f"{key} = {json.dumps(value)}"  # TOML's strings, numbers and booleans, as JSON writes them
+        for key, value in nova_table(cloud, retry_delay=0.5, retry_max_delay=1.0).items()
+    ]
+    return "[nova]\n" + "\n".join(lines) + "\n"
+
+
+async def test_three_agent_processes_share_and_two_deliver_every_event_through_a_nova_outage(
+    dsn: str, tmp_path: Path
+) -> None:
+    password = "three-" + secrets.token_hex(4)
+    hosts = ["agent-a", "agent-b", "agent-c"]
+    async with (
+        open_fake_openstack() as cloud,
+        open_fleet(NODES, password=password, power_on=True) as fleet,
+    ):
+        instances = {bmc.name: cloud.add_instance() for bmc in fleet.bmcs}
+        with shared(dsn) as store:
+            for bmc in fleet.bmcs:
+                store.add_node(
+                    name=bmc.name,
+                    bmc_address=bmc.address,
+                    bmc_port=bmc.port,
+                    bmc_username="admin",
+                    bmc_password=password,
+                    instance_uuid=instances[bmc.name],
+                )
+        # The record follows the hardware (force off), so each flip at the BMC is an event.
+        options = {
+            "conductor": "force_power_state_during_sync = false\n",
+            "extra": nova_section(cloud),
+        }
+        agents = {host: Agent(tmp_path, host, dsn, **options) for host in hosts}
+        try:
+
+            def three_shares() -> bool:
+                shares = holders(dsn)
+                # Each takes at most its fair share, ceil(64 / 3) = 22: 22 + 22 + 20 is one.
+                fair = -(-BUCKETS // len(hosts))
+                return (
+                    sorted(shares) == hosts
+                    and sum(shares.values()) == BUCKETS
+                    and max(shares.values()) <= fair
+                )
+
+            await wait_for(three_shares, 30.0, "three fair shares")
+            await trio.sleep(2 * INTERVAL)  # past the first cycles' logins
+            before = [bmc.requests for bmc in fleet.bmcs]
+            await trio.sleep(5 * INTERVAL)
+            per_bmc = [bmc.requests - b for bmc, b in zip(fleet.bmcs, before, strict=True)]
+            assert all(3 <= reads <= 7 for reads in per_bmc), per_bmc  # ~one read per cycle
+
+            # SIGKILL the agent that drains the outbox: the other two share its nodes and one
+            # of them drains from now on.
+            with shared(dsn) as store:
+                drainer = next(x.holder for x in store.list_leases() if x.name == OUTBOX_LEASE)
+            agents[drainer].signal(signal.SIGKILL)
+            killed = time.monotonic()
+            agents[drainer].process.wait(timeout=5)
+            survivors = sorted(set(hosts) - {drainer})
+            await wait_for(
+                lambda: sorted(holders(dsn)) == survivors and sum(holders(dsn).values()) == BUCKETS,
+                15.0,
+                "the survivors' takeover",
+            )
+            counts = [bmc.requests for bmc in fleet.bmcs]
+            await wait_for(
+                lambda: all(b.requests > c for b, c in zip(fleet.bmcs, counts, strict=True)),
+                5.0,
+                "every node read by the survivors",
+                store=False,
+            )
+            assert time.monotonic() - killed <= DEAD + BEAT + INTERVAL + 2.5
+
+            # Nova goes away. Two power actions from the CLI per node (each action's event is
+            # kept) and flips at the BMC (the newest sync change replaces what is pending).
+            def drained() -> bool:
+                with shared(dsn) as store:
+                    return store.notification_counts()["pending"] == 0
+
+            await wait_for(drained, 10.0, "the first states delivered")  # POWER_ON each
+            seen = {bmc.name: len(cloud.delivered(instances[bmc.name])) for bmc in fleet.bmcs}
+            await cloud.go_away()
+            acted, flipped = fleet.bmcs[:2], fleet.bmcs[2:4]
+            for bmc in acted:
+                for action in ("off", "on"):
+                    done = await trio.run_process(
+                        [sys.executable, "-m", "agent.cli.main", "--config",
+                         str(tmp_path / f"{survivors[0]}.toml"), "power", bmc.name, action,
+                         "--wait"],
+                        capture_stdout=True, capture_stderr=True, check=False,
+                    )  # fmt: skip
+                    assert done.returncode == 0, done.stderr
+            for bmc in flipped:
+                bmc.set_power(False)
+
+            def recorded_off() -> bool:
+                with shared(dsn) as store:
+                    return all(store.get_node(b.name).power_state == "power off" for b in flipped)
+
+            await wait_for(recorded_off, 10.0, "the flips recorded")
+            with shared(dsn) as store:
+                assert store.notification_counts()["pending"] >= 2 * len(acted) + len(flipped)
+            await trio.sleep(2 * INTERVAL)  # the drainer is backing off meanwhile
+            await cloud.come_back()
+
+            await wait_for(drained, 20.0, "every event delivered after the outage")
+
+            def since_outage(bmc: Any) -> list[str]:
+                return cloud.delivered(instances[bmc.name])[seen[bmc.name] :]
+
+            for bmc in acted:  # in order, once each: one drainer at a time
+                assert since_outage(bmc) == ["POWER_OFF", "POWER_ON"]
+            for bmc in flipped:
+                assert since_outage(bmc) == ["POWER_OFF"]
+            assert all(since_outage(bmc) == [] for bmc in fleet.bmcs[4:])
+            with shared(dsn) as store:
+                counts_now = store.notification_counts()
+                assert counts_now["dropped"] == 0, counts_now
+            for host in survivors:
+                assert "Traceback" not in agents[host].log.read_text()
+        finally:
+            for running in agents.values():
+                running.stop()
+        assert holders(dsn) == {}
