@@ -35,6 +35,12 @@ async def test_demo_story_numbers() -> None:
     assert "drove the hardware back" in text
     assert "fault 'power failure'" in text
     assert "NoResponseError" in text  # the real BMC error text reaches the reason
+    # A fifth (8) speak Redfish: all read and recorded in the first cycle, one forced back.
+    assert numbers["redfish_nodes"] == 8
+    assert numbers["redfish_recorded"] == 8
+    assert numbers["redfish_forced"] == 1
+    assert "32 simulated IPMI v2.0 BMCs" in text and "8 Redfish services over HTTPS" in text
+    assert "sim-0032..sim-0039 with driver redfish" in text
 
 
 @pytest.mark.slow
@@ -51,7 +57,8 @@ def test_demo_command_runs_as_a_user_would() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Started 300 simulated IPMI v2.0 BMCs" in result.stdout
+    assert "Started 240 simulated IPMI v2.0 BMCs" in result.stdout
+    assert "and 60 Redfish services over HTTPS" in result.stdout
     assert "Mismatches left between store and hardware: 0." in result.stdout
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == ""
