@@ -142,7 +142,7 @@ async def run_service(
                 partial(
                     prune_loop,
                     astore,
-                    retention_days=config.store.history_retention_days,
+                    retention_days=lambda: service.config.store.history_retention_days,
                     wall_clock=wall_clock,
                 )
             )

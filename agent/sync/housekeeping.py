@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -44,13 +45,20 @@ async def prune_once(
 async def prune_loop(
     store: AsyncStore,
     *,
-    retention_days: float,
+    retention_days: float | Callable[[], float],
     wall_clock: Callable[[], float] = time.time,
     every: float = PRUNE_EVERY,
 ) -> None:
-    """Prune now, then every ``every`` seconds, until cancelled; 0 days keeps everything."""
-    if retention_days <= 0:
-        return
+    """Prune now, then every ``every`` seconds, until cancelled; 0 days keeps everything.
+
+    ``retention_days`` may be a callable, read before each prune (a reload may change it)."""
+    if not callable(retention_days):
+        if retention_days <= 0:
+            return
+        days: Callable[[], float] = partial(float, retention_days)
+    else:
+        days = retention_days
     while True:
-        await prune_once(store, retention_days=retention_days, wall_clock=wall_clock)
+        if days() > 0:
+            await prune_once(store, retention_days=days(), wall_clock=wall_clock)
         await trio.sleep(every)
