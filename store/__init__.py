@@ -8,6 +8,7 @@ Exceptions (one root)::
     StoreError
     ├── NodeNotFound
     ├── DuplicateNode
+    │   └── InstanceInUse
     ├── NodeLocked
     ├── InvalidNode
     ├── StoreCorrupt
@@ -20,6 +21,7 @@ from __future__ import annotations
 from store.base import Store
 from store.errors import (
     DuplicateNode,
+    InstanceInUse,
     InvalidNode,
     LeaseLost,
     NodeLocked,
@@ -101,6 +103,7 @@ __all__ = [
     "DuplicateNode",
     "HistoryEntry",
     "HistoryRecord",
+    "InstanceInUse",
     "InvalidNode",
     "Lease",
     "LeaseLost",

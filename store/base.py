@@ -21,7 +21,7 @@ from typing import Self
 
 import attrs
 
-from store.errors import DuplicateNode, InvalidNode, StoreError
+from store.errors import DuplicateNode, InstanceInUse, InvalidNode, StoreError
 from store.model import (
     Conductor,
     HistoryEntry,
@@ -473,12 +473,19 @@ def stamp_new_nodes(nodes: Sequence[Node], at: float) -> list[Node]:
     return [attrs.evolve(node, created_at=at, updated_at=at) for node in nodes]
 
 
+def instance_taken(instance_uuid: object, holder: str) -> InstanceInUse:
+    """One Nova instance runs on one node: a second node naming it is refused (every
+    backend, on add, upsert and update; moving an instance is clear, then set)."""
+    return InstanceInUse(f"instance {instance_uuid} is already on node {holder!r}")
+
+
 def prepare_new_nodes(specs: Sequence[Mapping[str, object]]) -> list[Node]:
     """Validate a batch of add_node() argument mappings into new Node records (the backend
     stamps their times when it inserts them)."""
     nodes: list[Node] = []
     seen: set[str] = set()
     seen_uuids: set[str] = set()
+    instances: dict[str, str] = {}
     for index, spec in enumerate(specs):
         label = f"node {spec.get('name')!r}" if isinstance(spec.get("name"), str) else f"#{index}"
         values = dict(spec)
@@ -494,7 +501,11 @@ def prepare_new_nodes(specs: Sequence[Mapping[str, object]]) -> list[Node]:
             raise DuplicateNode(f"a node named {node.name!r} appears twice in the batch")
         if node.uuid in seen_uuids:
             raise DuplicateNode(f"uuid {node.uuid} appears twice in the batch")
+        if node.instance_uuid in instances:
+            raise instance_taken(node.instance_uuid, instances[node.instance_uuid])
         seen.add(node.name)
         seen_uuids.add(node.uuid)
+        if node.instance_uuid is not None:
+            instances[node.instance_uuid] = node.name
         nodes.append(node)
     return nodes

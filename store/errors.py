@@ -3,6 +3,7 @@
 StoreError                 root; also "the store file cannot be opened or is busy"
 ├── NodeNotFound           no node with that name or uuid
 ├── DuplicateNode          a node with that name already exists
+│   └── InstanceInUse      another node has that Nova instance
 ├── NodeLocked             the node is reserved by another holder (e.g. delete refused)
 ├── InvalidNode            a field value is invalid; the message names the field
 ├── StoreCorrupt           the file is damaged or not a powersync store; names the file
@@ -23,6 +24,10 @@ class NodeNotFound(StoreError):
 
 class DuplicateNode(StoreError):
     """A node with the same name already exists."""
+
+
+class InstanceInUse(DuplicateNode):
+    """Another node already has the Nova instance (one instance runs on one node)."""
 
 
 class NodeLocked(StoreError):

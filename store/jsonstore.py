@@ -29,6 +29,7 @@ from store.base import (
     check_meta,
     check_ttl,
     empty_counts,
+    instance_taken,
     log,
     log_takeover,
     merge_fields,
@@ -84,7 +85,9 @@ class JsonStore(JsonConductors, Store):
                 self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
-            raise StoreError(f"cannot open store lock file {self.lock_path}: {exc}") from exc
+            raise StoreError(
+                f"cannot open store lock file {self.lock_path}: {exc.strerror}"
+            ) from exc
         try:
             with self._flock(fcntl.LOCK_EX):
                 remove_stale_temporaries(path)
@@ -189,6 +192,7 @@ class JsonStore(JsonConductors, Store):
                 if node.name in taken:
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
                 _check_uuid_free(txn.state.nodes, node.uuid)
+                _check_instance_free(txn.state.nodes, node.instance_uuid, node.uuid)
             for node in stamped:
                 txn.state.nodes[node.uuid] = node
             txn.dirty = True
@@ -202,10 +206,13 @@ class JsonStore(JsonConductors, Store):
             except NodeNotFound:
                 node = new_node(fields, now=at, uuid=uuid)
                 _check_uuid_free(txn.state.nodes, node.uuid)
+                _check_instance_free(txn.state.nodes, node.instance_uuid, node.uuid)
             else:
                 changed = merge_fields(existing, fields)
                 if not changed:
                     return existing
+                if "instance_uuid" in changed:
+                    _check_instance_free(txn.state.nodes, changed["instance_uuid"], existing.uuid)
                 node = attrs.evolve(existing, **changed, updated_at=at)  # type: ignore[arg-type]
             txn.state.nodes[node.uuid] = node
             txn.dirty = True
@@ -245,6 +252,8 @@ class JsonStore(JsonConductors, Store):
                 return node
             if "name" in changed and txn.state.name_taken(changed["name"]):
                 raise DuplicateNode(f"a node named {changed['name']!r} already exists")
+            if "instance_uuid" in changed:
+                _check_instance_free(txn.state.nodes, changed["instance_uuid"], node.uuid)
             node = attrs.evolve(node, **changed, updated_at=at)  # type: ignore[arg-type]
             txn.state.nodes[node.uuid] = node
             txn.dirty = True
@@ -517,6 +526,14 @@ class JsonStore(JsonConductors, Store):
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self._forget()
+
+
+def _check_instance_free(nodes: Mapping[str, Node], instance_uuid: object, node_uuid: str) -> None:
+    if instance_uuid is None:
+        return
+    for node in nodes.values():
+        if node.instance_uuid == instance_uuid and node.uuid != node_uuid:
+            raise instance_taken(instance_uuid, node.name)
 
 
 def _check_uuid_free(nodes: Mapping[str, Node], node_uuid: str) -> None:

@@ -21,6 +21,7 @@ from store.base import (
     check_now,
     check_ttl,
     empty_counts,
+    instance_taken,
     log_takeover,
     merge_fields,
     stamp_new_nodes,
@@ -115,6 +116,17 @@ class SqlStore(SqlConductors, Store):
         )
 
     @staticmethod
+    def _check_instance_free(db: Db, instance_uuid: object, node_uuid: str) -> None:
+        if instance_uuid is None:
+            return
+        row = db.execute(
+            "SELECT name FROM nodes WHERE instance_uuid = ? AND uuid <> ?",
+            (instance_uuid, node_uuid),
+        ).fetchone()
+        if row is not None:
+            raise instance_taken(instance_uuid, row[0])
+
+    @staticmethod
     def _name_taken(db: Db, name: object) -> bool:
         return db.execute("SELECT 1 FROM nodes WHERE name = ?", (name,)).fetchone() is not None
 
@@ -132,6 +144,7 @@ class SqlStore(SqlConductors, Store):
                 if self._name_taken(db, node.name):
                     raise DuplicateNode(f"a node named {node.name!r} already exists")
                 self._check_uuid_free(db, node.uuid)
+                self._check_instance_free(db, node.instance_uuid, node.uuid)
             self._insert(db, stamped)
             return stamped
 
@@ -144,9 +157,12 @@ class SqlStore(SqlConductors, Store):
             except NodeNotFound:
                 node = new_node(fields, now=at, uuid=uuid)
                 self._check_uuid_free(db, node.uuid)
+                self._check_instance_free(db, node.instance_uuid, node.uuid)
                 self._insert(db, [node])
                 return node
             changed = merge_fields(existing, fields)
+            if "instance_uuid" in changed:
+                self._check_instance_free(db, changed["instance_uuid"], existing.uuid)
             if changed:
                 self._update(db, existing.uuid, changed, at)
             return self._find(db, existing.uuid)
@@ -185,6 +201,8 @@ class SqlStore(SqlConductors, Store):
             changed = merge_fields(node, clean)
             if "name" in changed and self._name_taken(db, changed["name"]):
                 raise DuplicateNode(f"a node named {changed['name']!r} already exists")
+            if "instance_uuid" in changed:
+                self._check_instance_free(db, changed["instance_uuid"], node.uuid)
             if changed:
                 self._update(db, node.uuid, changed, at)
             return self._find(db, node.uuid)

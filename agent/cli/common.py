@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from agent.config.options import AgentConfig
+from agent.config.reader import ascii_integer
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.errors import AgentError, NodeError
 from store import (
@@ -69,6 +71,21 @@ def store_errors(subject: str) -> Iterator[None]:
         raise NodeError(f"{subject}: {exc}") from None
     except StoreError as exc:
         raise AgentError(f"store: {exc}") from None
+
+
+def print_error(message: str) -> None:
+    """``powersync: message`` on stderr as one line: control characters a file put in a name
+    or path (CR, form feed, U+2028...) are shown escaped, so they cannot forge other lines."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    print(f"powersync: {shown}", file=sys.stderr)
+
+
+def integer_argument(text: str) -> int:
+    """``type=`` for integer options: ASCII digits only (argparse's ``int`` takes any script's)."""
+    try:
+        return ascii_integer(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def format_time(timestamp: float | None) -> str:

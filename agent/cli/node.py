@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from agent.bmc.seam import BmcEndpoint, BmcError
 from agent.cli.common import (
     format_time,
+    integer_argument,
     open_configured_store,
+    print_error,
     print_json,
     print_table,
     store_errors,
@@ -29,6 +30,7 @@ from agent.config.options import (
     node_inventory,
     parse_node,
 )
+from agent.config.reader import ascii_integer
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, check_secret
 from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_username
@@ -36,6 +38,7 @@ from agent.errors import NodeError
 from store import (
     DuplicateNode,
     HistoryRecord,
+    InstanceInUse,
     Node,
     NodeChange,
     NodeLocked,
@@ -116,8 +119,16 @@ def _add_password_options(parser: argparse.ArgumentParser, *, required: bool) ->
 
 
 def _split_suites(text: str) -> list[object]:
+    """``"17,3"`` → [17, 3]; a part that is not ASCII digits stays text for the check to refuse."""
     parts = text.replace(";", ",").replace(" ", ",").split(",")
-    return [int(part) if part.isdigit() else part for part in parts if part]
+    return [_suite(part) for part in parts if part]
+
+
+def _suite(part: str) -> object:
+    try:
+        return ascii_integer(part)
+    except ValueError:
+        return part
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +163,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
             added = store.add_node(
                 **fields, driver=args.driver, provision_state=args.provision_state or None
             )
+        except InstanceInUse:
+            raise  # store_errors names this node and the one that has the instance
         except DuplicateNode:
             raise NodeError(
                 f"node {node.name} already exists (change it with `powersync node set`)"
@@ -308,7 +321,9 @@ def _inventory_changes(args: argparse.Namespace) -> dict[str, Any]:
         try:
             fields["cipher_suites"] = check_cipher_suites(_split_suites(args.cipher_suites))
         except ValueError as exc:
-            raise NodeError(f"node {args.node}: --cipher-suites {exc}") from None
+            raise NodeError(
+                f"node {args.node}: --cipher-suites {exc} (got {args.cipher_suites!r})"
+            ) from None
     return fields
 
 
@@ -438,18 +453,26 @@ def _import_rows(
 ) -> tuple[dict[str, int], list[str]]:
     counts = {"added": 0, "updated": 0, "unchanged": 0, "skipped": 0, "failed": 0}
     errors: list[str] = []
-    first_use: dict[str, str] = {}
+    first_use: dict[str, str] = {}  # name -> the row that has it
+    instance_rows: dict[str, str] = {}  # instance_uuid -> the row that has it
     for row in rows:
         if row.skipped is not None:
             counts["skipped"] += 1
-            print(f"powersync: {row.where}: skipped: {row.skipped}", file=sys.stderr)
+            print_error(f"{row.where}: skipped: {row.skipped}")
         elif row.node is None:
             errors.append(row.error or f"{row.where}: invalid")
         elif row.node.name in first_use:
             used_by = first_use[row.node.name]
             errors.append(f"{row.where}: name {row.node.name!r} is already used by {used_by}")
+        elif row.node.instance_uuid in instance_rows:
+            used_by = instance_rows[row.node.instance_uuid]
+            errors.append(
+                f"{row.where}: instance_uuid {row.node.instance_uuid} is already used by {used_by}"
+            )
         else:
             first_use[row.node.name] = row.where.removeprefix(f"{args.file}: ")
+            if row.node.instance_uuid is not None:
+                instance_rows[row.node.instance_uuid] = first_use[row.node.name]
             try:
                 counts[_import_one(store, row, config, args)] += 1
             except StoreError as exc:
@@ -469,7 +492,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
         with open_configured_store(config, create=not args.dry_run) as store:
             counts, errors = _import_rows(rows, store, config, args)
     for message in errors:
-        print(f"powersync: {message}", file=sys.stderr)
+        print_error(message)
     if args.json:
         print_json({"file": args.file, "dry_run": args.dry_run, **counts, "errors": errors})
     else:
@@ -490,7 +513,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("name")
     add.add_argument("--address", required=True, help="BMC IP address or host name")
     add.add_argument("--driver", choices=DRIVER_NAMES, default="ipmi", help="BMC protocol (ipmi)")
-    add.add_argument("--port", type=int, help="BMC port (default: the driver's, 623 for IPMI)")
+    add.add_argument(
+        "--port", type=integer_argument, help="BMC port (default: the driver's, 623 for IPMI)"
+    )
     add.add_argument("--username", required=True, help="BMC user name")
     _add_password_options(add, required=True)
     _add_node_options(add)
@@ -506,7 +531,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     show = actions.add_parser("show", help="show one node and its recent history")
     show.add_argument("node", help="name or UUID")
-    show.add_argument("--history", type=int, default=10, metavar="N", help="history rows (10)")
+    show.add_argument(
+        "--history", type=integer_argument, default=10, metavar="N", help="history rows (10)"
+    )
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_cmd_show)
 
@@ -514,7 +541,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     change.add_argument("node", help="name or UUID")
     change.add_argument("--name", dest="new_name", help="rename the node")
     change.add_argument("--address")
-    change.add_argument("--port", type=int)
+    change.add_argument("--port", type=integer_argument)
     change.add_argument("--username")
     _add_password_options(change, required=False)
     _add_node_options(change, session_default=True)

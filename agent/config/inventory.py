@@ -21,13 +21,20 @@ import csv
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from csv import DictReader
 from typing import Any, Final
 
 import attrs
 
 from agent.config.options import NODE_KEYS, StaticNode, parse_node
-from agent.config.reader import file_is_private, parse_toml
+from agent.config.reader import (
+    ascii_integer,
+    deepest_line,
+    file_is_private,
+    parse_toml,
+    refuse_nul,
+)
 from agent.errors import ConfigError
 
 FORMATS: Final = ("toml", "csv", "json")
@@ -83,6 +90,9 @@ def read_inventory(
         raise ConfigError(f"{path}: cannot read inventory: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: empty file (no nodes)")
+    refuse_nul(text, path)
     reader = _Reader(path, env, private, default_password)
     if kind == "toml":
         return reader.toml(text)
@@ -144,15 +154,33 @@ class _Reader:
     # ---- CSV -------------------------------------------------------------------------------
 
     def csv(self, text: str) -> list[ImportRow]:
-        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+        consumed = 0  # lines the csv module has taken: its own line_num lags on errors
+
+        def lines() -> Iterator[str]:
+            nonlocal consumed
+            for consumed, line in enumerate(io.StringIO(text, newline=""), start=1):  # noqa: B007
+                yield line
+
+        try:
+            return self.csv_rows(csv.DictReader(lines(), skipinitialspace=True))
+        except csv.Error as exc:
+            # Above the limit (128 KiB) a cell cannot be a node's field: the file is refused.
+            problem = str(exc)
+            if "field larger than field limit" in problem:
+                problem = f"a cell is longer than {csv.field_size_limit()} characters"
+            raise ConfigError(f"{self.path}: row {consumed}: {problem}") from None
+
+    def csv_rows(self, reader: DictReader[str]) -> list[ImportRow]:
         header = [column.strip() for column in reader.fieldnames or []]
         if not header:
             raise ConfigError(f"{self.path}: empty CSV file (the first row must name the columns)")
-        for column in header:
+        for index, column in enumerate(header):
             if column not in NODE_KEYS:
                 raise ConfigError(
                     f"{self.path}: row 1: unknown column {column!r} (known: {', '.join(NODE_KEYS)})"
                 )
+            if column in header[:index]:  # DictReader would keep the last cell silently
+                raise ConfigError(f"{self.path}: row 1: column {column!r} appears twice")
         for required in ("name", "bmc_address", "bmc_username"):
             if required not in header:
                 raise ConfigError(f"{self.path}: row 1: the header has no {required!r} column")
@@ -183,6 +211,11 @@ class _Reader:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{self.path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            line = deepest_line(text, comment=None, quotes='"')
+            raise ConfigError(
+                f"{self.path}: line {line}: invalid JSON: nested too deeply"
+            ) from None
         if isinstance(document, dict):
             document = [document]  # one `baremetal node show -f json`
         if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):
@@ -248,8 +281,13 @@ def _text_or_none(value: object) -> str | None:
 
 
 def _int_or_text(value: object) -> object:
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    """An integer from a cell of ASCII digits; anything else stays text for parse_node to
+    refuse with the row and the key."""
+    if isinstance(value, str):
+        try:
+            return ascii_integer(value.strip())
+        except ValueError:
+            return value
     return value
 
 

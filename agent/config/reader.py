@@ -26,12 +26,78 @@ def file_is_private(fd: int) -> bool:
 
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+BOM = "\ufeff"
+
+
+def ascii_integer(text: str) -> int:
+    """The integer ``text`` spells in ASCII digits only; ValueError otherwise.
+
+    The one way to read an integer from user text: ``int()`` also takes other scripts'
+    digits, signs, spaces and underscores, and ``str.isdigit()`` takes superscripts that
+    ``int()`` then refuses, so ``6²3`` must be an error, neither a crash nor a port."""
+    if not _ASCII_DIGITS.fullmatch(text):
+        raise ValueError(f"must be a whole number in ASCII digits (got {text!r})")
+    return int(text)
+
+
+def refuse_nul(text: str, source: str) -> None:
+    """ConfigError naming the line and column of a NUL character (no text format has one)."""
+    index = text.find("\0")
+    if index >= 0:
+        line, column = _position(text, index)
+        raise ConfigError(f"{source}: line {line}, column {column}: contains a NUL character")
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    line_start = text.rfind("\n", 0, index) + 1
+    return text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def deepest_line(text: str, *, comment: str | None, quotes: str) -> int:
+    """The line where brackets and braces nest deepest, ignoring strings and comments.
+
+    Only to name the line when a parser gives up on nesting (RecursionError, which carries
+    no position); triple quotes are TOML's multi-line strings, and only ``"`` has escapes."""
+    depth = deepest = 0
+    line = where = 1
+    index, length = 0, len(text)
+    while index < length:
+        char = text[index]
+        if char == "\n":
+            line += 1
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, line
+        elif char in "]}":
+            depth -= 1
+        elif comment is not None and char == comment:
+            index = text.find("\n", index)
+            continue
+        elif char in quotes:
+            closer = char * 3 if text.startswith(char * 3, index) else char
+            end = index + len(closer)
+            while end < length and not text.startswith(closer, end):
+                end += 2 if char == '"' and text[end] == "\\" else 1
+            line += text.count("\n", index, end)
+            index = end + len(closer)
+            continue
+        index += 1
+    return where
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
-    """tomllib with errors turned into one ConfigError line naming the file and the line."""
+    """tomllib with errors turned into one ConfigError line naming the file and the line.
+
+    A leading byte-order mark is skipped (Windows editors write one)."""
+    text = text.removeprefix(BOM)
+    refuse_nul(text, source)
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        line = deepest_line(text, comment="#", quotes="\"'")
+        raise ConfigError(f"{source}: line {line}: invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         found = _TOML_POSITION.search(message)
@@ -157,13 +223,16 @@ class Section:
 def split_listen(listen: str) -> tuple[str, int]:
     """``"127.0.0.1:9617"`` or ``"[::1]:9617"`` → (host, port); ValueError if malformed."""
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    try:
+        port = ascii_integer(port_text)
+    except ValueError:
+        raise ValueError('must be HOST:PORT, e.g. "127.0.0.1:9617"') from None
+    if not sep or not host:
         raise ValueError('must be HOST:PORT, e.g. "127.0.0.1:9617"')
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise ValueError('must put an IPv6 address in brackets, e.g. "[::1]:9617"')
-    port = int(port_text)
     if port > 65535:
         raise ValueError("must have a port from 0 to 65535")
     return host, port

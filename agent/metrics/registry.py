@@ -22,6 +22,8 @@ from typing import Final
 
 import trio
 
+from agent.errors import AgentError
+
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Round-trip times of a status request: from a loopback BMC (~0.1 ms) to a slow one (seconds).
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -396,8 +398,15 @@ async def serve_metrics(
     """Answer ``GET /metrics`` on host:port until cancelled; reports the bound port when started.
 
     One request per connection (``Connection: close``); anything else is 404/405/400.
+    AgentError naming ``[metrics] listen`` when the address cannot be listened on (a port
+    another process holds, an address not on this host).
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = exc.strerror or str(exc)
+        raise AgentError(f"[metrics] listen {address}: {reason[:1].lower()}{reason[1:]}") from exc
     bound_port: int = listeners[0].socket.getsockname()[1]
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
 

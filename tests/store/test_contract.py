@@ -839,7 +839,9 @@ def test_missing_directory_is_reported(tmp_path: Path, backend: str) -> None:
 
 def test_calls_from_several_threads_are_safe(store: Store) -> None:
     # The agent serialises calls, but the store must not break if two threads overlap.
-    nodes = [add(store, f"t{i}", instance_uuid=INSTANCE) for i in range(4)]
+    # One instance per node (a store refuses one instance on two nodes).
+    instances = [f"6a0c3f4e-2b8d-4a59-9c61-0d5d8f4e7a1{i}" for i in range(4)]
+    nodes = [add(store, f"t{i}", instance_uuid=instances[i]) for i in range(4)]
     errors: list[BaseException] = []
 
     def worker(index: int) -> None:
@@ -862,7 +864,7 @@ def test_calls_from_several_threads_are_safe(store: Store) -> None:
     assert errors == []
     assert [n.sync_failures for n in store.list_nodes()] == [25] * 4
     counts = store.notification_counts()
-    assert (counts["pending"], counts["superseded"]) == (1, 99)
+    assert (counts["pending"], counts["superseded"]) == (4, 96)
 
 
 # --- several agents on one site: conductors, leases, fencing ------------------------------
