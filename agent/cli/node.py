@@ -34,11 +34,12 @@ from agent.config.reader import ascii_integer
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, check_secret
 from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_username
-from agent.errors import NodeError
+from agent.errors import AgentError, NodeError
 from store import (
     DuplicateNode,
     HistoryRecord,
     InstanceInUse,
+    InvalidNode,
     Node,
     NodeChange,
     NodeLocked,
@@ -475,8 +476,16 @@ def _import_rows(
                 instance_rows[row.node.instance_uuid] = first_use[row.node.name]
             try:
                 counts[_import_one(store, row, config, args)] += 1
-            except StoreError as exc:
+            except (InvalidNode, DuplicateNode) as exc:  # this row's problem: the rest go on
                 errors.append(f"{row.where}: {exc}")
+            except StoreError as exc:
+                # The store itself failed (busy, disk full): every later row would wait and
+                # fail too. Each row is its own transaction, so what is written is whole.
+                written = counts["added"] + counts["updated"]
+                raise AgentError(
+                    f"{row.where}: {exc}; import stopped after writing {written} node(s), "
+                    "run it again when the store is usable (rows already written are unchanged)"
+                ) from exc
     counts["failed"] = len(errors)
     return counts, errors
 

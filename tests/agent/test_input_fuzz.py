@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from agent.cli.main import main
 from agent.errors import AgentError
 from agent.metrics.registry import Registry, serve_metrics
-from store import open_store
+from store import StoreError, open_store
 
 PASSWORD = "Bmc-pa55word"
 INSTANCE = "4b3b9a57-0a53-4e5a-a1b7-1f4d0fb6f2c1"
@@ -529,3 +529,28 @@ def test_any_bytes_as_config(
         assert status == 1 and out == ""
         [line] = err.splitlines()
         assert line.startswith("powersync: ")
+
+
+def test_a_store_failing_during_an_import_stops_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy or full store fails every later row too: one line, not one wait per row."""
+    from store.sql import SqlStore
+
+    real_upsert = SqlStore.upsert_node
+    calls: list[str] = []
+
+    def upsert_then_fail(self: SqlStore, **fields: object) -> object:
+        calls.append(str(fields["name"]))
+        if len(calls) == 2:
+            raise StoreError(f"store {self.path}: disk I/O error")
+        return real_upsert(self, **fields)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqlStore, "upsert_node", upsert_then_fail)
+    rows = "".join(f"r{i},127.0.0.1,{6230 + i},admin,bmc.pw,3\n" for i in range(1, 5))
+    path = site.file("fleet.csv", CSV_HEADER + rows)
+    line = site.fails("node", "import", str(path))
+    assert line.startswith(f"powersync: {path}: row 3 (r2): store ")
+    assert "disk I/O error; import stopped after writing 1 node(s)" in line
+    assert calls == ["r1", "r2"]
+    assert [node[1] for node in site.nodes()] == ["r1"]
