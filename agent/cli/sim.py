@@ -70,6 +70,7 @@ def register(subparsers: Any) -> None:
         "--driver",
         choices=tuple(DRIVERS),
         default="ipmi",
+        metavar="ipmi|redfish|ipmi,redfish",
         help="BMC protocol(s): ipmi (default), redfish, or ipmi,redfish for a mixed fleet",
     )
     parser.add_argument("--nodes", type=int, required=True, metavar="N", help="number of BMCs")

@@ -233,9 +233,8 @@ def test_options_of_the_other_protocol_are_a_one_line_usage_error() -> None:
         assert result.returncode == 2, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "option of" in result.stderr
-    # Nothing listens: the client's bounded retries, then one line (no password variable).
-    port = free_tcp_port()
-    refused = powersync(*bmc_command(port, "--insecure"), "power", "status")
+    # No password anywhere: one line naming the Redfish form's default variable.
+    refused = powersync(*bmc_command(free_tcp_port(), "--insecure"), "power", "status")
     assert refused.returncode == 1 and "REDFISH_PASSWORD" in refused.stderr
 
 
