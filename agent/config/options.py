@@ -447,6 +447,7 @@ def _parse_nodes(
         raise ConfigError(f"{source}: nodes must be an array of tables ([[nodes]])")
     nodes: list[StaticNode] = []
     seen: dict[str, int] = {}
+    instances: dict[str, int] = {}  # one instance on one node, as the store requires
     for index, table in enumerate(value, start=1):
         label = table.get("name") if isinstance(table.get("name"), str) else None
         where = f"{source}: [[nodes]] #{index}" + (f" ({label})" if label else "")
@@ -457,7 +458,14 @@ def _parse_nodes(
             raise ConfigError(
                 f"{where}: name {node.name!r} is also used by [[nodes]] #{seen[node.name]}"
             )
+        if node.instance_uuid in instances:
+            raise ConfigError(
+                f"{where}: instance_uuid {node.instance_uuid} is also used by "
+                f"[[nodes]] #{instances[node.instance_uuid]}"
+            )
         seen[node.name] = index
+        if node.instance_uuid is not None:
+            instances[node.instance_uuid] = index
         nodes.append(node)
     return tuple(nodes)
 

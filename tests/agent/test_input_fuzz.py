@@ -554,3 +554,15 @@ def test_a_store_failing_during_an_import_stops_it(
     assert "disk I/O error; import stopped after writing 1 node(s)" in line
     assert calls == ["r1", "r2"]
     assert [node[1] for node in site.nodes()] == ["r1"]
+
+
+def test_static_nodes_with_one_instance_are_refused(site: Site) -> None:
+    node = (
+        '[[nodes]]\nname = "{}"\nbmc_address = "127.0.0.1"\nbmc_username = "admin"\n'
+        f'bmc_password_file = "bmc.pw"\ninstance_uuid = "{INSTANCE}"\n'
+    )
+    site.write_config('[store]\npath = "nodes.sqlite"\n' + node.format("a") + node.format("b"))
+    assert site.fails("run") == (
+        f"powersync: {site.config}: [[nodes]] #2 (b): instance_uuid {INSTANCE} "
+        "is also used by [[nodes]] #1"
+    )
