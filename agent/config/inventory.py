@@ -30,6 +30,7 @@ import attrs
 from agent.config.options import NODE_KEYS, StaticNode, parse_node
 from agent.config.reader import (
     ascii_integer,
+    check_nesting,
     deepest_line,
     file_is_private,
     parse_toml,
@@ -216,6 +217,7 @@ class _Reader:
             raise ConfigError(
                 f"{self.path}: line {line}: invalid JSON: nested too deeply"
             ) from None
+        check_nesting(document, self.path)  # repr() of a value in a row error must not recurse
         if isinstance(document, dict):
             document = [document]  # one `baremetal node show -f json`
         if not isinstance(document, list) or not all(isinstance(item, dict) for item in document):

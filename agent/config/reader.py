@@ -28,6 +28,9 @@ def file_is_private(fd: int) -> bool:
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 BOM = "\ufeff"
+# Deeper than any inventory or config needs, shallow enough that repr() of a value in a
+# message cannot recurse out of the stack (dotted keys nest without any bracket).
+MAX_NESTING = 32
 
 
 def ascii_integer(text: str) -> int:
@@ -87,6 +90,19 @@ def deepest_line(text: str, *, comment: str | None, quotes: str) -> int:
     return where
 
 
+def check_nesting(document: object, source: str) -> None:
+    """ConfigError if the tables and arrays of a parsed document nest over MAX_NESTING."""
+    pending: list[tuple[object, int]] = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth >= MAX_NESTING:
+                raise ConfigError(f"{source}: nested deeper than {MAX_NESTING} levels")
+            pending.extend((child, depth + 1) for child in value)
+
+
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """tomllib with errors turned into one ConfigError line naming the file and the line.
 
@@ -94,7 +110,7 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     text = text.removeprefix(BOM)
     refuse_nul(text, source)
     try:
-        return tomllib.loads(text)
+        document = tomllib.loads(text)
     except RecursionError:
         line = deepest_line(text, comment="#", quotes="\"'")
         raise ConfigError(f"{source}: line {line}: invalid TOML: nested too deeply") from None
@@ -107,6 +123,8 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
                 f"{source}: line {found.group(1)}, column {found.group(2)}: invalid TOML: {reason}"
             ) from None
         raise ConfigError(f"{source}: invalid TOML: {message}") from None
+    check_nesting(document, source)
+    return document
 
 
 # --------------------------------------------------------------------------------------------

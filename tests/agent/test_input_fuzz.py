@@ -566,3 +566,18 @@ def test_static_nodes_with_one_instance_are_refused(site: Site) -> None:
         f"powersync: {site.config}: [[nodes]] #2 (b): instance_uuid {INSTANCE} "
         "is also used by [[nodes]] #1"
     )
+
+
+def test_values_nested_without_brackets_are_one_line(site: Site) -> None:
+    """Dotted keys nest tables with no bracket for the parser to recurse on; showing such a
+    value in a message (repr) would recurse instead."""
+    site.write_config("[conductor]\nsync_power_state_interval" + ".a" * DEEP + " = 1\n")
+    assert site.fails("node", "list") == f"powersync: {site.config}: nested deeper than 32 levels"
+    site.write_config('[store]\npath = "nodes.sqlite"\n')
+    level = "[" * 900 + "]" * 900
+    info = '{"ipmi_address": "::1", "ipmi_priv_level": ' + level + "}"
+    node = '{"Name": "x", "Driver Info": ' + info + "}"
+    path = site.file("ironic.json", f"[{node}]")
+    assert site.fails("node", "import", str(path)) == (
+        f"powersync: {path}: nested deeper than 32 levels"
+    )
