@@ -440,7 +440,7 @@ def test_store_file_locked_by_another_process(site: Site, monkeypatch: pytest.Mo
 
 HOSTILE = [
     "\x00", "\ufeff", "\r", "\r\n", "²", "٣", "\udcff", "\xff", '"', "'", ",", ";", "[", "{",
-    "[" * 3000, "{a=" * 3000, "a" * 140_000, "\n" * 3, " = ", "[[nodes]]", INSTANCE,
+    "[" * 3000, "{a=" * 3000, ".a" * 3000, "a" * 140_000, "\n" * 3, " = ", "[[nodes]]", INSTANCE,
 ]  # fmt: skip
 
 
