@@ -167,16 +167,7 @@ def _cycle_done(systemd: SdNotifier, report: CycleReport) -> None:
     """READY=1 after the first cycle (the store is open and the fleet read once), and the
     latest cycle's summary as STATUS= after each."""
     fields: dict[str, object] = {"READY": 1} if report.cycle == 1 else {}
-    systemd.notify(**fields, STATUS=status_line(report))
-
-
-def status_line(report: CycleReport) -> str:
-    """One short line for ``systemctl status``."""
-    s = report.summary()
-    return (
-        f"cycle {report.cycle}: {s['nodes']} nodes, {s['ok']} read, {s['failed']} failed, "
-        f"{s['changed']} changed, {s['forced']} forced in {report.duration:.1f} s"
-    )
+    systemd.notify(**fields, STATUS=report.headline())
 
 
 def _progress(service: SyncService) -> tuple[float | None, float]:

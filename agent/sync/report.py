@@ -6,7 +6,15 @@ from typing import Any
 
 import attrs
 
-from agent.sync.policy import Action, Decision, Observation, health_note
+from agent.sync.policy import (
+    Action,
+    Decision,
+    Observation,
+    health_note,
+    lock_is_held,
+    needs_recovery,
+    skip_reason,
+)
 from store import HistoryRecord, Lease, Node, NodeChange
 
 
@@ -40,6 +48,15 @@ class CycleReport:
     def count(self, *actions: Action | str) -> int:
         names = {a.value if isinstance(a, Action) else a for a in actions}
         return sum(1 for result in self.results if result.action in names)
+
+    def headline(self) -> str:
+        """The pass in one line (the daemon's INFO line, and systemd's STATUS=)."""
+        s = self.summary()
+        return (
+            f"{self.kind} pass {self.cycle}: {s['nodes']} nodes, {s['ok']} read, "
+            f"{s['failed']} failed, {s['changed']} changed, {s['forced']} forced, "
+            f"{s['skipped']} skipped in {self.duration:.2f} s"
+        )
 
     def summary(self) -> dict[str, Any]:
         failed = self.count(
@@ -169,3 +186,29 @@ def node_change(
         holder=holder,
         fence=fence,
     )
+
+
+def prepare_pass(nodes: list[Node], kind: str, *, now: float) -> list[NodeProgress]:
+    """Each node's work for a pass, with its reason to be left alone (``skipped``) or None.
+
+    A target left by a power action whose lock is gone (its owner died) is cleared: the
+    progress carries that change and a ``last_error`` saying so, for the caller to log.
+    """
+    work: list[NodeProgress] = []
+    for node in nodes:
+        progress = NodeProgress(node, bmc=f"{node.bmc_address}:{node.bmc_port}")
+        work.append(progress)
+        if kind == "recovery":
+            if not needs_recovery(node, now=now):
+                progress.skipped = "busy or not in power-failure maintenance"
+            continue
+        view = node
+        if node.target_power_state is not None and not lock_is_held(node, now=now):
+            message = (
+                f"power action to {node.target_power_state} was abandoned "
+                "(its lock is gone); clearing the target"
+            )
+            progress.extra = {"target_power_state": None, "last_error": message}
+            view = attrs.evolve(node, target_power_state=None)
+        progress.skipped = skip_reason(view, now=now)
+    return work

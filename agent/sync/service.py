@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol
 
-import attrs
 import trio
 
 from agent.bmc.pool import BmcPool, NodeBmc
@@ -43,9 +42,6 @@ from agent.sync.policy import (
     decide_force_result,
     decide_recovery,
     decide_sync,
-    lock_is_held,
-    needs_recovery,
-    skip_reason,
 )
 from agent.sync.power import FOR_STATE, drive, holding_lock
 from agent.sync.report import (
@@ -55,6 +51,7 @@ from agent.sync.report import (
     fingerprint,
     node_change,
     node_result,
+    prepare_pass,
 )
 from store import Lease, Node, NodeChange, StoreError
 
@@ -303,27 +300,14 @@ class SyncService:
             nodes = self._owned(
                 await self.store.list_nodes(maintenance=True, fault="power failure")
             )
-        now = self.wall()
-        work: list[NodeProgress] = []
-        results: list[NodeResult] = []
-        for node in nodes:
-            progress = NodeProgress(node, bmc=f"{node.bmc_address}:{node.bmc_port}")
-            work.append(progress)
-            if kind == "recovery":
-                if not needs_recovery(node, now=now):
-                    progress.skipped = "busy or not in power-failure maintenance"
-                continue
-            view = node
-            if node.target_power_state is not None and not lock_is_held(node, now=now):
-                # A power action sets the target only while it holds the lock: its owner died.
-                message = (
-                    f"power action to {node.target_power_state} was abandoned "
-                    "(its lock is gone); clearing the target"
+        work = prepare_pass(nodes, kind, now=self.wall())
+        for progress in work:
+            if "target_power_state" in progress.extra:  # an abandoned power action's
+                message = progress.extra["last_error"]
+                log.warning(
+                    "node %s: %s", progress.node.name, message, extra=self._extra(progress, cycle)
                 )
-                log.warning("node %s: %s", node.name, message, extra=self._extra(progress, cycle))
-                progress.extra = {"target_power_state": None, "last_error": message}
-                view = attrs.evolve(node, target_power_state=None)
-            progress.skipped = skip_reason(view, now=now)
+        results: list[NodeResult] = []
 
         self.nodes_total = len(work)
         self.nodes_done = sum(1 for progress in work if progress.skipped is not None)
@@ -390,20 +374,7 @@ class SyncService:
                 META_LAST_CYCLE if kind == "sync" else META_LAST_RECOVERY, summary
             )
         level = logging.INFO if kind == "sync" or summary["recovered"] else logging.DEBUG
-        log.log(
-            level,
-            "%s pass %d: %d nodes, %d read, %d failed, %d changed, %d forced, %d skipped in %.2f s",
-            kind,
-            cycle,
-            summary["nodes"],
-            summary["ok"],
-            summary["failed"],
-            summary["changed"],
-            summary["forced"],
-            summary["skipped"],
-            duration,
-            extra={"cycle": cycle},
-        )
+        log.log(level, "%s", report.headline(), extra={"cycle": cycle})
         if self.notifier is not None and any(c.notification for c in changes):
             self.notifier.wake()
         if kind == "sync":

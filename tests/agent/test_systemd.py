@@ -143,7 +143,7 @@ async def test_ready_status_watchdog_pings_a_hung_store_silences_them_and_stoppi
             ready = await until_field(notify, "READY=1", start, within=20)
             # READY=1 comes with the first cycle's summary: the fleet has been read once.
             first = notify.with_field("READY=1")[0][1]
-            assert f"STATUS=cycle 1: {NODES} nodes, {NODES} read, 0 failed" in first, first
+            assert f"STATUS=sync pass 1: {NODES} nodes, {NODES} read, 0 failed" in first, first
             assert "sync pass 1:" in log_path.read_text()
 
             # WATCHDOG_USEC = 1 s: a ping about every 0.5 s while the loop runs.
@@ -153,7 +153,7 @@ async def test_ready_status_watchdog_pings_a_hung_store_silences_them_and_stoppi
             gaps = [b - a for a, b in itertools.pairwise(pings)]
             assert all(0.3 <= gap <= 0.8 for gap in gaps), gaps
             statuses = notify.with_field("READY=1") + [
-                (t, m) for t, m in notify.received if m.startswith("STATUS=cycle ")
+                (t, m) for t, m in notify.received if m.startswith("STATUS=sync pass ")
             ]
             assert len(statuses) >= 3  # one STATUS= per cycle
 
