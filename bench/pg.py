@@ -18,7 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 USER = "powersync_test"
@@ -40,8 +40,15 @@ def free_tcp_port() -> int:
 
 
 class PgServer:
-    def __init__(self, bindir: str) -> None:
+    """``durable``: PostgreSQL's own fsync/commit settings (the benchmark's default, like an
+    operator's server) instead of the tests' fsync off; ``settings`` adds ``-c name=value``."""
+
+    def __init__(
+        self, bindir: str, *, durable: bool = False, settings: Mapping[str, str] | None = None
+    ) -> None:
         self.bindir = bindir
+        self.durable = durable
+        self.settings = dict(settings or {})
         self.port = free_tcp_port()
         self.root = tempfile.mkdtemp(prefix="powersync-pg-")
         self.data = os.path.join(self.root, "data")
@@ -65,10 +72,11 @@ class PgServer:
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", USER, "--no-sync", "-E", "UTF8")
 
     def start(self) -> None:
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets}"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.logfile, "-w", "start")
 
     def stop(self) -> None:
@@ -100,8 +108,29 @@ class PgServer:
         finally:
             self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+    def server_cpu_s(self) -> float:
+        """User + sys CPU of the server: the postmaster, its live processes and (through the
+        postmaster's reaped-children times) the backends that have exited."""
+        from bench.procs import process_cpu_s
+
+        with open(os.path.join(self.data, "postmaster.pid")) as handle:
+            postmaster = int(handle.readline())
+        total = process_cpu_s(postmaster)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and parent_pid(int(entry)) == postmaster:
+                total += process_cpu_s(int(entry))
+        return total
+
     def cleanup(self) -> None:
         try:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

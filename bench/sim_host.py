@@ -9,6 +9,7 @@ line on stdin:
     {"cmd": "powers"}                            {"powers": [true, false, ...]}
     {"cmd": "faults", "dead": [...], "latency_ms": 10, "loss": 0.05}   (absent = none)
     {"cmd": "stats"}                             the fleet's counters
+    {"cmd": "requests"}                          {"requests": [...]}: datagrams answered per BMC
 
 It exits when stdin closes. Running the fleet in a process of its own keeps its CPU out of
 the contenders' numbers (and lets the harness read it from /proc).
@@ -48,6 +49,8 @@ def handle(fleet: Fleet, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "faults": fleet.set_faults(faults).to_json()}
     if command == "stats":
         return {"ok": True, "stats": fleet.statistics()}
+    if command == "requests":
+        return {"ok": True, "requests": [bmc.requests for bmc in fleet.bmcs]}
     return {"ok": False, "error": f"unknown command {command!r}"}
 
 
