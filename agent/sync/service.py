@@ -53,6 +53,7 @@ from agent.sync.report import (
     node_result,
     prepare_pass,
 )
+from agent.sync.sizing import failing_lane_size, interval_warnings, overrun_warning
 from store import Lease, Node, NodeChange, StoreError
 
 log = logging.getLogger("powersync.sync")
@@ -116,7 +117,7 @@ class SyncService:
         self.holder = holder or holder_name("sync")
         # One budget for every silent node of every pass (sync and recovery run side by
         # side): BMCs in flight stay within workers + failing_workers.
-        self._silent_slots = trio.CapacityLimiter(config.conductor.sync_failing_node_workers)
+        self._silent_slots = trio.CapacityLimiter(1)  # sized by _use()
         self._use(config)
         self._pending: AgentConfig | None = None  # a reload waiting for the passes to end
         self._passes_running = 0
@@ -175,10 +176,26 @@ class SyncService:
             max_retries=config.conductor.power_state_sync_max_retries,
         )
         self.workers = config.conductor.sync_power_state_workers
-        # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery probes.
-        self.failing_workers = config.conductor.sync_failing_node_workers
-        self._silent_slots.total_tokens = self.failing_workers
+        # The failing lane (agent.sync.lanes): nodes whose last pass failed, and recovery
+        # probes; sized again at each sync pass when the option is unset.
+        self._size_failing_lane(failing=0)
+        self._warned: frozenset[str] = frozenset()  # warned again after a reload
         self.pool.limit_background(self.workers)
+
+    def _size_failing_lane(self, *, failing: int) -> None:
+        configured = self.conductor.sync_failing_node_workers
+        self.failing_workers = failing_lane_size(configured, failing)
+        self._silent_slots.total_tokens = self.failing_workers
+
+    def _check_capacity(self, failing: int) -> None:
+        """Warn when a problem keeping the interval appears (see agent.sync.sizing)."""
+        self._size_failing_lane(failing=failing)
+        warnings = interval_warnings(
+            self.conductor, failing=failing, failing_workers=self.failing_workers
+        )
+        for problem in warnings.keys() - self._warned:
+            log.warning("%s", warnings[problem])
+        self._warned = frozenset(warnings)
 
     def _apply_pending(self) -> None:
         config, self._pending = self._pending, None
@@ -222,18 +239,10 @@ class SyncService:
                 hook(report)
             duration = trio.current_time() - started
             if duration > interval:
-                log.warning(
-                    "sync cycle %d took %.1f s, longer than sync_power_state_interval (%g s); "
-                    "raise sync_power_state_workers (now %d) or sync_failing_node_workers "
-                    "(now %d), lower sync_node_timeout (now %g s) or raise the interval",
-                    report.cycle,
-                    duration,
-                    interval,
-                    self.conductor.sync_power_state_workers,
-                    self.conductor.sync_failing_node_workers,
-                    self.conductor.sync_node_timeout,
-                    extra={"cycle": report.cycle},
+                overrun = overrun_warning(
+                    report.cycle, duration, self.conductor, self.failing_workers
                 )
+                log.warning("%s", overrun, extra={"cycle": report.cycle})
             await self._wait_from(started, "sync_power_state_interval")
 
     async def recovery_loop(
@@ -312,6 +321,8 @@ class SyncService:
         self.nodes_total = len(work)
         self.nodes_done = sum(1 for progress in work if progress.skipped is not None)
         healthy, failing = self._lanes(work, kind)
+        if kind == "sync":
+            self._check_capacity(len(failing))
         stalls = 0
         with trio.CancelScope() as scope:
             self._active_scopes.add(scope)

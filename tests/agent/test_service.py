@@ -24,6 +24,7 @@ from agent.sync.service import (
     SyncService,
     jitter_delay,
 )
+from agent.sync.sizing import failing_lane_size
 from store import Store, open_store
 from tests.agent.fake_bmc import FakeFleet, add_nodes
 
@@ -776,3 +777,51 @@ async def test_bmcs_in_flight_stay_within_workers_plus_failing_workers(
         await service.run_cycle()
     assert fleet.max_in_flight <= 2 + 3, fleet.max_in_flight
     assert fleet.max_in_flight >= 4  # the lanes did run side by side
+
+
+async def test_a_config_that_cannot_keep_its_interval_is_warned_once_and_again_on_reload(
+    store: Store,
+    fleet: FakeFleet,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    add_nodes(store, fleet, 6)
+    config = make_config(
+        sync_power_state_interval=10.0,
+        sync_power_state_workers=2,
+        sync_failing_node_workers=2,
+        sync_node_timeout=8.0,
+        sync_jitter_window=4.0,
+    )
+    async with Harness(store, fleet, config) as service:
+        with caplog.at_level(logging.WARNING, logger="powersync.sync"):
+            await service.run_cycle()
+            for port in range(10001, 10006):
+                fleet[port].hang = True
+            await service.run_cycle()  # the 5 go silent: failing from now on
+            await service.run_cycle()
+            await service.run_cycle()
+            service.reconfigure(config)
+            await service.run_cycle()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    spread = [m for m in messages if m.startswith("sync_jitter_window (4 s) + sync_node_timeout")]
+    waves = [m for m in messages if "nodes are failing but sync_failing_node_workers is 2" in m]
+    assert len(spread) == 2, messages  # at the first cycle and after the reload, not per cycle
+    assert "raise sync_power_state_interval to at least 12 s" in spread[0]
+    assert len(waves) == 2, messages
+    assert waves[0].startswith("5 nodes are failing") and "in 3 waves, up to 24 s" in waves[0]
+    assert "more than the interval (10 s)" in waves[0]
+
+
+async def test_an_unset_failing_lane_is_sized_from_the_failing_nodes(
+    store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
+) -> None:
+    add_nodes(store, fleet, 4)
+    config = make_config(sync_failing_node_workers=None, sync_node_timeout=8.0)
+    async with Harness(store, fleet, config) as service:
+        assert service.failing_workers == 128
+        await service.run_cycle()
+    assert failing_lane_size(None, 3) == 128
+    assert failing_lane_size(None, 700) == 700
+    assert failing_lane_size(None, 5000) == 1024  # a bound on BMCs in flight all the same
+    assert failing_lane_size(16, 700) == 16  # an operator's choice is kept
