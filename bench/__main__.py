@@ -3,12 +3,16 @@
     python -m bench                      # the full run (see docs/benchmarks.md)
     python -m bench --quick              # a tiny fleet, one repetition (a smoke test)
     python -m bench --ipmi-sim 50 --sizes 1000 10000 --repeats 3 --out bench/results
+    python -m bench --ipmi-sim 0 --sizes --redfish-sizes 1000 --sushy-emulator 20 \
+        --out bench/results/redfish            # the Redfish contenders only
 
 Fleets: ``--ipmi-sim N`` OpenIPMI ipmi_sim processes (the independent servers) and one
 powersync simulator process per ``--sizes`` entry. Conditions: clean loopback, added
 latency, datagram loss, 10 % dead BMCs; then powering ``--power-off`` BMCs off and
 confirming it. Writes ``results.json`` (every run and the summary), ``results.md`` (the
-tables) and ``chart.png`` into ``--out``.
+tables) and ``chart.png`` into ``--out``. Redfish fleets (``--redfish-sizes``: the powersync
+Redfish simulator; ``--sushy-emulator N``: sushy-tools with N fake systems) run the Redfish
+contenders (bench.redfish_contenders) on clean loopback.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import redfish_report, report
 from bench.contenders import BY_NAME, CONTENDERS, Contender, Options, PassResult
 from bench.fleets import Endpoint, Fleet, IpmiSimFleet, PowersyncSimFleet, expected_power
 from bench.procs import PacketCounter, tcpdump_usable
+from bench.redfish_contenders import REDFISH_BY_NAME, REDFISH_CONTENDERS
+from bench.redfish_fleets import RedfishFleet, RedfishSimFleet, SushyEmulatorFleet
+
+ALL_BY_NAME: dict[str, Contender] = {**BY_NAME, **REDFISH_BY_NAME}
 
 CONDITIONS = {
     # name: (one-way delay ms, loss per datagram, fraction of dead BMCs)
@@ -301,7 +309,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--conditions", nargs="*", default=list(CONDITIONS), choices=list(CONDITIONS)
     )
     parser.add_argument(
-        "--contenders", nargs="*", default=[c.name for c in CONTENDERS], choices=list(BY_NAME)
+        "--contenders",
+        nargs="*",
+        default=None,
+        choices=list(ALL_BY_NAME),
+        help="default: every IPMI contender on IPMI fleets, every Redfish one on Redfish fleets",
+    )
+    parser.add_argument(
+        "--redfish-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="powersync Redfish simulator fleets (Redfish contenders, clean loopback only)",
+    )
+    parser.add_argument(
+        "--sushy-emulator",
+        type=int,
+        default=0,
+        help="systems of a sushy-tools emulator fleet (0: none)",
     )
     parser.add_argument("--power-off", type=int, default=100, help="BMCs to power off (0: skip)")
     parser.add_argument("--workers", type=int, default=8, help="concurrency of powersync/pyghmi")
@@ -340,6 +365,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.ipmi_sim = min(args.ipmi_sim, 4)
         args.sizes = [min(size, 20) for size in args.sizes][:1]
+        args.redfish_sizes = [min(size, 20) for size in args.redfish_sizes][:1]
+        args.sushy_emulator = min(args.sushy_emulator, 4)
         args.repeats = args.impaired_repeats = args.action_repeats = 1
         args.conditions = ["clean"]
         args.power_off = min(args.power_off, 4)
@@ -356,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_results(document, out, document["settings"]["deadline"])
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    contenders = [BY_NAME[name] for name in args.contenders]
+    chosen = args.contenders
+    contenders = [c for c in CONTENDERS if chosen is None or c.name in chosen]
+    redfish_contenders = [c for c in REDFISH_CONTENDERS if chosen is None or c.name in chosen]
     document: dict[str, Any] = {
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -367,9 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped: list[str] = []
     powered_off: set[str] = set()
     fleets: list[tuple[str, int]] = []
-    if args.ipmi_sim:
+    if args.ipmi_sim and contenders:
         fleets.append(("ipmi_sim", args.ipmi_sim))
-    fleets.extend(("powersync_sim", size) for size in args.sizes)
+    if contenders:
+        fleets.extend(("powersync_sim", size) for size in args.sizes)
     for kind, size in fleets:
         log(f"fleet {kind} x {size}")
         fleet_class = IpmiSimFleet if kind == "ipmi_sim" else PowersyncSimFleet
@@ -379,21 +409,55 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {"kind": kind, "size": size, "server_rss_kb_idle": idle_rss}
             )
             document["runs"].extend(bench_fleet(fleet, args, contenders, skipped, powered_off))
+    redfish_fleets: list[RedfishFleet] = []
+    if redfish_contenders:
+        redfish_fleets += [RedfishSimFleet(size) for size in args.redfish_sizes]
+        if args.sushy_emulator:
+            redfish_fleets.append(SushyEmulatorFleet(args.sushy_emulator))
+    for redfish_fleet in redfish_fleets:
+        log(f"fleet {redfish_fleet.kind} x {redfish_fleet.count}")
+        with redfish_fleet:
+            idle_rss = redfish_fleet.server_rss_kb()
+            document.setdefault("fleets", []).append(
+                {
+                    "kind": redfish_fleet.kind,
+                    "size": redfish_fleet.size,
+                    "server_rss_kb_idle": idle_rss,
+                }
+            )
+            document["runs"].extend(bench_redfish_fleet(redfish_fleet, args, redfish_contenders))
+    document["loadavg_at_end"] = report.load_average()
     document["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document["skipped"] = skipped
     write_results(document, out, args.deadline)
     return 0
 
 
+def bench_redfish_fleet(
+    fleet: RedfishFleet, args: argparse.Namespace, contenders: Sequence[Contender]
+) -> list[dict[str, Any]]:
+    """Every Redfish contender on one Redfish fleet, clean loopback (status passes)."""
+    runs: list[dict[str, Any]] = []
+    status = Options(workers=args.workers, deadline=args.deadline, timeout=args.timeout)
+    for contender in contenders:
+        runs.extend(run_contender(fleet, contender, status, "clean", [], args.repeats))
+    return runs
+
+
 def write_results(document: dict[str, Any], out: Path, deadline: float) -> None:
     """Summary, targets, results.json, results.md and the chart, from the runs."""
     rows = report.summarize(document["runs"])
+    redfish_report.annotate(rows, document["runs"])
     document["summary"] = rows
-    verdicts = report.targets(rows, deadline)
+    ipmi_rows = [row for row in rows if not redfish_report.is_redfish(row)]
+    verdicts = report.targets(ipmi_rows, deadline) + redfish_report.targets(rows)
     document["targets"] = verdicts
     (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
     (out / "results.md").write_text(
-        report.targets_markdown(verdicts) + "\n" + report.markdown(rows, document["skipped"])
+        report.targets_markdown(verdicts)
+        + "\n"
+        + redfish_report.markdown(rows)
+        + report.markdown(ipmi_rows, document["skipped"])
     )
     report.chart(rows, out / "chart.png")
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'chart.png'}")

@@ -30,21 +30,25 @@ def machine() -> dict[str, Any]:
             mem_kb = int(handle.readline().split()[1])
     except (OSError, ValueError, IndexError):
         mem_kb = 0
-    try:
-        with open("/proc/loadavg") as handle:
-            load = handle.read().split()[:3]
-    except OSError:
-        load = []
     return {
         "nproc": len(__import__("os").sched_getaffinity(0)),
         "cpu_model": model,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "loadavg_at_start": load,
+        "loadavg_at_start": load_average(),
         "tools": tool_versions(),
         "commit": git_commit(),
     }
+
+
+def load_average() -> list[str]:
+    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[:3]
+    except OSError:
+        return []
 
 
 def git_commit() -> str:
@@ -214,7 +218,12 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     colours = {name: f"C{i}" for i, name in enumerate(contenders)}
     for name in contenders:
-        for kind, style in (("powersync_sim", "o-"), ("ipmi_sim", "s--")):
+        for kind, style in (
+            ("powersync_sim", "o-"),
+            ("ipmi_sim", "s--"),
+            ("redfish_sim", "^-"),
+            ("sushy_emulator", "v--"),
+        ):
             points = sorted(
                 (r["size"], r["wall_s"])
                 for r in clean
@@ -227,7 +236,7 @@ def chart(rows: Sequence[dict[str, Any]], path: Path) -> None:
                     style,
                     color=colours[name],
                     label=f"{name} ({kind})",
-                    fillstyle="none" if kind == "ipmi_sim" else "full",
+                    fillstyle="none" if kind in ("ipmi_sim", "sushy_emulator") else "full",
                 )
     left.set_xscale("log")
     left.set_yscale("log")
