@@ -32,14 +32,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import report, site_report
 from bench.fleets import HOST, PASSWORD, USERNAME, PowersyncSimFleet
 from bench.pg import PgServer, find_bindir
-from bench.procs import process_cpu_s
 from store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,9 +122,6 @@ class Daemon:
                 self.open_since = None
                 self.cycles.append(event)
 
-    def cpu_s(self) -> float:
-        return process_cpu_s(self.process.pid)
-
     def cycles_started_after(self, moment: float) -> list[dict[str, Any]]:
         return [cycle for cycle in self.cycles if cycle["started"] >= moment]
 
@@ -147,15 +143,13 @@ class Daemon:
 
 @dataclass
 class Snapshot:
-    """Counters read at one moment: the agents', the database server's, the simulator's."""
+    """Counters read at one moment: the database server's and the simulator's."""
 
     at: float
-    agent_cpu_s: dict[str, float]
     server_cpu_s: float | None
     server_exec_ms: float | None
     server_calls: int | None
     datagrams: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -206,8 +200,9 @@ class Site:
         finally:
             self.pg.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-    def snapshot(self, daemons: Sequence[Daemon], database: str | None) -> Snapshot:
-        exec_ms = calls = None
+    def snapshot(self, database: str | None) -> Snapshot:
+        exec_ms: float | None = None
+        calls: int | None = None
         if database is not None and self.pg is not None and self.statements:
             rows = self.pg.admin(
                 "SELECT coalesce(sum(total_exec_time), 0), coalesce(sum(calls), 0) "
@@ -215,11 +210,10 @@ class Site:
                 "WHERE d.datname = %s",
                 (database,),
             )
-            exec_ms, calls = float(rows[0][0]), int(rows[0][1])  # type: ignore[arg-type]
+            exec_ms, calls = float(str(rows[0][0])), int(str(rows[0][1]))  # numeric, bigint
         stats = self.fleet.command({"cmd": "stats"})["stats"]
         return Snapshot(
             at=time.time(),
-            agent_cpu_s={d.host: d.cpu_s() for d in daemons if d.killed_at is None},
             server_cpu_s=None if database is None or self.pg is None else self.pg.server_cpu_s(),
             server_exec_ms=exec_ms,
             server_calls=calls,
@@ -289,7 +283,8 @@ def run_configuration(
                 store=shared.config_lines,
             )
             daemons.append(Daemon(workdir, host, text))
-        stack.callback(lambda: [daemon.stop() for daemon in daemons])
+        for daemon in daemons:
+            stack.callback(daemon.stop)
         started = time.time()
         log(f"{name}: {agents} agent(s) on {backend}, {site.fleet.size} BMCs")
 
@@ -309,14 +304,14 @@ def run_configuration(
             limit,
             "a first cycle after the share settled",
         )
-        window_start = site.snapshot(daemons, database)
+        window_start = site.snapshot(database)
         wait_until(
             all_idle_and(lambda d: len(d.cycles_started_after(window_start.at)) >= steady_wanted),
             daemons,
             limit + steady_wanted * args.interval,
             f"{steady_wanted} steady cycle(s)",
         )
-        window_end = site.snapshot(daemons, database)
+        window_end = site.snapshot(database)
         log(f"{name}: steady window {window_end.at - window_start.at:.1f} s")
         takeover = None
         if agents > 1:
@@ -426,6 +421,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=list(CONFIGURATIONS),
         choices=list(CONFIGURATIONS),
     )
+    parser.add_argument(
+        "--render-only", action="store_true", help="run nothing: OUT/results.md from results.json"
+    )
     parser.add_argument("--out", default="bench/results/site")
     args = parser.parse_args(argv)
     if args.cycles < 2:
@@ -436,6 +434,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.render_only:
+        saved = json.loads((out / "results.json").read_text())
+        (out / "results.md").write_text(site_report.markdown(saved))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
         "command": " ".join(
