@@ -3,8 +3,8 @@
 What the replies mean lives in the sans-I/O ``redfish.proto``; this module gives it HTTP
 (httpx on trio) and patience:
 
-- one ``httpx.AsyncClient`` per BMC with one HTTP/1.1 keep-alive connection, and never more
-  than one request in flight on it; ``Accept-Encoding: identity`` (as sushy sends);
+- one HTTP/1.1 keep-alive connection per BMC (``redfish.http11``: h11 over trio), and never
+  more than one request in flight on it; ``Accept-Encoding: identity`` (as sushy sends);
 - TLS verified by default, with one shared ``ssl.SSLContext`` per trust setting
   (``redfish.tls``);
 - overall deadlines are the caller's cancel scopes; httpx's own timeout is only a generous
@@ -23,7 +23,7 @@ import base64
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,6 +40,7 @@ from redfish.errors import (
     TLSError,
     UnsupportedActionError,
 )
+from redfish.http11 import Reply, connect_lazily
 from redfish.retry import RetryPolicy
 from redfish.stats import Counters, SessionStatistics
 from redfish.tls import VerifySetting, describe_failure, failure_message, tls_context
@@ -128,19 +129,14 @@ class RedfishSession:
         self._reset: proto.ResetAction | None = None
         self._allowed: frozenset[str] | None = None
         self._closed = False
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            verify=tls_context(verify),
-            http1=True,
-            http2=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            timeout=httpx.Timeout(BACKSTOP_TIMEOUT),
-            headers=_BASE_HEADERS,
-            follow_redirects=False,
-            trust_env=False,  # no proxies or .netrc from the environment
-            transport=transport,
+        self._connection = connect_lazily(
+            base_url,
+            tls_context(verify),
+            _BASE_HEADERS,
+            BACKSTOP_TIMEOUT,
+            self._counters,
+            transport,
         )
-        self._extensions = {"trace": self._trace}
 
     def __repr__(self) -> str:
         return f"RedfishSession({self.peer}, system={self.system!r}, auth={self.auth!r})"
@@ -265,7 +261,7 @@ class RedfishSession:
         self._check(response, what)
         raise BadReplyError(f"{self.peer}: {what}: unexpected HTTP {status}")
 
-    async def _follow_task(self, accepted: httpx.Response, what: str) -> None:
+    async def _follow_task(self, accepted: Reply, what: str) -> None:
         location = accepted.headers.get("Location")
         if not location:
             return  # accepted without a monitor: nothing more to learn
@@ -358,7 +354,7 @@ class RedfishSession:
         # with the token kept, so that close deletes the session.
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    def _take_login(self, response: httpx.Response) -> None:
+    def _take_login(self, response: Reply) -> None:
         status = response.status_code
         if status in (200, 201):
             token = response.headers.get("X-Auth-Token")
@@ -418,7 +414,7 @@ class RedfishSession:
                     async with self._lock:
                         await self._logout()
             finally:
-                await self._client.aclose()
+                await self._connection.aclose()
 
     # ---- HTTP ---------------------------------------------------------------------------
 
@@ -430,7 +426,7 @@ class RedfishSession:
         *,
         body: bytes | None = None,
         repeatable: bool = True,
-    ) -> httpx.Response:
+    ) -> Reply:
         """A request with our credentials; one new login if the session was dropped."""
         for relogin in (False, True):
             if self._token is not None:
@@ -464,16 +460,14 @@ class RedfishSession:
         headers: Mapping[str, str] | None = None,
         repeatable: bool = True,
         retry_statuses: frozenset[int] | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         """One request, with the bounded retries. Returns any answer but a retried 5xx."""
         policy = self._retry
         counters = self._counters
         for attempt in range(1, policy.attempts + 1):
             started = trio.current_time()
             try:
-                response = await self._client.request(
-                    method, path, content=body, headers=headers, extensions=self._extensions
-                )
+                response = await self._connection.request(method, path, body=body, headers=headers)
             except httpx.ConnectError as exc:
                 tls = describe_failure(exc)
                 if tls is not None:
@@ -521,13 +515,7 @@ class RedfishSession:
             await trio.sleep(wait)
         raise AssertionError("unreachable")
 
-    async def _trace(self, event: str, info: Mapping[str, Any]) -> None:
-        if event == "connection.connect_tcp.complete":
-            self._counters.connections += 1
-        elif event == "connection.start_tls.complete":
-            self._counters.tls_handshakes += 1
-
-    def _check(self, response: httpx.Response, what: str) -> None:
+    def _check(self, response: Reply, what: str) -> None:
         """Raise the error a non-2xx answer means (401s are handled before this)."""
         status = response.status_code
         if status < 300:
@@ -537,7 +525,7 @@ class RedfishSession:
         )
 
     @staticmethod
-    def _reason(response: httpx.Response) -> str:
+    def _reason(response: Reply) -> str:
         message = proto.error_message(response.content)
         return f": {message}" if message else ""
 
