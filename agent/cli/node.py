@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from agent.bmc.pool import SESSION_MODES
 from agent.bmc.seam import BmcEndpoint, BmcError
 from agent.cli.common import (
     format_time,
@@ -23,13 +24,8 @@ from agent.cli.common import (
     store_errors,
 )
 from agent.config.inventory import FORMATS, ImportRow, read_inventory
-from agent.config.options import (
-    SESSION_MODES,
-    AgentConfig,
-    load_config,
-    node_inventory,
-    parse_node,
-)
+from agent.config.nodes import node_inventory, parse_node
+from agent.config.options import AgentConfig, load_config
 from agent.config.reader import ascii_integer
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, check_secret
@@ -143,6 +139,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
         "bmc_address": args.address,
         "bmc_port": args.port or DEFAULT_PORTS[args.driver],
         "bmc_username": args.username,
+        "driver": args.driver,
     }
     if args.cipher_suites is not None:
         table["cipher_suites"] = _split_suites(args.cipher_suites)
@@ -161,9 +158,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
         try:
             fields = node_inventory(node, config.ipmi)
             fields.update(secret_fields(args, node.name, args.driver, {}))
-            added = store.add_node(
-                **fields, driver=args.driver, provision_state=args.provision_state or None
-            )
+            added = store.add_node(**fields, provision_state=args.provision_state or None)
         except InstanceInUse:
             raise  # store_errors names this node and the one that has the instance
         except DuplicateNode:
@@ -423,16 +418,15 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
             # A node that refers to its password keeps the reference when the file brings
             # the same secret (the import reads it); a different one replaces it.
             wanted["bmc_password"] = existing.bmc_password
-        elif secret_source(existing).startswith(("file", "environment")):
             references = ("_password_file", "_password_env")
-            info = existing.driver_info
-            wanted["driver_info"] = {k: v for k, v in info.items() if not k.endswith(references)}
+            kept = {k: v for k, v in existing.driver_info.items() if k.endswith(references)}
+            wanted["driver_info"] = {**wanted["driver_info"], **kept}
         if all(getattr(existing, key) == wanted[key] for key in wanted):
             return "unchanged"
     outcome = "added" if existing is None else "updated"
     if args.dry_run or store is None:
         return outcome
-    node = store.upsert_node(**wanted)
+    node = store.upsert_node(**wanted, uuid=row.uuid)  # a uuid only names a new node
     # State from Ironic's JSON goes only into new nodes: for known ones our observations win.
     if existing is None and (row.power_state is not None or row.maintenance):
         fields: dict[str, object] = {"power_state": row.power_state}

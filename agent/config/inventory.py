@@ -7,9 +7,9 @@ Formats (chosen by extension, or ``--format``):
 - CSV: a header row naming the same keys (``name,bmc_address,bmc_port,bmc_username,
   bmc_password_file,...``); ``cipher_suites`` cells are written ``17 3`` or ``17;3``;
 - JSON: the output of ``openstack baremetal node list --long -f json`` (or a list of
-  ``baremetal node show -f json`` objects): Name, UUID, Instance UUID, Power State,
-  Maintenance, Maintenance Reason and Driver Info's ``ipmi_*`` keys. Ironic masks
-  ``ipmi_password`` as ``******``; the password then comes from ``--password-file``/``-env``.
+  ``baremetal node show -f json`` objects): Name, UUID (kept), Instance UUID, Power State,
+  Maintenance, Fault, Provisioning State and Driver Info's ``ipmi_*`` or ``redfish_*`` keys.
+  Ironic masks passwords as ``******``; they then come from ``--password-file``/``-env``.
 
 Problems with the whole file raise ConfigError; problems with one entry become that row's
 error, naming the file and the row, so the other rows can still be imported.
@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import attrs
 
-from agent.config.options import NODE_KEYS, StaticNode, parse_node
+from agent.config.nodes import NODE_KEYS, REDFISH_ALIASES, StaticNode, parse_node
 from agent.config.reader import (
     ascii_integer,
     check_nesting,
@@ -46,6 +46,9 @@ _IRONIC_PRIVILEGES: Final = {
     "OPERATOR": "operator",
     "USER": "user",
 }
+PASSWORD_KEYS: Final = frozenset(
+    ("bmc_password", "bmc_password_file", "bmc_password_env", *REDFISH_ALIASES)
+) - {"redfish_username"}
 _AGENT_SECTIONS: Final = ("conductor", "ipmi", "store", "nova", "metrics", "logging")
 _POWER_STATES: Final = ("power on", "power off", "rebooting", "soft power off", "error")
 
@@ -64,6 +67,7 @@ class ImportRow:
     maintenance_reason: str | None = None
     fault: str | None = None  # Ironic's fault, e.g. "power failure" (auto-recovered here too)
     provision_state: str | None = None  # Ironic's, e.g. "active", "enroll"
+    uuid: str | None = None  # Ironic's node UUID, kept for nodes the import adds
 
 
 def detect_format(path: str) -> str:
@@ -115,8 +119,7 @@ class _Reader:
         self.default_password = default_password
 
     def row(self, table: dict[str, Any], where: str, **state: Any) -> ImportRow:
-        has_password = any(key in table for key in ("bmc_password", "bmc_password_file"))
-        if not has_password and "bmc_password_env" not in table and self.default_password is None:
+        if not (PASSWORD_KEYS & table.keys()) and self.default_password is None:
             return ImportRow(
                 where,
                 error=f"{where}: no password: give bmc_password_file or bmc_password_env, "
@@ -182,8 +185,9 @@ class _Reader:
                 )
             if column in header[:index]:  # DictReader would keep the last cell silently
                 raise ConfigError(f"{self.path}: row 1: column {column!r} appears twice")
-        for required in ("name", "bmc_address", "bmc_username"):
-            if required not in header:
+        for required, alias in (("name", ""), ("bmc_address", "redfish_address"),
+                                ("bmc_username", "redfish_username")):  # fmt: skip
+            if required not in header and alias not in header:
                 raise ConfigError(f"{self.path}: row 1: the header has no {required!r} column")
         reader.fieldnames = header
         rows = []
@@ -236,31 +240,14 @@ class _Reader:
         info = item.get("driver_info")
         if not isinstance(info, dict):
             return ImportRow(where, error=f"{where}: no Driver Info (list with --long)")
-        if not info.get("ipmi_address"):
+        if info.get("ipmi_address"):
+            table = self.ironic_ipmi(info, where)
+        elif info.get("redfish_address"):
+            table = self.ironic_redfish(info, where)
+        else:
             driver = item.get("driver") or "unknown"
-            return ImportRow(where, skipped=f"not an IPMI node (driver {driver}, no ipmi_address)")
-        table: dict[str, Any] = {
-            "name": name,
-            "bmc_address": info.get("ipmi_address"),
-            "bmc_username": info.get("ipmi_username"),
-        }
-        if info.get("ipmi_port") is not None:
-            table["bmc_port"] = _int_or_text(info["ipmi_port"])
-        password = info.get("ipmi_password")
-        if password and password != IRONIC_MASK:
-            table["bmc_password"] = password
-        elif self.default_password is None:
-            # The same fix applies to every row, so say it once and import nothing.
-            raise ConfigError(
-                f"{where}: ipmi_password is masked in this file; "
-                "give --password-file or --password-env"
-            )
-        suite = info.get("ipmi_cipher_suite")
-        if suite is not None:
-            table["cipher_suites"] = [_int_or_text(suite)]
-        privilege = info.get("ipmi_priv_level")
-        if privilege is not None:
-            table["privilege"] = _IRONIC_PRIVILEGES.get(str(privilege).upper(), privilege)
+            return ImportRow(where, skipped=f"no ipmi_address or redfish_address (driver {driver})")
+        table["name"] = name
         if item.get("instance_uuid"):
             table["instance_uuid"] = item["instance_uuid"]
         power_state = item.get("power_state")
@@ -270,12 +257,54 @@ class _Reader:
         return self.row(
             table,
             where,
+            uuid=_text_or_none(node_uuid),  # kept: `node show <Ironic's uuid>` finds it
             power_state=power_state if power_state in _POWER_STATES else None,
             maintenance=bool(maintenance),
             maintenance_reason=item.get("maintenance_reason") or None,
             fault=_text_or_none(item.get("fault")) if maintenance else None,
             provision_state=_text_or_none(item.get("provision_state")),
         )
+
+    def ironic_ipmi(self, info: dict[str, Any], where: str) -> dict[str, Any]:
+        table: dict[str, Any] = {
+            "bmc_address": info.get("ipmi_address"),
+            "bmc_username": info.get("ipmi_username"),
+        }
+        if info.get("ipmi_port") is not None:
+            table["bmc_port"] = _int_or_text(info["ipmi_port"])
+        self.ironic_password(table, info, "ipmi_password", where)
+        suite = info.get("ipmi_cipher_suite")
+        if suite is not None:
+            table["cipher_suites"] = [_int_or_text(suite)]
+        privilege = info.get("ipmi_priv_level")
+        if privilege is not None:
+            table["privilege"] = _IRONIC_PRIVILEGES.get(str(privilege).upper(), privilege)
+        return table
+
+    def ironic_redfish(self, info: dict[str, Any], where: str) -> dict[str, Any]:
+        table: dict[str, Any] = {"driver": "redfish", "bmc_username": info.get("redfish_username")}
+        for key in (
+            "redfish_address",
+            "redfish_system_id",
+            "redfish_verify_ca",
+            "redfish_auth_type",
+        ):
+            if info.get(key) is not None:
+                table[key] = info[key]
+        self.ironic_password(table, info, "redfish_password", where)
+        return table
+
+    def ironic_password(
+        self, table: dict[str, Any], info: dict[str, Any], key: str, where: str
+    ) -> None:
+        password = info.get(key)
+        if password and password != IRONIC_MASK:
+            table["bmc_password"] = password
+        elif self.default_password is None:
+            # The same fix applies to every row, so say it once and import nothing.
+            raise ConfigError(
+                f"{where}: {key} is masked in this file; give --password-file or --password-env"
+            )
 
 
 def _text_or_none(value: object) -> str | None:

@@ -11,17 +11,16 @@ directory of that file, so a config works the same whatever the working director
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import socket
-import uuid
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Final
 
 import attrs
 
+from agent.bmc.pool import SESSION_MODES
+from agent.config.nodes import StaticNode, parse_static_nodes
 from agent.config.reader import (
     Section,
     file_is_private,
@@ -30,18 +29,14 @@ from agent.config.reader import (
     resolve_path,
     split_listen,
 )
-from agent.config.secrets import read_secret_file
 from agent.drivers.ipmi import (
     CIPHER_SUITES,
     PRIVILEGES,
     check_cipher_suites,
-    check_password,
-    check_username,
 )
-from agent.errors import ConfigError, SecretError
+from agent.errors import ConfigError
 from agent.nova.config import NovaConfig, parse_nova_section
 
-SESSION_MODES: Final = ("persistent", "per-cycle")
 STORE_BACKENDS: Final = ("sqlite", "json", "postgresql")
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -58,7 +53,8 @@ class ConductorConfig:
     sync_power_state_workers: int = 8
     # Nodes whose last pass failed (and recovery probes) wait on their own slots, so dead
     # BMCs never hold the healthy fleet's workers for a whole deadline each.
-    sync_failing_node_workers: int = 128
+    # None: sized at each pass from the failing nodes (agent.sync.sizing).
+    sync_failing_node_workers: int | None = None
     force_power_state_during_sync: bool = True
     power_state_sync_max_retries: int = 3
     power_failure_recovery_interval: float = 300.0
@@ -132,21 +128,6 @@ class LoggingConfig:
 
     format: str = "text"
     level: str = "info"
-
-
-@attrs.frozen
-class StaticNode:
-    """One ``[[nodes]]`` entry (also one row of an inventory import); upserted at start."""
-
-    name: str
-    bmc_address: str
-    bmc_username: str
-    bmc_password: str = attrs.field(repr=False)
-    bmc_port: int = 623
-    cipher_suites: tuple[int, ...] | None = None
-    privilege: str | None = None
-    instance_uuid: str | None = None
-    session_mode: str | None = None
 
 
 @attrs.frozen
@@ -239,7 +220,7 @@ def config_from_document(
     metrics = _parse_metrics(Section.named(document, "metrics", source))
     logging = _parse_logging(Section.named(document, "logging", source))
     nova = _parse_nova(Section.named(document, "nova", source), source, base_dir, env, private)
-    nodes = _parse_nodes(document.get("nodes", []), source, base_dir, env, private)
+    nodes = parse_static_nodes(document.get("nodes", []), source, base_dir, env, private)
     return AgentConfig(
         source=source,
         conductor=conductor,
@@ -298,8 +279,10 @@ def _parse_conductor(section: Section) -> ConductorConfig:
         sync_power_state_workers=section.integer(
             "sync_power_state_workers", defaults.sync_power_state_workers, minimum=1
         ),
-        sync_failing_node_workers=section.integer(
-            "sync_failing_node_workers", defaults.sync_failing_node_workers, minimum=1
+        sync_failing_node_workers=(
+            section.integer("sync_failing_node_workers", 1, minimum=1)
+            if "sync_failing_node_workers" in section.table
+            else None
         ),
         force_power_state_during_sync=section.boolean(
             "force_power_state_during_sync", defaults.force_power_state_during_sync
@@ -420,193 +403,3 @@ def _parse_nova(
                 f"read (chmod 600), or use {key}_file / {key}_env"
             )
     return parse_nova_section(table, source=source, environ=environ)
-
-
-# --------------------------------------------------------------------------------------------
-# nodes: shared by [[nodes]] in agent.toml and by `powersync node import`
-
-NODE_KEYS: Final = (
-    "name",
-    "bmc_address",
-    "bmc_port",
-    "bmc_username",
-    "bmc_password",
-    "bmc_password_file",
-    "bmc_password_env",
-    "cipher_suites",
-    "privilege",
-    "instance_uuid",
-    "session_mode",
-)
-
-
-def _parse_nodes(
-    value: object, source: str, base_dir: str, environ: Mapping[str, str], private: bool
-) -> tuple[StaticNode, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-        raise ConfigError(f"{source}: nodes must be an array of tables ([[nodes]])")
-    nodes: list[StaticNode] = []
-    seen: dict[str, int] = {}
-    instances: dict[str, int] = {}  # one instance on one node, as the store requires
-    for index, table in enumerate(value, start=1):
-        label = table.get("name") if isinstance(table.get("name"), str) else None
-        where = f"{source}: [[nodes]] #{index}" + (f" ({label})" if label else "")
-        node = parse_node(
-            table, where=where, base_dir=base_dir, environ=environ, literal_password_ok=private
-        )
-        if node.name in seen:
-            raise ConfigError(
-                f"{where}: name {node.name!r} is also used by [[nodes]] #{seen[node.name]}"
-            )
-        if node.instance_uuid in instances:
-            raise ConfigError(
-                f"{where}: instance_uuid {node.instance_uuid} is also used by "
-                f"[[nodes]] #{instances[node.instance_uuid]}"
-            )
-        seen[node.name] = index
-        if node.instance_uuid is not None:
-            instances[node.instance_uuid] = index
-        nodes.append(node)
-    return tuple(nodes)
-
-
-def parse_node(
-    table: dict[str, Any],
-    *,
-    where: str,
-    base_dir: str,
-    environ: Mapping[str, str],
-    literal_password_ok: bool,
-    default_password: str | None = None,
-) -> StaticNode:
-    """Validate one node table; ``where`` prefixes every message (file and entry).
-
-    ``literal_password_ok`` is False when the file holding the table is readable by others:
-    a literal ``bmc_password`` is then refused. ``default_password`` is used when the table
-    names no password at all (an import given ``--password-file``).
-    """
-    section = Section(table, where + ":")
-    section.check_keys(NODE_KEYS)
-    name = section.optional_string("name")
-    if name is None:
-        raise ConfigError(f"{where}: name is required")
-    address = section.optional_string("bmc_address")
-    if address is None:
-        raise ConfigError(f"{where}: bmc_address is required")
-    if name != name.strip() or not name.isprintable() or looks_like_uuid(name):
-        raise section.fail("name", "must be printable, without outer spaces, not a UUID", name)
-    username = table.get("bmc_username")
-    if not isinstance(username, str) or not username:
-        raise ConfigError(f"{where}: bmc_username is required (a non-empty string)")
-    username = section.checked("bmc_username", check_username)
-    assert username is not None
-    instance_uuid = section.optional_string("instance_uuid")
-    if instance_uuid is not None:
-        try:
-            instance_uuid = str(uuid.UUID(instance_uuid))
-        except ValueError:
-            raise section.fail("instance_uuid", "must be a UUID", instance_uuid) from None
-    password = _node_password(section, base_dir, environ, literal_password_ok, default_password)
-    try:
-        check_password(password)
-    except ValueError as exc:  # the message never echoes the value
-        raise ConfigError(f"{where}: {exc}") from None
-    return StaticNode(
-        name=name,
-        bmc_address=_check_address(section, address),
-        bmc_port=section.integer("bmc_port", 623, minimum=1, maximum=65535),
-        bmc_username=username,
-        bmc_password=password,
-        cipher_suites=section.checked("cipher_suites", check_cipher_suites),
-        privilege=section.optional_choice("privilege", PRIVILEGES),
-        instance_uuid=instance_uuid,
-        session_mode=section.optional_choice("session_mode", SESSION_MODES),
-    )
-
-
-def looks_like_uuid(text: str) -> bool:
-    """True when ``text`` parses as a UUID (a node name must never: the store finds nodes by
-    name or UUID)."""
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-def node_inventory(node: StaticNode, defaults: IpmiConfig) -> dict[str, Any]:
-    """Keyword arguments for ``Store.add_node``/``upsert_node``; unset choices take [ipmi]'s."""
-    return {
-        "name": node.name,
-        "bmc_address": node.bmc_address,
-        "bmc_port": node.bmc_port,
-        "bmc_username": node.bmc_username,
-        "bmc_password": node.bmc_password,
-        "cipher_suites": node.cipher_suites or defaults.cipher_suites,
-        "privilege": node.privilege or defaults.privilege,
-        "instance_uuid": node.instance_uuid,
-        "session_mode": node.session_mode,
-    }
-
-
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
-)
-
-
-def _check_address(section: Section, address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        pass
-    # An all-numeric last label is a mistyped IPv4 address (999.1.1.1), not a host name.
-    if not _HOSTNAME.match(address) or address.rstrip(".").rsplit(".", 1)[-1].isdigit():
-        raise section.fail("bmc_address", "must be an IP address or host name", address)
-    return address
-
-
-def _node_password(
-    section: Section,
-    base_dir: str,
-    environ: Mapping[str, str],
-    literal_password_ok: bool,
-    default_password: str | None,
-) -> str:
-    given = [
-        key
-        for key in ("bmc_password", "bmc_password_file", "bmc_password_env")
-        if key in section.table
-    ]
-    if len(given) > 1:
-        raise ConfigError(f"{section.where} give only one of {', '.join(given)}")
-    if not given:
-        if default_password is not None:
-            return default_password
-        raise ConfigError(
-            f"{section.where} a password is required: bmc_password_file or bmc_password_env"
-        )
-    key = given[0]
-    value = section.table[key]
-    if not isinstance(value, str) or not value:
-        # Never echo what might be a password.
-        raise ConfigError(f"{section.where} {key} must be a non-empty string")
-    if key == "bmc_password":
-        if not literal_password_ok:
-            raise ConfigError(
-                f"{section.where} bmc_password: a literal password needs a file only its owner "
-                "can read (chmod 600), or use bmc_password_file / bmc_password_env"
-            )
-        return value
-    if "\0" in value:
-        raise ConfigError(f"{section.where} {key} must not contain a NUL character")
-    if key == "bmc_password_env":
-        secret = environ.get(value)
-        if not secret:
-            raise ConfigError(
-                f"{section.where} bmc_password_env: environment variable {value} is not set"
-            )
-        return secret
-    try:
-        return read_secret_file(resolve_path(value, base_dir), what="BMC password")
-    except SecretError as exc:
-        raise ConfigError(f"{section.where} bmc_password_file: {exc}") from None

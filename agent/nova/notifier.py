@@ -36,7 +36,7 @@ import attrs
 import httpx
 import trio
 
-from agent.config.options import looks_like_uuid
+from agent.config.nodes import looks_like_uuid
 from agent.errors import NotificationError
 from agent.nova.client import (
     POWER_TAGS,

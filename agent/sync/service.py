@@ -29,7 +29,8 @@ import trio
 
 from agent.bmc.pool import BmcPool, NodeBmc
 from agent.bmc.seam import BmcBusy, BmcError, Drivers, describe_error
-from agent.config.options import AgentConfig, node_inventory
+from agent.config.nodes import node_inventory
+from agent.config.options import AgentConfig
 from agent.drivers import configured_drivers
 from agent.site.membership import SiteMembership
 from agent.storeio import AsyncStore

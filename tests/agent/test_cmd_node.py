@@ -431,7 +431,19 @@ IRONIC_LIST = [
         "UUID": "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d",
         "Name": "redfish-1",
         "Driver": "redfish",
-        "Driver Info": {"redfish_address": "https://127.0.0.1"},
+        "Driver Info": {
+            "redfish_address": "https://127.0.0.1:8443",
+            "redfish_system_id": "/redfish/v1/Systems/1",
+            "redfish_username": "root",
+            "redfish_password": "******",
+            "redfish_verify_ca": "False",
+        },
+    },
+    {
+        "UUID": "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a",
+        "Name": "agent-only",
+        "Driver": "fake-hardware",
+        "Driver Info": {},
     },
 ]
 
@@ -443,12 +455,29 @@ def test_import_ironic_json(cli: Cli) -> None:
     assert "ipmi_password is masked in this file; give --password-file" in line
     status, out, err = cli("node", "import", str(path), "--password-file", str(cli.password_file))
     assert status == 0, err
-    assert "2 added, 0 updated, 0 unchanged, 1 skipped, 0 failed" in out
-    assert "redfish-1): skipped: not an IPMI node (driver redfish" in err
+    assert "3 added, 0 updated, 0 unchanged, 1 skipped, 0 failed" in out
+    assert "(agent-only): skipped: no ipmi_address or redfish_address (driver fake-hardware)" in err
     with cli.store() as store:
         first = store.get_node("rack1-node1")
         second = store.get_node("node-0c2d4e6f-8a9b-4c1d-8e2f-3a4b5c6d7e8f")
         history = store.history("rack1-node1")
+        redfish = store.get_node("redfish-1")
+    # Ironic's node UUIDs are kept, so the operator's `node show <uuid>` finds the node.
+    assert first.uuid == IRONIC_LIST[0]["UUID"] and second.uuid == IRONIC_LIST[1]["UUID"]
+    status, out, _ = cli("node", "show", str(IRONIC_LIST[0]["UUID"]))
+    assert status == 0 and "rack1-node1" in out
+    assert redfish.uuid == IRONIC_LIST[2]["UUID"] and redfish.driver == "redfish"
+    assert (redfish.bmc_address, redfish.bmc_port, redfish.bmc_username) == (
+        "127.0.0.1",
+        8443,
+        "root",
+    )
+    assert redfish.driver_info == {
+        "redfish_address": "https://127.0.0.1:8443",
+        "redfish_system_id": "/redfish/v1/Systems/1",
+        "redfish_verify_ca": False,
+    }
+    assert redfish.bmc_password == PASSWORD
     assert (first.bmc_port, first.privilege, first.cipher_suites) == (6240, "operator", (3,))
     assert first.instance_uuid == INSTANCE and first.power_state == "power on"
     assert first.bmc_password == PASSWORD
@@ -584,3 +613,46 @@ def test_ironic_import_keeps_the_power_failure_fault_and_the_provision_state(cli
     assert failed.maintenance and failed.fault == "power failure"
     assert (failed.provision_state, new.provision_state) == ("active", "enroll")
     assert not new.maintenance and new.fault is None
+
+
+def test_import_redfish_nodes_with_ironic_names(cli: Cli) -> None:
+    ca = cli.dir / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    path = cli.dir / "fleet.toml"
+    path.write_text(
+        "[[nodes]]\n"
+        'name = "rf-1"\ndriver = "redfish"\nredfish_address = "https://[::1]:8000"\n'
+        'redfish_username = "admin"\n'
+        f'redfish_password_file = "{cli.password_file}"\n'
+        'redfish_system_id = "/redfish/v1/Systems/437XR1138R2"\nredfish_verify_ca = "ca.pem"\n'
+        "[[nodes]]\n"
+        'name = "rf-2"\ndriver = "redfish"\nbmc_address = "127.0.0.1"\nbmc_port = 8001\n'
+        f'bmc_username = "admin"\nbmc_password_file = "{cli.password_file}"\n'
+        "cipher_suites = [17]\n"
+        "[[nodes]]\n"
+        'name = "ipmi-1"\nbmc_address = "127.0.0.1"\nbmc_username = "admin"\n'
+        f'bmc_password_file = "{cli.password_file}"\nredfish_system_id = "1"\n'
+    )
+    status, out, err = cli("node", "import", str(path))
+    assert status == 1 and "1 added, 0 updated, 0 unchanged, 0 skipped, 2 failed" in out
+    assert "[[nodes]] #2 (rf-2): cipher_suites is an IPMI setting; this node's driver is" in err
+    assert '#3 (ipmi-1): redfish_system_id is a Redfish setting; add driver = "redfish"' in err
+    with cli.store() as store:
+        node = store.get_node("rf-1")
+    assert (node.driver, node.bmc_address, node.bmc_port) == ("redfish", "::1", 8000)
+    assert node.driver_info == {
+        "redfish_address": "https://[::1]:8000",
+        "redfish_system_id": "/redfish/v1/Systems/437XR1138R2",
+        "redfish_verify_ca": str(ca),  # relative to the file naming it
+    }
+    csv = cli.dir / "fleet.csv"
+    csv.write_text(
+        "name,driver,redfish_address,bmc_username,redfish_verify_ca\n"
+        "rf-3,redfish,https://127.0.0.1:8003,admin,false\n"
+        "rf-4,redfish,ftp://127.0.0.1,admin,true\n"
+    )
+    status, out, err = cli("node", "import", str(csv), "--password-file", str(cli.password_file))
+    assert "1 added" in out and "1 failed" in out
+    assert "row 3 (rf-4): redfish_address" in err and "not an https:// URL" in err
+    with cli.store() as store:
+        assert store.get_node("rf-3").driver_info["redfish_verify_ca"] is False

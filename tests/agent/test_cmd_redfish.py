@@ -23,7 +23,6 @@ import pytest
 
 from agent.config.secrets import write_secret_file
 from redfish.sim import send_control
-from store import open_store
 from tests.conftest import require_module
 from tests.redfish.peers import Emulator, free_tcp_port, run_sushy_emulator
 
@@ -283,14 +282,6 @@ def write_config(path: Path, store: Path) -> None:
     path.chmod(0o600)
 
 
-IMPORT_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason='node import does not read driver = "redfish" [[nodes]] yet (agent/config: '
-    "NODE_KEYS and parse_node need driver and the redfish_* keys; node import must pass "
-    "them to the store as driver and driver_info)",
-)
-
-
 def sync_once(tmp_path: Path) -> dict[str, Any]:
     once = powersync("--config", str(tmp_path / "agent.toml"), "sync", "--once", "--json")
     assert once.returncode == 0, once.stderr
@@ -306,32 +297,14 @@ def import_and_sync(tmp_path: Path, sim: Sim) -> dict[str, Any]:
     return sync_once(tmp_path)
 
 
-def store_and_sync(tmp_path: Path, sim: Sim) -> dict[str, Any]:
-    """What node import would store for each [[nodes]] table, then the real sync --once."""
-    write_config(tmp_path / "agent.toml", tmp_path / "agent.sqlite")
-    with open_store(str(tmp_path / "agent.sqlite")) as store:
-        for node in sim.nodes:
-            assert node["bmc_password_file"] == str(sim.password_file)
-            store.add_node(
-                name=node["name"],
-                driver=node.get("driver", "ipmi"),
-                driver_info={k: v for k, v in node.items() if k.startswith("redfish_")},
-                bmc_address=node["bmc_address"],
-                bmc_port=node["bmc_port"],
-                bmc_username=node["bmc_username"],
-                bmc_password=PASSWORD,
-            )
-    return sync_once(tmp_path)
-
-
 @pytest.mark.peers
-def test_the_inventory_of_a_redfish_fleet_syncs(start_sim: Any, tmp_path: Path) -> None:
+def test_the_inventory_of_a_redfish_fleet_imports_and_syncs(start_sim: Any, tmp_path: Path) -> None:
     sim = start_sim("--driver", "redfish", "--nodes", "4", "--power-on")
     assert {node["redfish_verify_ca"] for node in sim.nodes} == {
         sim.line.split("; CA ", 1)[1].split(";", 1)[0]
     }
     assert all("bmc_password" not in node for node in sim.nodes)  # the file is named instead
-    document = store_and_sync(tmp_path, sim)
+    document = import_and_sync(tmp_path, sim)
     assert document["summary"]["nodes"] == 4
     assert {n["action"] for n in document["nodes"]} == {"record"}
     assert {n["new_state"] for n in document["nodes"]} == {"power on"}
@@ -355,14 +328,6 @@ MIXED_STATES = {**{f"sim-{i:04d}": "power off" for i in range(5)}, "sim-0005": "
 
 
 @pytest.mark.peers
-def test_the_inventory_of_a_mixed_fleet_syncs(start_sim: Any, tmp_path: Path) -> None:
-    document = store_and_sync(tmp_path, start_mixed(start_sim, tmp_path))
-    assert document["summary"]["nodes"] == 6
-    assert {n["name"]: n["new_state"] for n in document["nodes"]} == MIXED_STATES
-
-
-@IMPORT_PENDING
-@pytest.mark.peers
-def test_the_inventory_of_a_mixed_fleet_imports(start_sim: Any, tmp_path: Path) -> None:
+def test_the_inventory_of_a_mixed_fleet_imports_and_syncs(start_sim: Any, tmp_path: Path) -> None:
     document = import_and_sync(tmp_path, start_mixed(start_sim, tmp_path))
     assert {n["name"]: n["new_state"] for n in document["nodes"]} == MIXED_STATES

@@ -425,7 +425,8 @@ def test_example_file_is_the_default(tmp_path: Path) -> None:
 def test_every_option_is_documented() -> None:
     import attrs
 
-    from agent.config.options import NODE_KEYS, LoggingConfig, MetricsConfig, StoreConfig
+    from agent.config.nodes import NODE_KEYS
+    from agent.config.options import LoggingConfig, MetricsConfig, StoreConfig
 
     example = (ROOT / "agent.toml.example").read_text()
     reference = (ROOT / "docs" / "config.md").read_text()

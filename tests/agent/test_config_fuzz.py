@@ -7,7 +7,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config.options import NODE_KEYS, AgentConfig, config_from_document
+from agent.config.nodes import NODE_KEYS
+from agent.config.options import AgentConfig, config_from_document
 from agent.errors import ConfigError
 
 SECTION_KEYS = {

@@ -17,7 +17,8 @@ import trio
 import trio.testing
 
 from agent.config.changes import config_changes, keep_running, restart_needed
-from agent.config.options import AgentConfig, StaticNode, StoreConfig
+from agent.config.nodes import StaticNode
+from agent.config.options import AgentConfig, StoreConfig
 from agent.nova.config import NovaConfig
 from agent.sync.daemon import run_service
 from agent.sync.reload import Reloader

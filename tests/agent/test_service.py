@@ -535,7 +535,7 @@ async def test_graceful_stop_finishes_quickly_and_closes_sessions(
 async def test_static_nodes_are_upserted_at_start(
     store: Store, fleet: FakeFleet, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from agent.config.options import StaticNode
+    from agent.config.nodes import StaticNode
 
     fleet.add(10001, on=False)
     static = StaticNode(
