@@ -45,7 +45,9 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore, *, debug: bool = F
     notifier = make_notifier(config.nova)
     metrics = None
     if config.metrics.listen is not None:
-        metrics = ServiceMetrics(host=config.metrics.host, port=config.metrics.port)
+        metrics = ServiceMetrics(
+            host=config.metrics.host, port=config.metrics.port, agent_host=config.conductor.host
+        )
     log.info(
         "powersync starting: config %s, store %s (%s), sync every %g s, %d workers, force %s",
         config.source,

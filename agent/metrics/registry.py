@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import trio
@@ -55,6 +55,11 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _check_label_name(label: str, where: str) -> None:
+    if not _LABEL_NAME.match(label) or label.startswith("__") or label == "le":
+        raise MetricsError(f"invalid label name {label!r}{where}")
+
+
 def _label_text(names: Sequence[str], values: Sequence[str]) -> str:
     if not names:
         return ""
@@ -71,11 +76,16 @@ class _Metric:
         if not _METRIC_NAME.match(name):
             raise MetricsError(f"invalid metric name {name!r}")
         for label in labelnames:
-            if not _LABEL_NAME.match(label) or label.startswith("__") or label == "le":
-                raise MetricsError(f"invalid label name {label!r} for {name}")
+            _check_label_name(label, f" for {name}")
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self.const_labels: tuple[tuple[str, str], ...] = ()  # the registry's, on every sample
+
+    def _labels(self, names: Sequence[str], values: Sequence[str]) -> str:
+        const_names = tuple(name for name, _ in self.const_labels)
+        const_values = tuple(value for _, value in self.const_labels)
+        return _label_text((*const_names, *names), (*const_values, *values))
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
         if set(labels) != set(self.labelnames):
@@ -128,7 +138,7 @@ class Counter(_Metric):
 
     def samples(self) -> list[str]:
         return [
-            f"{self.name}{_label_text(self.labelnames, key)} {format_value(child.value)}"
+            f"{self.name}{self._labels(self.labelnames, key)} {format_value(child.value)}"
             for key, child in sorted(self._children.items())
         ]
 
@@ -184,7 +194,7 @@ class Gauge(_Metric):
 
     def samples(self) -> list[str]:
         return [
-            f"{self.name}{_label_text(self.labelnames, key)} {format_value(child.value)}"
+            f"{self.name}{self._labels(self.labelnames, key)} {format_value(child.value)}"
             for key, child in sorted(self._children.items())
         ]
 
@@ -253,9 +263,9 @@ class Histogram(_Metric):
             cumulative = 0
             for bound, count in zip(self.bounds, child.counts, strict=True):
                 cumulative += count
-                labels = _label_text((*self.labelnames, "le"), (*key, format_value(bound)))
+                labels = self._labels((*self.labelnames, "le"), (*key, format_value(bound)))
                 lines.append(f"{self.name}_bucket{labels} {cumulative}")
-            plain = _label_text(self.labelnames, key)
+            plain = self._labels(self.labelnames, key)
             lines.append(f"{self.name}_sum{plain} {format_value(child.sum)}")
             lines.append(f"{self.name}_count{plain} {child.count}")
         return lines
@@ -281,13 +291,21 @@ class HistogramChild:
 class Registry:
     """The set of metrics one process exposes, rendered in declaration order."""
 
-    def __init__(self) -> None:
+    def __init__(self, const_labels: Mapping[str, str] | None = None) -> None:
+        """``const_labels`` go on every sample (e.g. the agent's host, so the series of
+        several agents on one site stay apart)."""
         self._metrics: dict[str, _Metric] = {}
         self._collectors: list[Callable[[], None]] = []
+        self.const_labels = tuple((const_labels or {}).items())
+        for label, _ in self.const_labels:
+            _check_label_name(label, " (constant)")
 
     def _add(self, metric: _Metric) -> None:
         if metric.name in self._metrics:
             raise MetricsError(f"metric {metric.name} declared twice")
+        if set(metric.labelnames) & {label for label, _ in self.const_labels}:
+            raise MetricsError(f"{metric.name}: a label is also a constant label")
+        metric.const_labels = self.const_labels
         self._metrics[metric.name] = metric
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:

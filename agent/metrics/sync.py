@@ -29,9 +29,13 @@ class ServiceMetrics:
         *,
         host: str | None = None,
         port: int | None = None,
+        agent_host: str | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.registry = registry or Registry()
+        """``host``/``port``: where to listen; ``agent_host`` ([conductor] host) labels
+        every series ``host=...``, so several agents of one site stay apart."""
+        labels = {} if agent_host is None else {"host": agent_host}
+        self.registry = registry or Registry(labels)
         self.host = host
         self.port = port
         self.wall = wall_clock

@@ -16,6 +16,7 @@ from agent.metrics.registry import (
     format_value,
     serve_metrics,
 )
+from agent.metrics.sync import ServiceMetrics
 
 
 def build() -> Registry:
@@ -96,6 +97,34 @@ def test_misuse_is_refused() -> None:
         registry.gauge("bad-name", "x")
     with pytest.raises(MetricsError):
         registry.histogram("h", "x", ["le"])
+
+
+def test_constant_labels_go_on_every_sample() -> None:
+    registry = Registry({"host": 'agent-"a"'})
+    registry.counter("c_total", "c").inc()
+    registry.gauge("g", "g", ["state"]).labels(state="on").set(2)
+    registry.histogram("h_seconds", "h", buckets=[1.0]).observe(0.5)
+    samples = [line for line in registry.render().splitlines() if not line.startswith("#")]
+    assert samples == [
+        'c_total{host="agent-\\"a\\""} 1',
+        'g{host="agent-\\"a\\"",state="on"} 2',
+        'h_seconds_bucket{host="agent-\\"a\\"",le="1"} 1',
+        'h_seconds_bucket{host="agent-\\"a\\"",le="+Inf"} 1',
+        'h_seconds_sum{host="agent-\\"a\\""} 0.5',
+        'h_seconds_count{host="agent-\\"a\\""} 1',
+    ]
+    with pytest.raises(MetricsError):
+        registry.gauge("clash", "a label that is also constant", ["host"])
+    with pytest.raises(MetricsError):
+        Registry({"le": "x"})
+
+
+def test_the_agents_metrics_carry_its_host() -> None:
+    metrics = ServiceMetrics(agent_host="agent-b")
+    text = metrics.registry.render()
+    assert 'powersync_sync_cycle_nodes{host="agent-b"} 0' in text
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert samples and all('host="agent-b"' in line for line in samples)
 
 
 def test_format_value() -> None:
