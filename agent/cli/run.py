@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from functools import partial
 
 import trio
@@ -69,6 +70,9 @@ async def run_daemon(config: AgentConfig, astore: AsyncStore, *, debug: bool = F
 
 
 def _handle(args: argparse.Namespace) -> int:
+    # A reload asked for before the daemon's signal watcher runs (while the store opens)
+    # must not kill it, as SIGHUP's default would: the file is being read now anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(args.config)
     if not args.debug:
         setup_logging(config.logging)

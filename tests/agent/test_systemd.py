@@ -272,3 +272,29 @@ async def test_sighup_reloads_live_options_warns_on_fixed_ones_and_refuses_a_bad
     assert "Traceback" not in output and password not in output
     print(notify.transcript(start))
     print("\n".join(line for line in output.splitlines() if "reload" in line))
+
+
+async def test_a_sighup_while_the_store_opens_does_not_kill_the_daemon(tmp_path: Path) -> None:
+    store = tmp_path / "agent.sqlite"
+    config = tmp_path / "agent.toml"
+    agent_toml(config, store, interval=1.0)
+    # An empty database, locked by the test: the daemon's open (creating the schema) waits.
+    held = sqlite3.connect(store, timeout=5, isolation_level=None, check_same_thread=False)
+    store.chmod(0o600)
+    held.execute("BEGIN EXCLUSIVE")
+    log_path = tmp_path / "daemon.log"
+    name = "powersync-test-" + secrets.token_hex(6)
+    async with (
+        notify_socket(b"\0" + name.encode(), "@" + name) as notify,
+        daemon(config, log_path, notify) as process,
+    ):
+        await trio.sleep(1.5)  # started, and waiting on the store (the default busy wait: 10 s)
+        assert process.returncode is None and not notify.with_field("READY=1")
+        process.send_signal(signal.SIGHUP)
+        await trio.sleep(0.5)
+        assert process.returncode is None, log_path.read_text()  # SIGHUP's default would end it
+        held.execute("COMMIT")
+        held.close()
+        await until_field(notify, "READY=1", 0.0, within=20)
+        await stop(process, notify)
+    assert "Traceback" not in log_path.read_text()
