@@ -25,6 +25,7 @@ from typing import Any, Final
 import trio
 
 from agent.bmc.seam import BmcEndpoint, BmcError, SessionCounts, session_action
+from agent.cli.common import integer_argument
 from agent.config.options import AgentConfig
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, configured_drivers
@@ -82,7 +83,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--host", required=True, help="BMC address or name")
     parser.add_argument(
         "--port",
-        type=int,
+        type=integer_argument,
         default=None,
         help=f"UDP port for ipmi (default {DEFAULT_PORTS['ipmi']}), "
         f"HTTPS port for redfish (default {DEFAULT_PORTS['redfish']})",
@@ -104,7 +105,7 @@ def register(subparsers: Any) -> None:
         "--cipher-suite",
         dest="cipher_suites",
         metavar="N",
-        type=int,
+        type=integer_argument,
         choices=CIPHER_SUITES,
         action="append",
         help="cipher suite to offer, repeat for a preference order (default 17 then 3)",

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from agent.bmc.pool import BmcPool, open_bmc_pool
+from agent.cli.common import integer_argument
 from agent.config.options import AgentConfig, ConductorConfig, IpmiConfig
 from agent.drivers import configured_drivers
 from agent.errors import AgentError
@@ -357,10 +358,7 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = integer_argument(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
     return value

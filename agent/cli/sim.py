@@ -28,6 +28,8 @@ import attrs
 import trio
 
 from agent.cli import sim_redfish
+from agent.cli.common import integer_argument
+from agent.config.reader import ascii_integer
 from agent.config.secrets import read_secret_env, read_secret_file
 from agent.errors import ConfigError
 from ipmi.errors import IpmiError
@@ -73,11 +75,13 @@ def register(subparsers: Any) -> None:
         metavar="ipmi|redfish|ipmi,redfish",
         help="BMC protocol(s): ipmi (default), redfish, or ipmi,redfish for a mixed fleet",
     )
-    parser.add_argument("--nodes", type=int, required=True, metavar="N", help="number of BMCs")
+    parser.add_argument(
+        "--nodes", type=integer_argument, required=True, metavar="N", help="number of BMCs"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (loopback only)")
     parser.add_argument(
         "--port-base",
-        type=int,
+        type=integer_argument,
         required=True,
         metavar="P",
         help="port of the first BMC (0: any free port for each)",
@@ -110,7 +114,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--power-on", action="store_true", help="systems start powered on")
     parser.add_argument(
         "--max-sessions",
-        type=int,
+        type=integer_argument,
         default=4,
         metavar="N",
         help="concurrent sessions per BMC (default 4)",
@@ -153,14 +157,16 @@ def register(subparsers: Any) -> None:
         faults.add_argument(f"--{name}", default="", metavar="SEL", help=text)
     faults.add_argument("--flap-interval", type=float, default=5.0, metavar="S")
     faults.add_argument("--slow-delay", type=float, default=2.0, metavar="S")
-    faults.add_argument("--seed", type=int, default=None, help="seed for loss and jitter dice")
+    faults.add_argument(
+        "--seed", type=integer_argument, default=None, help="seed for loss and jitter dice"
+    )
     sim_redfish.add_arguments(parser)
     parser.set_defaults(handler=run_sim)
 
 
 def _cipher_suites(text: str) -> tuple[int, ...]:
     try:
-        suites = tuple(int(part) for part in text.split(",") if part.strip())
+        suites = tuple(ascii_integer(part.strip()) for part in text.split(",") if part.strip())
     except ValueError:
         raise ConfigError(f"--cipher-suites {text!r}: use a list like 17,3") from None
     if not suites or any(suite not in ALLOWED_SUITES for suite in suites):

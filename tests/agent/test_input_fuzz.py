@@ -187,6 +187,21 @@ def test_cli_unicode_digits_are_refused(site: Site, command: str) -> None:
     assert "--port: must be a whole number in ASCII digits" in site.capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bmc", "--host", "127.0.0.1", "--port", "٦٢٣", "--username", "a", "power", "status"],
+        ["sim", "--nodes", "٣"],
+        ["demo", "--nodes", "٣"],
+    ],
+)
+def test_other_commands_refuse_unicode_digits(site: Site, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(site.config), *argv])
+    assert exited.value.code == 2
+    assert "ASCII digits" in site.capsys.readouterr().err
+
+
 def test_metrics_listen_with_unicode_digits_is_refused(site: Site) -> None:
     site.write_config('[store]\npath = "nodes.sqlite"\n[metrics]\nlisten = "127.0.0.1:٩١٠٠"\n')
     line = site.fails("node", "list")
