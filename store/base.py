@@ -17,7 +17,7 @@ import stat
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Required, Self, TypedDict, Unpack
 
 import attrs
 
@@ -122,6 +122,31 @@ def warn_if_exposed(path: str) -> None:
         )
 
 
+class Inventory(TypedDict, total=False):
+    """A node's inventory as keyword arguments (defaults: store.model.INVENTORY_DEFAULTS)."""
+
+    name: Required[str]
+    bmc_address: Required[str]
+    bmc_username: Required[str]
+    bmc_password: Required[str]
+    bmc_port: int
+    cipher_suites: Sequence[int]
+    privilege: str
+    instance_uuid: str | None
+    session_mode: str | None
+    driver: str
+    driver_info: Mapping[str, Scalar] | None
+    provision_state: str | None
+
+
+def inventory_fields(inventory: Mapping[str, object]) -> dict[str, object]:
+    """Validated inventory fields, the defaults filled in (InvalidNode names the field)."""
+    values = dict(inventory)
+    if values.get("driver_info", {}) is None:
+        values["driver_info"] = {}
+    return validate_inventory(values)
+
+
 class Store(abc.ABC):
     """Node inventory, power state, node locks, history and the notification outbox.
 
@@ -148,42 +173,11 @@ class Store(abc.ABC):
     # --- inventory ----------------------------------------------------------------------
 
     def add_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        driver: str = "ipmi",
-        driver_info: Mapping[str, Scalar] | None = None,
-        provision_state: str | None = None,
-        uuid: str | None = None,
-        now: float | None = None,
+        self, *, uuid: str | None = None, now: float | None = None, **inventory: Unpack[Inventory]
     ) -> Node:
         """Add a node; DuplicateNode if the name (or the given uuid) exists, InvalidNode on a
         bad field. ``uuid`` keeps a given identity (Ironic's); by default a new one."""
-        fields = validate_inventory(
-            {
-                "name": name,
-                "bmc_address": bmc_address,
-                "bmc_port": bmc_port,
-                "bmc_username": bmc_username,
-                "bmc_password": bmc_password,
-                "cipher_suites": cipher_suites,
-                "privilege": privilege,
-                "instance_uuid": instance_uuid,
-                "session_mode": session_mode,
-                "driver": driver,
-                "driver_info": {} if driver_info is None else driver_info,
-                "provision_state": provision_state,
-            }
-        )
-        node = new_node(fields, now=0.0, uuid=validate_node_uuid(uuid))
+        node = new_node(inventory_fields(inventory), now=0.0, uuid=validate_node_uuid(uuid))
         return self._insert_nodes([node], check_now(now))[0]
 
     def add_nodes(
@@ -198,44 +192,14 @@ class Store(abc.ABC):
         return self._insert_nodes(new, check_now(now)) if new else []
 
     def upsert_node(
-        self,
-        *,
-        name: str,
-        bmc_address: str,
-        bmc_port: int = 623,
-        bmc_username: str,
-        bmc_password: str,
-        cipher_suites: Sequence[int] = (17, 3),
-        privilege: str = "administrator",
-        instance_uuid: str | None = None,
-        session_mode: str | None = None,
-        driver: str = "ipmi",
-        driver_info: Mapping[str, Scalar] | None = None,
-        provision_state: str | None = None,
-        uuid: str | None = None,
-        now: float | None = None,
+        self, *, uuid: str | None = None, now: float | None = None, **inventory: Unpack[Inventory]
     ) -> Node:
         """Add the node, or replace the inventory fields of the node with that name.
 
         Power state, maintenance, reservation, counters and the uuid of an existing node are
         kept; ``uuid`` is the identity of a new one (DuplicateNode if another node has it).
         """
-        fields = validate_inventory(
-            {
-                "name": name,
-                "bmc_address": bmc_address,
-                "bmc_port": bmc_port,
-                "bmc_username": bmc_username,
-                "bmc_password": bmc_password,
-                "cipher_suites": cipher_suites,
-                "privilege": privilege,
-                "instance_uuid": instance_uuid,
-                "session_mode": session_mode,
-                "driver": driver,
-                "driver_info": {} if driver_info is None else driver_info,
-                "provision_state": provision_state,
-            }
-        )
+        fields = inventory_fields(inventory)
         return self._upsert(fields, check_now(now), validate_node_uuid(uuid))
 
     @abc.abstractmethod
@@ -489,11 +453,9 @@ def prepare_new_nodes(specs: Sequence[Mapping[str, object]]) -> list[Node]:
     for index, spec in enumerate(specs):
         label = f"node {spec.get('name')!r}" if isinstance(spec.get("name"), str) else f"#{index}"
         values = dict(spec)
-        if values.get("driver_info", {}) is None:
-            values["driver_info"] = {}
         given_uuid = values.pop("uuid", None)
         try:
-            fields = validate_inventory(values)
+            fields = inventory_fields(values)
             node = new_node(fields, now=0.0, uuid=validate_node_uuid(given_uuid))
         except InvalidNode as exc:
             raise InvalidNode(f"{label}: {exc}") from None
