@@ -25,6 +25,7 @@ import trio
 from redfish.stats import Counters
 
 RECEIVE_SIZE: Final = 65536
+MAX_MADE: Final = 16  # requests kept per connection for reuse
 
 
 class Reply(Protocol):
@@ -93,18 +94,34 @@ class H11Connection:
         self._counters = counters
         self._stream: trio.abc.Stream | None = None
         self._h11 = h11.Connection(h11.CLIENT)
+        # A status read repeats one GET with one token: h11 validates a Request's headers
+        # when it is made, so the same request is made once (a few per session).
+        self._made: dict[tuple[str, str, tuple[tuple[str, str], ...]], h11.Request] = {}
+
+    def _head_of(
+        self, method: str, path: str, headers: Mapping[str, str] | None, body: bytes | None
+    ) -> h11.Request:
+        extra = tuple((headers or {}).items())
+        if body is not None:
+            extra += (("Content-Length", str(len(body))),)
+        key = (method, path, extra)
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) >= MAX_MADE:
+                self._made.clear()  # e.g. tokens from many re-logins
+            made = h11.Request(method=method, target=path, headers=[*self._head, *extra])
+            self._made[key] = made
+        return made
 
     async def request(
         self, method: str, path: str, *, body: bytes | None, headers: Mapping[str, str] | None
     ) -> Answer:
-        fields = [*self._head, *(headers or {}).items()]
-        if body is not None:
-            fields.append(("Content-Length", str(len(body))))
+        head = self._head_of(method, path, headers, body)
         done = False
         try:
             with trio.move_on_after(self._timeout):
                 stream = await self._ready()
-                answer = await self._exchange(stream, method, path, fields, body)
+                answer = await self._exchange(stream, head, body)
                 done = True
                 return answer
             raise httpx.ReadTimeout(f"no answer in {self._timeout:.0f} s")
@@ -147,15 +164,10 @@ class H11Connection:
         return tls
 
     async def _exchange(
-        self,
-        stream: trio.abc.Stream,
-        method: str,
-        path: str,
-        fields: list[tuple[str, str]],
-        body: bytes | None,
+        self, stream: trio.abc.Stream, head: h11.Request, body: bytes | None
     ) -> Answer:
         connection = self._h11
-        data = connection.send(h11.Request(method=method, target=path, headers=fields)) or b""
+        data = connection.send(head) or b""
         if body:
             data += connection.send(h11.Data(data=body)) or b""
         data += connection.send(h11.EndOfMessage()) or b""
