@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from ipmi.sim import open_fleet
+from ipmi.sim import Fleet, open_fleet
 from store import OUTBOX_LEASE, Store, bucket_lease, bucket_of, open_store
 from tests.agent.fake_openstack import FakeOpenStack, nova_table, open_fake_openstack
 from tests.store.conftest import pg_server  # noqa: F401 (the session's PostgreSQL server)
@@ -94,6 +94,26 @@ class Agent:
                 self.process.wait(timeout=5)
 
 
+def enrol(
+    dsn: str, fleet: Fleet, password: str, instances: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Every BMC of the fleet as a node of the shared store (with its Nova instance, if
+    given); returns the nodes' uuids by name."""
+    with shared(dsn) as store:
+        added = [
+            store.add_node(
+                name=bmc.name,
+                bmc_address=bmc.address,
+                bmc_port=bmc.port,
+                bmc_username="admin",
+                bmc_password=password,
+                instance_uuid=None if instances is None else instances[bmc.name],
+            )
+            for bmc in fleet.bmcs
+        ]
+    return {node.name: node.uuid for node in added}
+
+
 def holders(dsn: str) -> dict[str, int]:
     with shared(dsn) as store:
         now = store.server_time()
@@ -121,16 +141,8 @@ async def test_two_agent_processes_share_take_over_after_sigkill_and_fence_after
 ) -> None:
     password = "procs-" + secrets.token_hex(4)
     async with open_fleet(NODES, password=password, power_on=True) as fleet:
-        with shared(dsn) as store:
-            for bmc in fleet.bmcs:
-                store.add_node(
-                    name=bmc.name,
-                    bmc_address=bmc.address,
-                    bmc_port=bmc.port,
-                    bmc_username="admin",
-                    bmc_password=password,
-                )
-            buckets = {store.get_node(b.name).uuid: b for b in fleet.bmcs}
+        uuids = enrol(dsn, fleet, password)
+        buckets = {uuids[b.name]: b for b in fleet.bmcs}
         agents = [Agent(tmp_path, "agent-a", dsn), Agent(tmp_path, "agent-b", dsn)]
         try:
             even = {"agent-a": BUCKETS // 2, "agent-b": BUCKETS // 2}
@@ -224,15 +236,7 @@ async def test_an_agent_carries_on_after_the_database_server_restarts(
 ) -> None:
     password = "restart-" + secrets.token_hex(4)
     async with open_fleet(3, password=password, power_on=True) as fleet:
-        with shared(dsn) as store:
-            for bmc in fleet.bmcs:
-                store.add_node(
-                    name=bmc.name,
-                    bmc_address=bmc.address,
-                    bmc_port=bmc.port,
-                    bmc_username="admin",
-                    bmc_password=password,
-                )
+        enrol(dsn, fleet, password)
         running = Agent(tmp_path, "agent-a", dsn)
         try:
             await wait_for(lambda: holders(dsn) == {"agent-a": BUCKETS}, 30.0, "joining")
@@ -274,16 +278,7 @@ async def test_three_agent_processes_share_and_two_deliver_every_event_through_a
         open_fleet(NODES, password=password, power_on=True) as fleet,
     ):
         instances = {bmc.name: cloud.add_instance() for bmc in fleet.bmcs}
-        with shared(dsn) as store:
-            for bmc in fleet.bmcs:
-                store.add_node(
-                    name=bmc.name,
-                    bmc_address=bmc.address,
-                    bmc_port=bmc.port,
-                    bmc_username="admin",
-                    bmc_password=password,
-                    instance_uuid=instances[bmc.name],
-                )
+        enrol(dsn, fleet, password, instances)
         # The record follows the hardware (force off), so each flip at the BMC is an event.
         options = {
             "conductor": "force_power_state_during_sync = false\n",
