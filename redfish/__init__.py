@@ -1,4 +1,4 @@
-"""powersync redfish: a Redfish client on httpx + trio, and a Redfish fleet simulator.
+"""powersync redfish: a Redfish client on trio (HTTP/1.1 by h11), and a Redfish fleet simulator.
 
     async with open_redfish("https://10.0.0.5", username="admin", password=pw,
                             verify="/etc/powersync/bmc-ca.pem") as bmc:
@@ -23,7 +23,9 @@ RedfishError                root of everything this package raises
                             in its target state, a Task that failed
 """
 
-from redfish.client import RedfishSession, RetryPolicy, SessionStatistics, open_redfish
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from redfish.errors import (
     AuthenticationError,
     BadReplyError,
@@ -34,7 +36,25 @@ from redfish.errors import (
     TLSError,
     UnsupportedActionError,
 )
-from redfish.tls import tls_context
+from redfish.retry import RetryPolicy
+from redfish.stats import SessionStatistics
+
+if TYPE_CHECKING:
+    from redfish.client import RedfishSession, open_redfish
+    from redfish.tls import tls_context
+
+# The client and TLS (h11, ssl) are imported on first use: an agent whose fleet is all IPMI
+# carries none of it, and a smaller heap makes each garbage collection cheaper.
+_LAZY = {"RedfishSession": "redfish.client", "open_redfish": "redfish.client",
+         "tls_context": "redfish.tls"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'redfish' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AuthenticationError",

@@ -24,7 +24,6 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Final, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -41,6 +40,7 @@ from redfish.errors import (
     UnsupportedActionError,
 )
 from redfish.http11 import Reply, connect_lazily
+from redfish.proto import parse_address
 from redfish.retry import RetryPolicy
 from redfish.stats import Counters, SessionStatistics
 from redfish.tls import VerifySetting, describe_failure, failure_message, tls_context
@@ -68,24 +68,6 @@ _BASE_HEADERS: Final = {
     "OData-Version": "4.0",
 }
 _JSON: Final = {"Content-Type": "application/json"}
-
-
-def parse_address(address: str) -> tuple[str, str]:
-    """``https://10.0.0.5[:port]`` (or a bare ``host[:port]``) -> (base URL, "host:port")."""
-    text = address.strip()
-    if "://" not in text:
-        text = "https://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError(f"Redfish address {address!r} is not an https:// URL")
-    if parts.username or parts.password:
-        raise ValueError("Redfish address: credentials go in username/password, not the URL")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValueError(f"Redfish address {address!r} has a bad port") from None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}:{port}", f"{host}:{port}"
 
 
 class RedfishSession:

@@ -362,3 +362,21 @@ def error_message(body: bytes) -> str | None:
         if isinstance(text, str) and text.strip():
             return one_line(text)
     return None
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """``https://10.0.0.5[:port]`` (or a bare ``host[:port]``) -> (base URL, "host:port")."""
+    text = address.strip()
+    if "://" not in text:
+        text = "https://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"Redfish address {address!r} is not an https:// URL")
+    if parts.username or parts.password:
+        raise ValueError("Redfish address: credentials go in username/password, not the URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"Redfish address {address!r} has a bad port") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}", f"{host}:{port}"

@@ -25,9 +25,10 @@ from agent.bmc.seam import (
     BmcSession,
     SessionCounts,
 )
-from redfish.client import AuthMode, parse_address
+from redfish.proto import parse_address
 
 if TYPE_CHECKING:
+    from redfish.client import AuthMode
     from store import Node
 
 NAME: Final = "redfish"
