@@ -15,16 +15,24 @@ agent recorded per node, and the cycle summary.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import shutil
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from bench.child import (
+    Stopwatch,
+    add_fleet_arguments,
+    count_error,
+    cpu_now,
+    difference,
+    open_files_for_every_session,
+    print_report,
+)
 
 CONFIG = """
 [conductor]
@@ -46,11 +54,6 @@ path = "{store}"
 [nova]
 send_power_notifications = false
 """
-
-
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def print_memory_top(limit: int = 25) -> None:
@@ -95,67 +98,95 @@ def prepare(args: argparse.Namespace, password: str) -> None:
             )
 
 
+def agent_config(template: str, workdir: Path, **settings: object) -> tuple[Any, Path]:
+    """The agent's configuration over a copy of the prepared store (and that copy's path)."""
+    from agent.config.options import load_config
+
+    store_path = workdir / "agent.sqlite"
+    shutil.copyfile(template, store_path)
+    store_path.chmod(0o600)
+    config_path = workdir / "agent.toml"
+    config_path.write_text(CONFIG.format(store=store_path, **settings))
+    return load_config(str(config_path), environ={}), store_path
+
+
+async def sync_cycles(
+    service: Any,
+    store: Any,
+    count: int,
+    args: argparse.Namespace,
+    pool_counters: Callable[[], dict[str, int]],
+    server: Callable[[], dict[str, int] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """``args.cycles`` timed sync cycles, ``args.pause`` apart: per cycle the power the agent
+    recorded per node (read from the store after the timed part), its summary and errors,
+    the servers' counters (``server``, around the timed part) and the pool's."""
+    from store import POWER_ON
+
+    report: list[dict[str, Any]] = []
+    for number in range(args.cycles):
+        if number:
+            await trio.sleep(args.pause)
+        before = None if server is None else server()
+        with Stopwatch() as watch:
+            result = await service.run_cycle()
+        served = None if server is None else difference(server(), before)
+        recorded = {node.name: node.power_state for node in store.list_nodes()}
+        states = [recorded.get(node_name(i)) for i in range(count)]
+        errors: dict[str, int] = {}
+        for node_result in result.results:
+            if node_result.error:
+                count_error(errors, node_result.error.split(":", 1)[0][:60])
+        report.append(
+            {
+                "wall_s": watch.wall_s,
+                "cpu_s": watch.cpu_s,
+                "powers": [None if s is None else s == POWER_ON for s in states],
+                "summary": result.summary(),
+                "errors": errors,
+            }
+        )
+        if server is not None:
+            report[-1]["server"] = served
+        report[-1]["pool"] = pool_counters()
+    return report
+
+
 async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from agent.bmc.pool import open_bmc_pool
-    from agent.config.options import load_config
     from agent.drivers.ipmi import IpmiDriver
     from agent.storeio import AsyncStore
     from agent.sync.service import SyncService
-    from store import POWER_ON, open_store
+    from store import open_store
 
-    store_path = workdir / "agent.sqlite"
-    shutil.copyfile(args.store, store_path)
-    store_path.chmod(0o600)
-    config_path = workdir / "agent.toml"
-    config_path.write_text(
-        CONFIG.format(
-            workers=args.workers,
-            deadline=args.deadline,
-            session_mode=args.session_mode,
-            retry_timeout=args.retry_timeout,
-            adaptive="true" if args.adaptive else "false",
-            suites=", ".join(str(s) for s in args.cipher_suites),
-            store=store_path,
-        )
+    config, store_path = agent_config(
+        args.store,
+        workdir,
+        workers=args.workers,
+        deadline=args.deadline,
+        session_mode=args.session_mode,
+        retry_timeout=args.retry_timeout,
+        adaptive="true" if args.adaptive else "false",
+        suites=", ".join(str(s) for s in args.cipher_suites),
     )
-    config = load_config(str(config_path), environ={})
     ipmi = config.ipmi
     opener = IpmiDriver(ipmi).open_session
-    report: list[dict[str, Any]] = []
     with open_store(str(store_path)) as store:
         async with open_bmc_pool(opener, keepalive_interval=ipmi.keepalive_interval) as pool:
-            service = SyncService(config, AsyncStore(store), pool)
-            for number in range(args.cycles):
-                if number:
-                    await trio.sleep(args.pause)
-                cpu0, wall0 = cpu_now(), time.monotonic()
-                result = await service.run_cycle()
-                wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
-                recorded = {node.name: node.power_state for node in store.list_nodes()}
-                states = [recorded.get(node_name(i)) for i in range(args.count)]
+
+            def pool_counters() -> dict[str, int]:
                 counters = pool.statistics()
-                errors: dict[str, int] = {}
-                for node_result in result.results:
-                    if node_result.error:
-                        kind = node_result.error.split(":", 1)[0][:60]
-                        errors[kind] = errors.get(kind, 0) + 1
-                if os.environ.get("BENCH_TRACEMALLOC") and number == args.cycles - 1:
-                    print_memory_top()
-                report.append(
-                    {
-                        "wall_s": wall,
-                        "cpu_s": cpu,
-                        "powers": [None if s is None else s == POWER_ON for s in states],
-                        "summary": result.summary(),
-                        "errors": errors,
-                        "pool": {
-                            "requests": counters.requests,
-                            "logins": counters.logins,
-                            "retransmits": counters.retransmits,
-                            "failures": counters.failures,
-                        },
-                    }
-                )
+                return {
+                    "requests": counters.requests,
+                    "logins": counters.logins,
+                    "retransmits": counters.retransmits,
+                    "failures": counters.failures,
+                }
+
+            service = SyncService(config, AsyncStore(store), pool)
+            report = await sync_cycles(service, store, args.count, args, pool_counters)
+            if os.environ.get("BENCH_TRACEMALLOC"):
+                print_memory_top()  # after the last cycle, its sessions still open
     return {"cycles": report}
 
 
@@ -163,10 +194,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
     parser.add_argument("--prepare", action="store_true")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port-base", type=int, required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--username", default="admin")
+    add_fleet_arguments(parser)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--session-mode", choices=["persistent", "per-cycle"], default="persistent")
     parser.add_argument("--cycles", type=int, default=2)
@@ -185,13 +213,12 @@ def main() -> None:
     if args.prepare:
         prepare(args, password)
         return
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live session
+    open_files_for_every_session()
     startup_cpu = cpu_now()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as workdir:
         result = trio.run(cycles, args, Path(workdir))
     result["startup_cpu_s"] = startup_cpu
-    print(json.dumps(result), flush=True)
+    print_report(result)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from bench.agent_pass import CONFIG, cpu_now, node_name
-from bench.redfish_pass import difference, server_counters
+from bench.agent_pass import agent_config, node_name, sync_cycles
+from bench.child import cpu_now, open_files_for_every_session, print_report
+from bench.redfish_fleets import control_counters
 
 
 def prepare(store_path: str, fleet: dict[str, Any], password: str) -> None:
@@ -57,64 +55,40 @@ def prepare(store_path: str, fleet: dict[str, Any], password: str) -> None:
 
 async def cycles(args: argparse.Namespace, fleet: dict[str, Any], workdir: Path) -> Any:
     from agent.bmc.pool import open_bmc_pool
-    from agent.config.options import load_config
     from agent.drivers import configured_drivers
     from agent.storeio import AsyncStore
     from agent.sync.service import SyncService
-    from store import POWER_ON, open_store
+    from store import open_store
 
-    store_path = workdir / "agent.sqlite"
-    shutil.copyfile(args.store, store_path)
-    store_path.chmod(0o600)
-    config_path = workdir / "agent.toml"
-    config_path.write_text(
-        CONFIG.format(
-            workers=args.workers,
-            deadline=args.deadline,
-            session_mode=args.session_mode,
-            retry_timeout=1.0,
-            adaptive="true",
-            suites="17, 3",
-            store=store_path,
-        )
+    config, store_path = agent_config(
+        args.store,
+        workdir,
+        workers=args.workers,
+        deadline=args.deadline,
+        session_mode=args.session_mode,
+        retry_timeout=1.0,
+        adaptive="true",
+        suites="17, 3",
     )
-    config = load_config(str(config_path), environ={})
     drivers = configured_drivers(config)
-    count = len(fleet["urls"])
-    report: list[dict[str, Any]] = []
     with open_store(str(store_path)) as store:
         async with open_bmc_pool(
             drivers.open, keepalive_interval=drivers.keepalive_interval
         ) as pool:
-            service = SyncService(config, AsyncStore(store), pool, drivers=drivers)
-            for number in range(args.cycles):
-                if number:
-                    await trio.sleep(args.pause)
-                before = server_counters(fleet)
-                cpu0, wall0 = cpu_now(), time.monotonic()
-                result = await service.run_cycle()
-                wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
-                server = difference(server_counters(fleet), before)
-                recorded = {node.name: node.power_state for node in store.list_nodes()}
-                states = [recorded.get(node_name(i)) for i in range(count)]
-                errors: dict[str, int] = {}
-                for node_result in result.results:
-                    if node_result.error:
-                        kind = node_result.error.split(":", 1)[0][:60]
-                        errors[kind] = errors.get(kind, 0) + 1
+
+            def pool_counters() -> dict[str, int]:
                 counters = pool.statistics()
-                report.append(
-                    {
-                        "wall_s": wall,
-                        "cpu_s": cpu,
-                        "powers": [None if s is None else s == POWER_ON for s in states],
-                        "summary": result.summary(),
-                        "errors": errors,
-                        "server": server,
-                        "pool": {"logins": counters.logins, "failures": counters.failures},
-                    }
-                )
-    return report
+                return {"logins": counters.logins, "failures": counters.failures}
+
+            service = SyncService(config, AsyncStore(store), pool, drivers=drivers)
+            return await sync_cycles(
+                service,
+                store,
+                len(fleet["urls"]),
+                args,
+                pool_counters,
+                lambda: control_counters(fleet.get("control")),
+            )
 
 
 def main() -> None:
@@ -134,12 +108,11 @@ def main() -> None:
     if args.prepare:
         prepare(args.store, fleet, password)
         return
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live session
+    open_files_for_every_session()
     startup_cpu = cpu_now()
     with tempfile.TemporaryDirectory(prefix="bench-agent-redfish-") as workdir:
         report = trio.run(cycles, args, fleet, Path(workdir))
-    print(json.dumps({"cycles": report, "startup_cpu_s": startup_cpu}), flush=True)
+    print_report({"cycles": report, "startup_cpu_s": startup_cpu})
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.child import count_error
 from bench.fleets import PASSWORD, ROOT, USERNAME, Fleet
 from bench.procs import ProcessResult, run_measured, secret_file
 
@@ -60,10 +61,6 @@ class Options:
     timeout: float = 600.0  # per client process
     op: str = "status"  # or "off"
     adaptive: bool = True  # RTT-adaptive retransmission of reads (the client's default)
-
-
-def count_error(errors: dict[str, int], name: str) -> None:
-    errors[name] = errors.get(name, 0) + 1
 
 
 def merge(results: Sequence[ProcessResult]) -> tuple[float, int]:
@@ -280,6 +277,31 @@ def pyghmi_pass(fleet: Fleet, options: Options) -> PassResult:
     )
 
 
+def measured_cycle(
+    name: str, fleet: Fleet, result: ProcessResult, report: dict[str, Any], **extra: Any
+) -> PassResult:
+    """A child's last cycle as the pass (the first one logs in); the whole process and the
+    first cycle beside it in ``extra``, with the contender's own ``extra``."""
+    first, measured = report["cycles"][0], report["cycles"][-1]
+    return PassResult(
+        contender=name,
+        nodes=fleet.size,
+        wall_s=measured["wall_s"],
+        cpu_s=measured["cpu_s"],
+        maxrss_kb=result.maxrss_kb,
+        powers=measured["powers"],
+        errors=measured.get("errors", {}),
+        extra={
+            "process_wall_s": result.wall_s,
+            "process_cpu_s": result.cpu_s,
+            "startup_cpu_s": report.get("startup_cpu_s"),
+            "first_cycle_wall_s": first["wall_s"],
+            "first_cycle_cpu_s": first["cpu_s"],
+            **extra,
+        },
+    )
+
+
 def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
     """powersync's client; the measured cycle is the second one of the child process.
 
@@ -300,55 +322,41 @@ def powersync_pass(fleet: Fleet, options: Options, mode: str) -> PassResult:
     result, report = python_child("bench.powersync_pass", args, options)
     if report is None:
         return failed_child(name, fleet, result)
-    measured = report["cycles"][-1]
-    stats = measured["stats"]
-    return PassResult(
-        contender=name,
-        nodes=fleet.size,
-        wall_s=measured["wall_s"],
-        cpu_s=measured["cpu_s"],
-        maxrss_kb=result.maxrss_kb,
-        powers=measured["powers"],
-        datagrams=stats["sent"] + stats["received"],
-        errors=measured["errors"],
-        extra={
-            "process_wall_s": result.wall_s,
-            "process_cpu_s": result.cpu_s,
-            "startup_cpu_s": report.get("startup_cpu_s"),
-            "first_cycle_wall_s": report["cycles"][0]["wall_s"],
-            "first_cycle_cpu_s": report["cycles"][0]["cpu_s"],
-            "stats": stats,
-        },
-    )
+    stats = report["cycles"][-1]["stats"]
+    measured = measured_cycle(name, fleet, result, report, stats=stats)
+    measured.datagrams = stats["sent"] + stats["received"]
+    return measured
 
 
-_TEMPLATES: dict[tuple[str, int, int], str] = {}
-_TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="bench-agent-stores-"))
-atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
+_PREPARED_STORES: set[str] = set()
+_STORE_DIR = Path(tempfile.mkdtemp(prefix="bench-agent-stores-"))
+atexit.register(shutil.rmtree, _STORE_DIR, True)
 
 
-def agent_store_template(fleet: Fleet) -> str:
-    """A SQLite store holding the fleet's nodes, made once per fleet (not measured)."""
-    key = (fleet.kind, fleet.endpoints[0].port, fleet.size)
-    if key not in _TEMPLATES:
-        path = _TEMPLATE_DIR / f"{fleet.kind}-{fleet.size}-{key[1]}.sqlite"
-        argv = [sys.executable, "-m", "bench.agent_pass", "--prepare", "--store", str(path)]
-        argv += [*fleet_args(fleet), "--cipher-suites", str(fleet.cipher_suite)]
+def prepared_store(fleet: Fleet, module: str, args: Sequence[str]) -> str:
+    """A SQLite store holding the fleet's nodes, made once per fleet by ``module --prepare``
+    (not measured)."""
+    path = str(_STORE_DIR / f"{fleet.kind}-{fleet.size}-{fleet.endpoints[0].port}.sqlite")
+    if path not in _PREPARED_STORES:
+        argv = [sys.executable, "-m", module, "--prepare", "--store", path, *args]
         done = subprocess.run(
             argv, env=child_env(), capture_output=True, text=True, timeout=900, check=False
         )
         if done.returncode != 0:
             raise RuntimeError(f"preparing the agent store failed: {done.stderr[-500:]}")
-        _TEMPLATES[key] = str(path)
-    return _TEMPLATES[key]
+        _PREPARED_STORES.add(path)
+    return path
 
 
 def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
     """The real agent's sync cycle (SyncService with a SQLite store); second cycle measured."""
     name = "agent-longlived" if session_mode == "persistent" else "agent-fresh"
+    store = prepared_store(
+        fleet, "bench.agent_pass", [*fleet_args(fleet), "--cipher-suites", str(fleet.cipher_suite)]
+    )
     args = [
         *fleet_args(fleet),
-        *("--store", agent_store_template(fleet), "--session-mode", session_mode),
+        *("--store", store, "--session-mode", session_mode),
         *("--workers", str(options.workers), "--cycles", "2"),
         *("--deadline", str(options.deadline), "--cipher-suites", str(fleet.cipher_suite)),
         "--adaptive" if options.adaptive else "--no-adaptive",
@@ -357,23 +365,8 @@ def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
     if report is None:
         return failed_child(name, fleet, result)
     measured = report["cycles"][-1]
-    return PassResult(
-        contender=name,
-        nodes=fleet.size,
-        wall_s=measured["wall_s"],
-        cpu_s=measured["cpu_s"],
-        maxrss_kb=result.maxrss_kb,
-        powers=measured["powers"],
-        errors=measured.get("errors", {}),
-        extra={
-            "process_wall_s": result.wall_s,
-            "process_cpu_s": result.cpu_s,
-            "startup_cpu_s": report.get("startup_cpu_s"),
-            "first_cycle_wall_s": report["cycles"][0]["wall_s"],
-            "first_cycle_cpu_s": report["cycles"][0]["cpu_s"],
-            "summary": measured["summary"],
-            "pool": measured["pool"],
-        },
+    return measured_cycle(
+        name, fleet, result, report, summary=measured["summary"], pool=measured["pool"]
     )
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
 
-from bench.procs import free_port_block, process_cpu_s, process_rss_kb
+from bench.procs import end_process, free_port_block, process_cpu_s, process_rss_kb
 
 HOST = "127.0.0.1"
 USERNAME = "admin"
@@ -92,6 +92,51 @@ class Fleet:
     @property
     def size(self) -> int:
         return len(self.endpoints)
+
+
+class HostedFleet(Fleet):
+    """A fleet served by one child process of its own: its CPU and memory are read from
+    /proc, and stopping the fleet ends the process and removes its working directory."""
+
+    proc: subprocess.Popen[Any] | None = None
+    workdir: Path | None = None
+    stop_grace = 10.0  # seconds before a host that does not exit is killed
+    stop_by_stdin = True  # the simulator hosts exit when their stdin closes
+
+    def spawn_host(self, module: str, *args: str) -> None:
+        """``python -m module args``, the BMC password in its environment, never in argv."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=dict(os.environ, BENCH_BMC_PASSWORD=PASSWORD),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def read_reply(self, host: str) -> dict[str, Any]:
+        """The host's next JSON line."""
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{host} exited (status {self.proc.poll()})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def server_cpu_s(self) -> float:
+        assert self.proc is not None
+        return process_cpu_s(self.proc.pid)
+
+    def server_rss_kb(self) -> int:
+        assert self.proc is not None
+        return process_rss_kb(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            end_process(self.proc, grace=self.stop_grace, close_stdin=self.stop_by_stdin)
+            self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def wait_for_udp_ports(ports: Sequence[int], *, timeout: float) -> None:
@@ -316,7 +361,7 @@ class IpmiSimFleet(Fleet):
 # ---------------------------------------------------------------- powersync simulator
 
 
-class PowersyncSimFleet(Fleet):
+class PowersyncSimFleet(HostedFleet):
     """The powersync simulator (``ipmi.sim.open_fleet``) in a child process (bench.sim_host)."""
 
     kind = "powersync_sim"
@@ -324,23 +369,15 @@ class PowersyncSimFleet(Fleet):
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.proc: subprocess.Popen[str] | None = None
         self.port_base = 0
         self.endpoints = []
 
     def start(self) -> None:
         self.port_base = free_port_block(self.count)
-        env = dict(os.environ, BENCH_BMC_PASSWORD=PASSWORD)
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.sim_host", "--count", str(self.count)),
-                *("--host", HOST, "--port-base", str(self.port_base), "--username", USERNAME),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        self.spawn_host(
+            "bench.sim_host",
+            *("--count", str(self.count), "--host", HOST),
+            *("--port-base", str(self.port_base), "--username", USERNAME),
         )
         reply = self.command({"cmd": "ready"}, timeout=120)
         if not reply.get("ok"):
@@ -353,30 +390,17 @@ class PowersyncSimFleet(Fleet):
         """One JSON line to the simulator host, one JSON line back."""
         assert self.proc is not None
         stdin: IO[str] | None = self.proc.stdin
-        stdout: IO[str] | None = self.proc.stdout
-        assert stdin is not None and stdout is not None
+        assert stdin is not None
         if request["cmd"] != "ready":
             stdin.write(json.dumps(request) + "\n")
             stdin.flush()
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError(f"simulator exited (status {self.proc.poll()})")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        return self.read_reply("simulator")
 
     def reset_power(self) -> None:
         self.command({"cmd": "reset_power"})
 
     def powers(self) -> list[bool]:
         return [bool(v) for v in self.command({"cmd": "powers"})["powers"]]
-
-    def server_cpu_s(self) -> float:
-        assert self.proc is not None
-        return process_cpu_s(self.proc.pid)
-
-    def server_rss_kb(self) -> int:
-        assert self.proc is not None
-        return process_rss_kb(self.proc.pid)
 
     def set_dead(self, indices: Sequence[int]) -> None:
         self.command({"cmd": "faults", "dead": list(indices)})
@@ -387,17 +411,3 @@ class PowersyncSimFleet(Fleet):
 
     def clear_faults(self) -> None:
         self.command({"cmd": "faults"})
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None

@@ -16,40 +16,17 @@ BMC (None on failure), error counts and the summed client statistics (datagrams)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
+from bench.child import add_fleet_arguments, cpu_now, open_files_for_every_session, print_report
+from bench.session_pass import SessionPass
 from ipmi import IpmiError, RetryPolicy, open_bmc
 
 STAT_FIELDS = ("sent", "received", "retransmits", "drops", "logins")
-
-
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Cycle:
-    def __init__(self, count: int) -> None:
-        self.powers: list[bool | None] = [None] * count
-        self.errors: dict[str, int] = {}
-        self.stats = dict.fromkeys(STAT_FIELDS, 0)
-
-    def fail(self, error: str) -> None:
-        self.errors[error] = self.errors.get(error, 0) + 1
-
-    def add_stats(self, session: Any) -> None:
-        snapshot = session.statistics()
-        for field in STAT_FIELDS:
-            self.stats[field] += int(getattr(snapshot, field, 0))
 
 
 async def power_off_and_confirm(session: Any) -> bool:
@@ -58,10 +35,6 @@ async def power_off_and_confirm(session: Any) -> bool:
     while await session.get_power():  # noqa: ASYNC110 -- polling the BMC is the point
         await trio.sleep(0.5)
     return False
-
-
-async def read_power(session: Any) -> bool:
-    return bool(await session.get_power())
 
 
 def retry_policy(args: argparse.Namespace) -> RetryPolicy:
@@ -77,20 +50,19 @@ def retry_policy(args: argparse.Namespace) -> RetryPolicy:
     )
 
 
-class Pass:
-    """The fleet's sessions and a fixed set of workers, as the agent runs them: each worker
-    pulls the next BMC, logs in when it has no session, and runs the operation under the
-    per-node deadline. A session's context is entered by one task and left by another,
-    which ``open_bmc`` allows (it holds no cancel scope across its yield)."""
+class IpmiPass(SessionPass):
+    """IPMI sessions by ``open_bmc``, one per BMC, sharing one retry policy."""
+
+    fields = STAT_FIELDS
+    failures = (IpmiError,)
 
     def __init__(self, args: argparse.Namespace, password: str) -> None:
+        super().__init__(
+            args.count, workers=args.workers, deadline=args.deadline, keep=args.mode != "fresh"
+        )
         self.args = args
         self.password = password
         self.retry = retry_policy(args)
-        self.sessions: dict[int, tuple[AbstractAsyncContextManager[Any], Any]] = {}
-        self.operation: Callable[[Any], Awaitable[bool]] = (
-            power_off_and_confirm if args.op == "off" else read_power
-        )
 
     def connect(self, index: int) -> AbstractAsyncContextManager[Any]:
         args = self.args
@@ -103,85 +75,20 @@ class Pass:
             retry=self.retry,
         )
 
-    async def close(self, index: int, cycle: Cycle | None) -> None:
-        context, session = self.sessions.pop(index)
-        with trio.CancelScope(shield=True):
-            await context.__aexit__(None, None, None)
-        if cycle is not None:  # a fresh session's Close Session belongs to its cycle
-            cycle.add_stats(session)
-
-    async def one(self, index: int, cycle: Cycle) -> None:
-        error = "deadline"
-        with trio.move_on_after(self.args.deadline):
-            try:
-                if index not in self.sessions:
-                    context = self.connect(index)
-                    self.sessions[index] = (context, await context.__aenter__())
-                cycle.powers[index] = await self.operation(self.sessions[index][1])
-            except IpmiError as exc:
-                error = type(exc).__name__
-            else:
-                if self.args.mode == "fresh":
-                    await self.close(index, cycle)
-                return
-        cycle.fail(error)
-        if index in self.sessions:
-            await self.close(index, cycle)
-
-    async def worker(self, queue: deque[int], cycle: Cycle) -> None:
-        while queue:
-            await self.one(queue.popleft(), cycle)
-
-    async def cycle(self, cycle: Cycle) -> None:
-        queue = deque(range(self.args.count))
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(self.args.workers, self.args.count)):
-                nursery.start_soon(self.worker, queue, cycle)
-
-    def totals(self) -> dict[str, int]:
-        """Statistics summed over the open (long-lived) sessions."""
-        sums = Cycle(0)
-        for _, session in self.sessions.values():
-            sums.add_stats(session)
-        return sums.stats
+    async def operate(self, session: Any) -> bool:
+        if self.args.op == "off":
+            return await power_off_and_confirm(session)
+        return bool(await session.get_power())
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    fleet = Pass(args, os.environ["BENCH_BMC_PASSWORD"])
-    report: list[dict[str, Any]] = []
-    counted = fleet.totals()
-    for number in range(args.cycles):
-        if number:
-            await trio.sleep(args.pause)
-        cycle = Cycle(args.count)
-        cpu0, wall0 = cpu_now(), time.monotonic()
-        await fleet.cycle(cycle)
-        wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
-        # Long-lived sessions: their datagrams this cycle, read after the timed part.
-        now = fleet.totals()
-        for field in STAT_FIELDS:
-            cycle.stats[field] += now[field] - counted.get(field, 0)
-        counted = now
-        report.append(
-            {
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "powers": cycle.powers,
-                "errors": cycle.errors,
-                "stats": cycle.stats,
-            }
-        )
-    for index in list(fleet.sessions):  # close the long-lived sessions
-        await fleet.close(index, None)
-    return {"cycles": report}
+    fleet = IpmiPass(args, os.environ["BENCH_BMC_PASSWORD"])
+    return {"cycles": await fleet.measure(args.cycles, args.pause, "stats")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port-base", type=int, required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--username", default="admin")
+    add_fleet_arguments(parser)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--mode", choices=["fresh", "persistent"], default="fresh")
     parser.add_argument("--cycles", type=int, default=1)
@@ -201,12 +108,11 @@ def main() -> None:
     )
     parser.add_argument("--cipher-suites", type=int, nargs="+", default=[17, 3])
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live session
+    open_files_for_every_session()
     started_cpu = cpu_now()
     result = trio.run(run, args)
     result["startup_cpu_s"] = started_cpu
-    print(json.dumps(result), flush=True)
+    print_report(result)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -251,3 +252,19 @@ def secret_file(text: str) -> Iterator[str]:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def end_process(proc: subprocess.Popen[Any], *, grace: float, close_stdin: bool = False) -> None:
+    """Ask a child to exit (by closing its stdin, else SIGTERM), killed after ``grace`` s."""
+    if proc.poll() is not None:
+        return
+    if close_stdin and proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

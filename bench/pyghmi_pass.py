@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import os
-import resource
 import sys
 import time
+
+from bench.child import Stopwatch, add_fleet_arguments, count_error, print_report
 
 
 def one(host: str, port: int, username: str, password: str, op: str) -> tuple[bool | None, str]:
@@ -42,38 +42,30 @@ def one(host: str, port: int, username: str, password: str, op: str) -> tuple[bo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port-base", type=int, required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--username", default="admin")
+    add_fleet_arguments(parser)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--op", choices=["status", "off"], default="status")
     args = parser.parse_args()
     password = os.environ["BENCH_BMC_PASSWORD"]
     ports = list(range(args.port_base, args.port_base + args.count))
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+    with (
+        Stopwatch() as watch,
+        concurrent.futures.ThreadPoolExecutor(args.workers) as pool,
+    ):
         results = list(
             pool.map(lambda p: one(args.host, p, args.username, password, args.op), ports)
         )
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     errors: dict[str, int] = {}
     for _, error in results:
         if error:
-            errors[error] = errors.get(error, 0) + 1
-    print(
-        json.dumps(
-            {
-                "powers": [power for power, _ in results],
-                "errors": errors,
-                "inproc_wall_s": wall,
-                "inproc_cpu_s": cpu,
-            }
-        ),
-        flush=True,
+            count_error(errors, error)
+    print_report(
+        {
+            "powers": [power for power, _ in results],
+            "errors": errors,
+            "inproc_wall_s": watch.wall_s,
+            "inproc_cpu_s": watch.cpu_s,
+        }
     )
     sys.stdout.flush()
     os._exit(0)  # pyghmi's keepalive thread would keep the process alive otherwise

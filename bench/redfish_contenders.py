@@ -17,33 +17,30 @@ import atexit
 import concurrent.futures
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.child import count_error, difference
 from bench.contenders import (
     Contender,
     Options,
     PassResult,
     Runner,
-    child_env,
-    count_error,
     failed_child,
+    measured_cycle,
     merge,
+    prepared_store,
     python_child,
 )
 from bench.fleets import HOST, PASSWORD, USERNAME, Fleet
 from bench.procs import ProcessResult, run_measured, secret_file
 from bench.redfish_fleets import RedfishFleet
-from bench.redfish_pass import difference
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="bench-redfish-"))
 atexit.register(shutil.rmtree, _SCRATCH, True)
 _FLEET_FILES: dict[tuple[str, int, int], str] = {}
-_STORES: dict[tuple[str, int, int], str] = {}
 
 
 def redfish(fleet: Fleet) -> RedfishFleet:
@@ -84,28 +81,17 @@ def child_result(name: str, fleet: RedfishFleet, result: ProcessResult, report: 
     first, measured = report["cycles"][0], report["cycles"][-1]
     # The server's counters where it keeps them (the simulator), else the client's own
     server = measured.get("server") or measured.get("client")
-    first_server = first.get("server") or first.get("client")
-    return PassResult(
-        contender=name,
-        nodes=fleet.size,
-        wall_s=measured["wall_s"],
-        cpu_s=measured["cpu_s"],
-        maxrss_kb=result.maxrss_kb,
-        powers=measured["powers"],
-        errors=measured.get("errors", {}),
-        extra={
-            "requests_per_status": per_status(server, "requests", fleet.size),
-            "server": server,
-            "client": measured.get("client"),
-            "process_wall_s": result.wall_s,
-            "process_cpu_s": result.cpu_s,
-            "startup_cpu_s": report.get("startup_cpu_s"),
-            "first_cycle_wall_s": first["wall_s"],
-            "first_cycle_cpu_s": first["cpu_s"],
-            "first_cycle_server": first_server,
-            "first_cycle_ok": sum(1 for power in first["powers"] if power is not None),
-            "summary": measured.get("summary"),
-        },
+    return measured_cycle(
+        name,
+        fleet,
+        result,
+        report,
+        requests_per_status=per_status(server, "requests", fleet.size),
+        server=server,
+        client=measured.get("client"),
+        first_cycle_server=first.get("server") or first.get("client"),
+        first_cycle_ok=sum(1 for power in first["powers"] if power is not None),
+        summary=measured.get("summary"),
     )
 
 
@@ -121,27 +107,12 @@ def library_pass(fleet: Fleet, options: Options, client: str, mode: str) -> Pass
     return child_result(name, target, result, report)
 
 
-def agent_store(fleet: RedfishFleet) -> str:
-    """A SQLite store holding the fleet as redfish nodes, made once per fleet (not measured)."""
-    key = fleet_key(fleet)
-    if key not in _STORES:
-        path = _SCRATCH / f"{fleet.kind}-{fleet.size}-{fleet.port_base}.sqlite"
-        argv = [sys.executable, "-m", "bench.agent_redfish_pass", "--prepare"]
-        argv += ["--store", str(path), "--fleet", fleet_file(fleet)]
-        done = subprocess.run(
-            argv, env=child_env(), capture_output=True, text=True, timeout=900, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"preparing the agent store failed: {done.stderr[-500:]}")
-        _STORES[key] = str(path)
-    return _STORES[key]
-
-
 def agent_pass(fleet: Fleet, options: Options, session_mode: str) -> PassResult:
     target = redfish(fleet)
     name = "agent-redfish-live" if session_mode == "persistent" else "agent-redfish-percycle"
+    store = prepared_store(target, "bench.agent_redfish_pass", ["--fleet", fleet_file(target)])
     args = [
-        *("--fleet", fleet_file(target), "--store", agent_store(target)),
+        *("--fleet", fleet_file(target), "--store", store),
         *("--session-mode", session_mode, "--workers", str(options.workers)),
         *("--cycles", "2", "--deadline", str(options.deadline)),
     ]

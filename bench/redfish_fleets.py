@@ -13,8 +13,6 @@ pattern of :func:`bench.fleets.expected_power`, so every answer is checked node 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import ssl
@@ -26,8 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.fleets import HOST, PASSWORD, ROOT, USERNAME, Endpoint, Fleet, expected_power
-from bench.procs import free_port_block, process_cpu_s, process_rss_kb
+from bench.fleets import HOST, PASSWORD, USERNAME, Endpoint, HostedFleet, expected_power
+from bench.procs import free_port_block
 from redfish.sim import make_tls_files, send_control
 
 # what the simulator's control socket counts that the report uses
@@ -35,23 +33,33 @@ SERVER_FIELDS = ("requests", "logins", "logouts", "tls_handshakes", "connections
 STARTUP_LIMIT = 120.0  # seconds: 1,000 listening sockets, or the emulator's first answer
 
 
-class RedfishFleet(Fleet):
+def control_counters(control: str | None) -> dict[str, int] | None:
+    """Requests, logins, TLS handshakes the simulator's BMCs saw so far (None: no socket)."""
+    if control is None:
+        return None
+    statistics = send_control(control, {"op": "status"})["statistics"]
+    return {name: int(statistics[name]) for name in SERVER_FIELDS}
+
+
+class RedfishFleet(HostedFleet):
     """What Redfish contenders need on top of :class:`Fleet`: a URL and a system per node,
     the CA to trust, and (where the server keeps them) its counters."""
 
     cipher_suite = 0  # not IPMI
-    count: int  # nodes (BMCs, or systems of one emulator)
-    urls: list[str]
-    systems: list[str]
-    ca_file: str
     control: str | None = None  # the simulator's control socket
+
+    def __init__(self, count: int) -> None:
+        self.count = count  # nodes (BMCs, or systems of one emulator)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.kind.replace('_', '-')}-"))
+        self.port_base = 0
+        self.endpoints = []
+        self.urls: list[str] = []
+        self.systems: list[str] = []
+        self.ca_file = ""
 
     def counters(self) -> dict[str, int] | None:
         """Requests, logins, TLS handshakes the servers saw so far (None: not counted)."""
-        if self.control is None:
-            return None
-        statistics = send_control(self.control, {"op": "status"})["statistics"]
-        return {name: int(statistics[name]) for name in SERVER_FIELDS}
+        return control_counters(self.control)
 
     def set_dead(self, indices: Any) -> None:
         raise NotImplementedError("Redfish fleets run clean only")
@@ -67,37 +75,17 @@ class RedfishSimFleet(RedfishFleet):
     """``count`` simulated Redfish services (``redfish.sim``) in a child process."""
 
     kind = "redfish_sim"
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.workdir = Path(tempfile.mkdtemp(prefix="bench-redfish-sim-"))
-        self.proc: subprocess.Popen[str] | None = None
-        self.port_base = 0
-        self.endpoints = []
-        self.urls = []
-        self.systems = []
-        self.ca_file = ""
+    stop_grace = 15.0
 
     def start(self) -> None:
+        assert self.workdir is not None
         self.port_base = free_port_block(self.count)
-        env = dict(os.environ, BENCH_BMC_PASSWORD=PASSWORD)
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "bench.redfish_sim_host", "--count", str(self.count)),
-                *("--host", HOST, "--port-base", str(self.port_base)),
-                *("--username", USERNAME, "--workdir", str(self.workdir)),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        self.spawn_host(
+            "bench.redfish_sim_host",
+            *("--count", str(self.count), "--host", HOST, "--port-base", str(self.port_base)),
+            *("--username", USERNAME, "--workdir", str(self.workdir)),
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the Redfish simulator exited (status {self.proc.poll()})")
-        ready = json.loads(line)
+        ready = self.read_reply("the Redfish simulator")
         self.ca_file = ready["ca_file"]
         self.control = str(self.workdir / "control.sock")
         self.endpoints = [
@@ -119,47 +107,18 @@ class RedfishSimFleet(RedfishFleet):
         listing = send_control(self.control, {"op": "list"}, timeout=60)
         return [bool(row["power_on"]) for row in listing["bmcs"]]
 
-    def server_cpu_s(self) -> float:
-        assert self.proc is not None
-        return process_cpu_s(self.proc.pid)
-
-    def server_rss_kb(self) -> int:
-        assert self.proc is not None
-        return process_rss_kb(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.close()
-                try:
-                    self.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 class SushyEmulatorFleet(RedfishFleet):
     """sushy-emulator ``--fake`` with ``count`` fake systems behind one HTTPS port."""
 
     kind = "sushy_emulator"
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.workdir = Path(tempfile.mkdtemp(prefix="bench-sushy-emulator-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port_base = 0
-        self.endpoints = []
-        self.urls = []
-        self.systems = []
-        self.ca_file = ""
+    stop_grace = 5.0
+    stop_by_stdin = False  # it serves until SIGTERM
 
     def start(self) -> None:
         import bcrypt
 
+        assert self.workdir is not None
         program = shutil.which("sushy-emulator") or str(
             Path(sys.executable).parent / "sushy-emulator"
         )
@@ -232,22 +191,3 @@ class SushyEmulatorFleet(RedfishFleet):
 
     def powers(self) -> list[bool]:
         return [expected_power(i) for i in range(self.count)]
-
-    def server_cpu_s(self) -> float:
-        assert self.proc is not None
-        return process_cpu_s(self.proc.pid)
-
-    def server_rss_kb(self) -> int:
-        assert self.proc is not None
-        return process_rss_kb(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -25,148 +25,61 @@ import argparse
 import concurrent.futures
 import json
 import os
-import resource
 import time
-from collections import deque
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
-from bench.redfish_fleets import SERVER_FIELDS
+from bench.child import Stopwatch, cpu_now, difference, open_files_for_every_session, print_report
+from bench.redfish_fleets import control_counters
+from bench.session_pass import Cycle, SessionPass
 from redfish import RedfishError, RedfishSession, open_redfish
-from redfish.sim import send_control
 
 CLIENT_FIELDS = ("requests", "retries", "logins", "tls_handshakes", "connections")
 
 
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def server_counters(fleet: dict[str, Any]) -> dict[str, int] | None:
-    if not fleet.get("control"):
-        return None
-    statistics = send_control(fleet["control"], {"op": "status"})["statistics"]
-    return {name: int(statistics[name]) for name in SERVER_FIELDS}
-
-
-def difference(after: dict[str, int] | None, before: dict[str, int] | None) -> Any:
-    if after is None or before is None:
-        return None
-    return {name: after[name] - before[name] for name in after}
-
-
-class Cycle:
-    def __init__(self, count: int) -> None:
-        self.powers: list[bool | None] = [None] * count
-        self.errors: dict[str, int] = {}
-        self.client = dict.fromkeys(CLIENT_FIELDS, 0)
-
-    def fail(self, error: str) -> None:
-        self.errors[error] = self.errors.get(error, 0) + 1
-
-    def add_stats(self, session: RedfishSession) -> None:
-        snapshot = session.statistics()
-        for name in CLIENT_FIELDS:
-            self.client[name] += int(getattr(snapshot, name))
+    return control_counters(fleet.get("control"))
 
 
 # ---------------------------------------------------------------- powersync's client
 
 
-class PowersyncPass:
-    """The fleet's sessions and ``--workers`` tasks, as the agent runs them. A session's
-    context is entered by one task and left by another (``open_redfish`` allows it)."""
+class RedfishPass(SessionPass):
+    """Redfish sessions by ``open_redfish``, one per node."""
+
+    fields = CLIENT_FIELDS
+    failures = (RedfishError,)
 
     def __init__(self, args: argparse.Namespace, fleet: dict[str, Any], password: str) -> None:
-        self.args = args
+        super().__init__(
+            len(fleet["urls"]),
+            workers=args.workers,
+            deadline=args.deadline,
+            keep=args.mode != "percycle",
+        )
         self.fleet = fleet
         self.password = password
-        self.sessions: dict[int, tuple[AbstractAsyncContextManager[RedfishSession], Any]] = {}
 
-    async def close(self, index: int, cycle: Cycle | None) -> None:
-        context, session = self.sessions.pop(index)
-        with trio.CancelScope(shield=True):
-            await context.__aexit__(None, None, None)
-        if cycle is not None:  # a per-cycle session's logout belongs to its cycle
-            cycle.add_stats(session)
+    def connect(self, index: int) -> AbstractAsyncContextManager[RedfishSession]:
+        return open_redfish(
+            self.fleet["urls"][index],
+            username=self.fleet["username"],
+            password=self.password,
+            system_id=self.fleet["systems"][index],
+            verify=self.fleet["ca_file"],
+        )
 
-    async def one(self, index: int, cycle: Cycle) -> None:
-        error = "deadline"
-        with trio.move_on_after(self.args.deadline):
-            try:
-                if index not in self.sessions:
-                    context = open_redfish(
-                        self.fleet["urls"][index],
-                        username=self.fleet["username"],
-                        password=self.password,
-                        system_id=self.fleet["systems"][index],
-                        verify=self.fleet["ca_file"],
-                    )
-                    self.sessions[index] = (context, await context.__aenter__())
-                cycle.powers[index] = await self.sessions[index][1].get_power()
-            except RedfishError as exc:
-                error = type(exc).__name__
-            else:
-                if self.args.mode == "percycle":
-                    await self.close(index, cycle)
-                return
-        cycle.fail(error)
-        if index in self.sessions:
-            await self.close(index, cycle)
-
-    async def worker(self, queue: deque[int], cycle: Cycle) -> None:
-        while queue:
-            await self.one(queue.popleft(), cycle)
-
-    async def cycle(self, cycle: Cycle) -> None:
-        queue = deque(range(len(self.fleet["urls"])))
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(self.args.workers, len(queue))):
-                nursery.start_soon(self.worker, queue, cycle)
-
-    def live_totals(self) -> dict[str, int]:
-        sums = Cycle(0)
-        for _, session in self.sessions.values():
-            sums.add_stats(session)
-        return sums.client
+    async def operate(self, session: RedfishSession) -> bool | None:
+        return await session.get_power()
 
 
 async def powersync_cycles(
     args: argparse.Namespace, fleet: dict[str, Any], password: str
 ) -> list[dict[str, Any]]:
-    runner = PowersyncPass(args, fleet, password)
-    report: list[dict[str, Any]] = []
-    counted = runner.live_totals()
-    for number in range(args.cycles):
-        if number:
-            await trio.sleep(args.pause)
-        cycle = Cycle(len(fleet["urls"]))
-        before = server_counters(fleet)
-        cpu0, wall0 = cpu_now(), time.monotonic()
-        await runner.cycle(cycle)
-        wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
-        now = runner.live_totals()  # live sessions: their counts this cycle
-        for name in CLIENT_FIELDS:
-            cycle.client[name] += now[name] - counted[name]
-        counted = now
-        report.append(cycle_report(cycle, wall, cpu, difference(server_counters(fleet), before)))
-    for index in list(runner.sessions):
-        await runner.close(index, None)
-    return report
-
-
-def cycle_report(cycle: Cycle, wall: float, cpu: float, server: Any) -> dict[str, Any]:
-    return {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "powers": cycle.powers,
-        "errors": cycle.errors,
-        "client": cycle.client,
-        "server": server,
-    }
+    runner = RedfishPass(args, fleet, password)
+    return await runner.measure(args.cycles, args.pause, "client", lambda: server_counters(fleet))
 
 
 # ---------------------------------------------------------------- sushy (Ironic's way)
@@ -202,19 +115,17 @@ def sushy_cycles(
         for number in range(args.cycles):
             if number:
                 time.sleep(args.pause)
-            cycle = Cycle(count)
+            cycle = Cycle(count, ())
             before = server_counters(fleet)
-            cpu0, wall0 = cpu_now(), time.monotonic()
-            outcomes = list(pool.map(one, range(count)))
-            wall, cpu = time.monotonic() - wall0, cpu_now() - cpu0
+            with Stopwatch() as watch:
+                outcomes = list(pool.map(one, range(count)))
             for index, (power, error) in enumerate(outcomes):
                 cycle.powers[index] = power
                 if error is not None:
                     cycle.fail(error)
-            report.append(
-                cycle_report(cycle, wall, cpu, difference(server_counters(fleet), before))
-            )
+            report.append(cycle.entry(watch, "client"))
             report[-1]["client"] = None  # sushy counts nothing of its own
+            report[-1]["server"] = difference(server_counters(fleet), before)
     for login in logins:
         if login is not None:
             login.close()  # logs out (sushy ignores a failing logout with a warning)
@@ -234,14 +145,13 @@ def main() -> None:
     with open(args.fleet) as handle:
         fleet = json.load(handle)
     password = os.environ["BENCH_BMC_PASSWORD"]
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per live session
+    open_files_for_every_session()
     startup_cpu = cpu_now()
     if args.client == "sushy":
         cycles = sushy_cycles(args, fleet, password)
     else:
         cycles = trio.run(powersync_cycles, args, fleet, password)
-    print(json.dumps({"cycles": cycles, "startup_cpu_s": startup_cpu}), flush=True)
+    print_report({"cycles": cycles, "startup_cpu_s": startup_cpu})
 
 
 if __name__ == "__main__":

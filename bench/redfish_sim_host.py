@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trio
 
+from bench.child import add_fleet_arguments
 from bench.fleets import expected_power
 from redfish.sim import ServiceOptions, open_fleet
 
@@ -53,10 +54,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port-base", type=int, required=True)
-    parser.add_argument("--username", default="admin")
+    add_fleet_arguments(parser)
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args()
     trio.run(serve, args)

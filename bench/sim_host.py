@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from bench.child import add_fleet_arguments
 from bench.fleets import expected_power
 from ipmi.sim.faults import Faults
 from ipmi.sim.fleet import Fleet, open_fleet
@@ -87,10 +88,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port-base", type=int, required=True)
-    parser.add_argument("--username", default="admin")
+    add_fleet_arguments(parser)
     args = parser.parse_args()
     trio.run(serve, args)
 
