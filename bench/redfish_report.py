@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.redfish_contenders import REDFISH_REFERENCE
-from bench.report import fmt, group_key, median_of
+from bench.report import (
+    error_lines,
+    find,
+    fmt,
+    group_key,
+    grouped,
+    median_of,
+    table_head,
+    wall_cell,
+)
 
 REDFISH_FLEETS = ("redfish_sim", "sushy_emulator")
 LIVE = ("agent-redfish-live", "powersync-redfish-live")
@@ -61,27 +70,32 @@ def annotate(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> 
                 row["wall_vs_sushy"] = row["wall_s"] / reference["wall_s"]
 
 
+COLUMNS = (
+    "contender",
+    "wall s (median, min-max)",
+    "client CPU ms/status",
+    "x sushy",
+    "requests/status",
+    "peak RSS MB",
+    "read OK",
+    "runs",
+    "1st cycle s",
+    "1st cycle CPU ms/node",
+    "1st cycle TLS handshakes, logins /node",
+    "server CPU s",
+)
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        if is_redfish(row):
-            groups.setdefault(group_key(row), []).append(row)
-    for (fleet, size, condition, _op), group in groups.items():
-        lines.append(f"### {fleet}, {size} BMCs, {condition}: power status of every node")
-        lines.append("")
-        lines.append(
-            "| contender | wall s (median, min-max) | client CPU ms/status | x sushy "
-            "| requests/status | peak RSS MB | read OK | runs | 1st cycle s "
-            "| 1st cycle CPU ms/node | 1st cycle TLS handshakes, logins /node | server CPU s |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (fleet, size, condition, _op), group in grouped(rows, is_redfish).items():
+        title = f"{fleet}, {size} BMCs, {condition}: power status of every node"
+        lines += table_head(title, COLUMNS)
         for row in group:
-            spread = f"{fmt(row['wall_min_s'])}-{fmt(row['wall_max_s'])}"
             handshakes = fmt(row.get("first_cycle_tls_handshakes_per_node"), 2)
             logins = fmt(row.get("first_cycle_logins_per_node"), 2)
             lines.append(
-                f"| {row['contender']} | {fmt(row['wall_s'])} ({spread}) "
+                f"| {row['contender']} | {wall_cell(row)} "
                 f"| {fmt(row['cpu_per_node_ms'])} | {fmt(row.get('cpu_vs_sushy'), 2)} "
                 f"| {fmt(row.get('requests_per_status'), 2)} | {fmt(row['maxrss_mb'], 1)} "
                 f"| {row['correct_min']}/{row['expected']} | {row['repeats']} "
@@ -89,26 +103,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
                 f"| {fmt(row.get('first_cycle_cpu_ms_per_node'), 2)} "
                 f"| {handshakes}, {logins} | {fmt(row['server_cpu_s'], 2)} |"
             )
-        errors = {r["contender"]: r["errors"] for r in group if r["errors"]}
-        if errors:
-            lines.append("")
-            for name, counts in errors.items():
-                text = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
-                lines.append(f"- {name} errors (all runs): {text}")
+        lines += error_lines(group)
         lines.append("")
     return "\n".join(lines)
-
-
-def find(rows: Sequence[dict[str, Any]], contender: str, fleet: str, size: int) -> Any:
-    for row in rows:
-        if (row["contender"], row["fleet"], row["size"], row["op"]) == (
-            contender,
-            fleet,
-            size,
-            "status",
-        ):
-            return row
-    return None
 
 
 def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -121,8 +118,8 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     fleets = sorted({(r["fleet"], r["size"]) for r in rows if is_redfish(r)})
     for fleet, size in fleets:
         where = f"{fleet}/{size}"
-        sushy = find(rows, REDFISH_REFERENCE, fleet, size)
-        agent = find(rows, "agent-redfish-live", fleet, size)
+        sushy = find(rows, REDFISH_REFERENCE, fleet, size, None)
+        agent = find(rows, "agent-redfish-live", fleet, size, None)
         if sushy and agent and sushy["cpu_s"] > 0:
             ratio = agent["cpu_s"] / sushy["cpu_s"]
             judge(
@@ -133,7 +130,7 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio <= 0.1,
             )
         for name in LIVE:
-            row = find(rows, name, fleet, size)
+            row = find(rows, name, fleet, size, None)
             if row is None:
                 continue
             requests = row.get("requests_per_status")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,35 +170,64 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown(rows: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
-    lines: list[str] = []
+def grouped(
+    rows: Sequence[dict[str, Any]], keep: Callable[[dict[str, Any]], bool] = lambda row: True
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """The rows kept, by (fleet, size, condition, op), in the order they came."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(group_key(row), []).append(row)
-    for (fleet, size, condition, op), group in groups.items():
+        if keep(row):
+            groups.setdefault(group_key(row), []).append(row)
+    return groups
+
+
+def wall_cell(row: dict[str, Any]) -> str:
+    """The median wall time and its spread: ``0.123 (0.120-0.130)``."""
+    return f"{fmt(row['wall_s'])} ({fmt(row['wall_min_s'])}-{fmt(row['wall_max_s'])})"
+
+
+def table_head(title: str, columns: Sequence[str]) -> list[str]:
+    return [f"### {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def error_lines(group: Sequence[dict[str, Any]]) -> list[str]:
+    """Under a table: the errors of every contender that had some, over all its runs."""
+    errors = {r["contender"]: r["errors"] for r in group if r["errors"]}
+    lines = [""] if errors else []
+    for name, counts in errors.items():
+        text = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+        lines.append(f"- {name} errors (all runs): {text}")
+    return lines
+
+
+COLUMNS = (
+    "contender",
+    "wall s (median, min-max)",
+    "x powersync",
+    "client CPU ms/node",
+    "x powersync",
+    "datagrams/node",
+    "peak RSS MB",
+    "read OK",
+    "runs",
+    "1st cycle s",
+)
+
+
+def markdown(rows: Sequence[dict[str, Any]], skipped: Sequence[str]) -> str:
+    lines: list[str] = []
+    for (fleet, size, condition, op), group in grouped(rows).items():
         what = "power status of every node" if op == "status" else "power off + confirm"
-        lines.append(f"### {fleet}, {size} BMCs, {condition}: {what}")
-        lines.append("")
-        lines.append(
-            "| contender | wall s (median, min-max) | x powersync | client CPU ms/node "
-            "| x powersync | datagrams/node | peak RSS MB | read OK | runs | 1st cycle s |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        lines += table_head(f"{fleet}, {size} BMCs, {condition}: {what}", COLUMNS)
         for row in group:
-            spread = f"{fmt(row['wall_min_s'])}-{fmt(row['wall_max_s'])}"
             lines.append(
-                f"| {row['contender']} | {fmt(row['wall_s'])} ({spread}) "
+                f"| {row['contender']} | {wall_cell(row)} "
                 f"| {fmt(row['wall_vs_powersync'], 1)} | {fmt(row['cpu_per_node_ms'])} "
                 f"| {fmt(row['cpu_vs_powersync'], 1)} | {fmt(row['datagrams_per_node'], 1)} "
                 f"| {fmt(row['maxrss_mb'], 1)} | {row['correct_min']}/{row['expected']} "
                 f"| {row['repeats']} | {fmt(row['first_cycle_wall_s'])} |"
             )
-        errors = {r["contender"]: r["errors"] for r in group if r["errors"]}
-        if errors:
-            lines.append("")
-            for name, counts in errors.items():
-                text = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
-                lines.append(f"- {name} errors (all runs): {text}")
+        lines += error_lines(group)
         lines.append("")
     if skipped:
         lines.append("Not run (minutes per pass at that size; see docs/benchmarks.md):")
@@ -272,16 +301,20 @@ POWERSYNC = ("powersync-longlived", "powersync-fresh", "agent-longlived", "agent
 
 
 def find(
-    rows: Sequence[dict[str, Any]], contender: str, fleet: str, size: int, condition: str
+    rows: Sequence[dict[str, Any]],
+    contender: str,
+    fleet: str,
+    size: int,
+    condition: str | None,
 ) -> dict[str, Any] | None:
+    """The status row of a contender on a fleet (in any condition where ``condition`` is None)."""
     for row in rows:
-        if (row["contender"], row["fleet"], row["size"], row["condition"], row["op"]) == (
+        if (row["contender"], row["fleet"], row["size"], row["op"]) == (
             contender,
             fleet,
             size,
-            condition,
             "status",
-        ):
+        ) and condition in (None, row["condition"]):
             return row
     return None
 
