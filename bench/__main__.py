@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from bench.contenders import BY_NAME, CONTENDERS, Contender, Options, PassResult
 from bench.fleets import Endpoint, Fleet, IpmiSimFleet, PowersyncSimFleet, expected_power
 from bench.procs import PacketCounter, tcpdump_usable
 from bench.redfish_contenders import REDFISH_BY_NAME, REDFISH_CONTENDERS
-from bench.redfish_fleets import RedfishFleet, RedfishSimFleet, SushyEmulatorFleet
+from bench.redfish_fleets import RedfishSimFleet, SushyEmulatorFleet
 
 ALL_BY_NAME: dict[str, Contender] = {**BY_NAME, **REDFISH_BY_NAME}
 
@@ -186,7 +186,7 @@ def count_datagrams(fleet: Fleet, contender: Contender, options: Options) -> int
         before = fleet.command({"cmd": "stats"})["stats"]
         contender.run(fleet, options)
         after = fleet.command({"cmd": "stats"})["stats"]
-        return sum(after[key] - before[key] for key in ("received", "answered"))
+        return int(sum(after[key] - before[key] for key in ("received", "answered")))
     if not tcpdump_usable():
         return None
     first, last = fleet.endpoints[0].port, fleet.endpoints[-1].port
@@ -379,8 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     if args.render_only:
-        document = json.loads((out / "results.json").read_text())
-        write_results(document, out, document["settings"]["deadline"])
+        saved: dict[str, Any] = json.loads((out / "results.json").read_text())
+        write_results(saved, out, saved["settings"]["deadline"])
         return 0
     out.mkdir(parents=True, exist_ok=True)
     chosen = args.contenders
@@ -395,37 +395,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     skipped: list[str] = []
     powered_off: set[str] = set()
-    fleets: list[tuple[str, int]] = []
-    if args.ipmi_sim and contenders:
-        fleets.append(("ipmi_sim", args.ipmi_sim))
+
+    def bench_ipmi(fleet: Fleet) -> list[dict[str, Any]]:
+        return bench_fleet(fleet, args, contenders, skipped, powered_off)
+
+    def bench_redfish(fleet: Fleet) -> list[dict[str, Any]]:
+        return bench_redfish_fleet(fleet, args, redfish_contenders)
+
+    # (the fleet's class, its size, what runs on it), each fleet started in turn
+    plan: list[tuple[Callable[[int], Fleet], int, Callable[[Fleet], list[dict[str, Any]]]]] = []
     if contenders:
-        fleets.extend(("powersync_sim", size) for size in args.sizes)
-    for kind, size in fleets:
-        log(f"fleet {kind} x {size}")
-        fleet_class = IpmiSimFleet if kind == "ipmi_sim" else PowersyncSimFleet
-        with fleet_class(size) as fleet:
+        if args.ipmi_sim:
+            plan.append((IpmiSimFleet, args.ipmi_sim, bench_ipmi))
+        plan += [(PowersyncSimFleet, size, bench_ipmi) for size in args.sizes]
+    if redfish_contenders:
+        plan += [(RedfishSimFleet, size, bench_redfish) for size in args.redfish_sizes]
+        if args.sushy_emulator:
+            plan.append((SushyEmulatorFleet, args.sushy_emulator, bench_redfish))
+    for fleet_class, size, bench in plan:
+        fleet = fleet_class(size)
+        log(f"fleet {fleet.kind} x {size}")
+        with fleet:
             idle_rss = fleet.server_rss_kb()
             document.setdefault("fleets", []).append(
-                {"kind": kind, "size": size, "server_rss_kb_idle": idle_rss}
+                {"kind": fleet.kind, "size": size, "server_rss_kb_idle": idle_rss}
             )
-            document["runs"].extend(bench_fleet(fleet, args, contenders, skipped, powered_off))
-    redfish_fleets: list[RedfishFleet] = []
-    if redfish_contenders:
-        redfish_fleets += [RedfishSimFleet(size) for size in args.redfish_sizes]
-        if args.sushy_emulator:
-            redfish_fleets.append(SushyEmulatorFleet(args.sushy_emulator))
-    for redfish_fleet in redfish_fleets:
-        log(f"fleet {redfish_fleet.kind} x {redfish_fleet.count}")
-        with redfish_fleet:
-            idle_rss = redfish_fleet.server_rss_kb()
-            document.setdefault("fleets", []).append(
-                {
-                    "kind": redfish_fleet.kind,
-                    "size": redfish_fleet.size,
-                    "server_rss_kb_idle": idle_rss,
-                }
-            )
-            document["runs"].extend(bench_redfish_fleet(redfish_fleet, args, redfish_contenders))
+            document["runs"].extend(bench(fleet))
     document["loadavg_at_end"] = report.load_average()
     document["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     document["skipped"] = skipped
@@ -434,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def bench_redfish_fleet(
-    fleet: RedfishFleet, args: argparse.Namespace, contenders: Sequence[Contender]
+    fleet: Fleet, args: argparse.Namespace, contenders: Sequence[Contender]
 ) -> list[dict[str, Any]]:
     """Every Redfish contender on one Redfish fleet, clean loopback (status passes)."""
     runs: list[dict[str, Any]] = []

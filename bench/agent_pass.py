@@ -18,7 +18,7 @@ import argparse
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +98,33 @@ def prepare(args: argparse.Namespace, password: str) -> None:
             )
 
 
-def agent_config(template: str, workdir: Path, **settings: object) -> tuple[Any, Path]:
-    """The agent's configuration over a copy of the prepared store (and that copy's path)."""
+def agent_config(
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    retry_timeout: float = 1.0,
+    adaptive: bool = True,
+    cipher_suites: Sequence[int] = (17, 3),
+) -> tuple[Any, Path]:
+    """The agent's configuration (``args``: the store, workers, deadline, session mode) over
+    a copy of the prepared store, and that copy's path."""
     from agent.config.options import load_config
 
     store_path = workdir / "agent.sqlite"
-    shutil.copyfile(template, store_path)
+    shutil.copyfile(args.store, store_path)
     store_path.chmod(0o600)
     config_path = workdir / "agent.toml"
-    config_path.write_text(CONFIG.format(store=store_path, **settings))
+    config_path.write_text(
+        CONFIG.format(
+            workers=args.workers,
+            deadline=args.deadline,
+            session_mode=args.session_mode,
+            retry_timeout=retry_timeout,
+            adaptive="true" if adaptive else "false",
+            suites=", ".join(str(s) for s in cipher_suites),
+            store=store_path,
+        )
+    )
     return load_config(str(config_path), environ={}), store_path
 
 
@@ -160,14 +178,11 @@ async def cycles(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from store import open_store
 
     config, store_path = agent_config(
-        args.store,
+        args,
         workdir,
-        workers=args.workers,
-        deadline=args.deadline,
-        session_mode=args.session_mode,
         retry_timeout=args.retry_timeout,
-        adaptive="true" if args.adaptive else "false",
-        suites=", ".join(str(s) for s in args.cipher_suites),
+        adaptive=args.adaptive,
+        cipher_suites=args.cipher_suites,
     )
     ipmi = config.ipmi
     opener = IpmiDriver(ipmi).open_session

@@ -60,16 +60,7 @@ async def cycles(args: argparse.Namespace, fleet: dict[str, Any], workdir: Path)
     from agent.sync.service import SyncService
     from store import open_store
 
-    config, store_path = agent_config(
-        args.store,
-        workdir,
-        workers=args.workers,
-        deadline=args.deadline,
-        session_mode=args.session_mode,
-        retry_timeout=1.0,
-        adaptive="true",
-        suites="17, 3",
-    )
+    config, store_path = agent_config(args, workdir)  # the [ipmi] defaults: no IPMI node
     drivers = configured_drivers(config)
     with open_store(str(store_path)) as store:
         async with open_bmc_pool(

@@ -39,6 +39,7 @@ from typing import Any
 from bench import report, site_report
 from bench.fleets import HOST, PASSWORD, USERNAME, PowersyncSimFleet
 from bench.pg import PgServer, find_bindir
+from bench.procs import end_process
 from store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,13 +133,7 @@ class Daemon:
         return self.killed_at
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end_process(self.process, grace=30)
 
 
 @dataclass
