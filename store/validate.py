@@ -15,6 +15,7 @@ import math
 import re
 import uuid as uuid_module
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from store.errors import InvalidNode
 
@@ -189,6 +190,9 @@ class DriverInfo(Mapping[str, Scalar]):
     def __getitem__(self, key: str) -> Scalar:
         return self._data[key]
 
+    def get(self, key: str, default: Any = None) -> Any:  # the dict's, not Mapping's slower one
+        return self._data.get(key, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
 
@@ -199,6 +203,8 @@ class DriverInfo(Mapping[str, Scalar]):
         return hash(self._key)
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, DriverInfo):
+            return self._key == other._key
         if isinstance(other, Mapping):
             return self._data == dict(other)
         return NotImplemented

@@ -179,7 +179,7 @@ class BmcPool:
             self._forget(key)
             return self._per_cycle_lease(key, endpoint)
         record = self._records.get(key)
-        if record is None or record.endpoint != endpoint:
+        if record is None or (record.endpoint is not endpoint and record.endpoint != endpoint):
             self._forget(key)
             self._per_cycle.pop(key, None)
             record = self._records[key] = _Record(self, key, endpoint, self._gate(endpoint))

@@ -219,6 +219,9 @@ class Drivers:
 
     def __init__(self, drivers: Mapping[str, BmcDriver]) -> None:
         self._drivers = dict(drivers)
+        # node uuid -> (what the endpoint is made of, the endpoint): it changes only when the
+        # node's inventory does, and building one per node per cycle is measurable.
+        self._endpoints: dict[str, tuple[tuple[object, ...], BmcEndpoint]] = {}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -227,6 +230,12 @@ class Drivers:
     def replace(self, other: Drivers) -> None:
         """Take ``other``'s drivers (a reload): openers bound to this set see them at once."""
         self._drivers = dict(other._drivers)
+        self._endpoints.clear()
+
+    def retain(self, uuids: Iterable[str]) -> None:
+        """Forget the endpoints of nodes not in ``uuids`` (deleted, or now another agent's)."""
+        keep = set(uuids)
+        self._endpoints = {u: e for u, e in self._endpoints.items() if u in keep}
 
     def driver(self, name: str) -> BmcDriver:
         try:
@@ -236,7 +245,13 @@ class Drivers:
             raise BmcError(f"unknown driver {name!r} (this agent has: {known})") from None
 
     def endpoint(self, node: Node) -> BmcEndpoint:
-        return self.driver(node.driver).endpoint(node)
+        made_of = _endpoint_fields(node)
+        known = self._endpoints.get(node.uuid)
+        if known is not None and known[0] == made_of:
+            return known[1]
+        endpoint = self.driver(node.driver).endpoint(node)
+        self._endpoints[node.uuid] = (made_of, endpoint)
+        return endpoint
 
     def open(self, endpoint: BmcEndpoint) -> AbstractAsyncContextManager[BmcSession]:
         """A :data:`BmcOpener` over every driver."""
@@ -254,3 +269,19 @@ class Drivers:
     @property
     def keepalive_interval(self) -> float:
         return min((d.keepalive_interval for d in self._drivers.values()), default=25.0)
+
+
+def _endpoint_fields(node: Node) -> tuple[object, ...]:
+    """The node's fields a driver's endpoint is built from (not its state, which every cycle
+    writes)."""
+    return (
+        node.driver,
+        node.bmc_address,
+        node.bmc_port,
+        node.bmc_username,
+        node.bmc_password,
+        node.cipher_suites,
+        node.privilege,
+        node.session_mode,
+        node.driver_info,
+    )

@@ -304,7 +304,9 @@ class SyncService:
         if kind == "sync":
             nodes = self._owned(await self.store.list_nodes())
             # Sessions of deleted nodes, and of nodes now another agent's, are closed.
-            self.pool.retain({node.uuid for node in nodes})
+            owned = {node.uuid for node in nodes}
+            self.pool.retain(owned)
+            self.drivers.retain(owned)
             self._pace.ceiling = self._request_timeout(nodes)
         else:
             nodes = self._owned(
