@@ -439,22 +439,28 @@ def bench_redfish_fleet(
     return runs
 
 
-def write_results(document: dict[str, Any], out: Path, deadline: float) -> None:
-    """Summary, targets, results.json, results.md and the chart, from the runs."""
+def summarized(document: dict[str, Any], deadline: float) -> str:
+    """The summary rows and the targets put into the document, and its results.md."""
     rows = report.summarize(document["runs"])
     redfish_report.annotate(rows, document["runs"])
     document["summary"] = rows
     ipmi_rows = [row for row in rows if not redfish_report.is_redfish(row)]
     verdicts = report.targets(ipmi_rows, deadline) + redfish_report.targets(rows)
     document["targets"] = verdicts
-    (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
-    (out / "results.md").write_text(
+    return (
         report.targets_markdown(verdicts)
         + "\n"
         + redfish_report.markdown(rows)
         + report.markdown(ipmi_rows, document["skipped"])
     )
-    report.chart(rows, out / "chart.png")
+
+
+def write_results(document: dict[str, Any], out: Path, deadline: float) -> None:
+    """Summary, targets, results.json, results.md and the chart, from the runs."""
+    tables = summarized(document, deadline)
+    (out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    (out / "results.md").write_text(tables)
+    report.chart(document["summary"], out / "chart.png")
     log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'chart.png'}")
 
 
