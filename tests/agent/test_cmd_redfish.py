@@ -23,6 +23,7 @@ import pytest
 
 from agent.config.secrets import write_secret_file
 from redfish.sim import send_control
+from store import open_store
 from tests.conftest import require_module
 from tests.redfish.peers import Emulator, free_tcp_port, run_sushy_emulator
 
@@ -331,3 +332,73 @@ MIXED_STATES = {**{f"sim-{i:04d}": "power off" for i in range(5)}, "sim-0005": "
 def test_the_inventory_of_a_mixed_fleet_imports_and_syncs(start_sim: Any, tmp_path: Path) -> None:
     document = import_and_sync(tmp_path, start_mixed(start_sim, tmp_path))
     assert {n["name"]: n["new_state"] for n in document["nodes"]} == MIXED_STATES
+
+
+def recorded(store: Path) -> dict[str, str | None]:
+    with open_store(str(store)) as opened:
+        return {node.name: node.power_state for node in opened.list_nodes()}
+
+
+def wait_until(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {within:g} s")
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+@pytest.mark.parametrize("force", [True, False])
+def test_run_keeps_a_mixed_fleet_with_a_power_action_beside_it(
+    start_sim: Any, tmp_path: Path, force: bool
+) -> None:
+    sim = start_mixed(start_sim, tmp_path)  # sim-0000..3 IPMI, sim-0004..5 Redfish
+    store, config = tmp_path / "agent.sqlite", tmp_path / "agent.toml"
+    config.write_text(
+        "[conductor]\nsync_power_state_interval = 1.0\nsync_node_timeout = 0.8\n"
+        f"sync_jitter_window = 0.0\nforce_power_state_during_sync = {str(force).lower()}\n"
+        f'[store]\npath = "{store}"\n'
+    )
+    config.chmod(0o600)
+    imported = powersync("--config", str(config), "node", "import", str(sim.inventory))
+    assert imported.returncode == 0, imported.stderr
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as output:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli.main", "--config", str(config), "run"],
+            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: recorded(store) == MIXED_STATES, 20, "the first cycle")
+        # Out of band, the Redfish BMC sim-0004 comes on.
+        answer = send_control(str(tmp_path / "control.sock.redfish"),
+                              {"op": "power", "bmcs": "4", "on": True})  # fmt: skip
+        assert answer == {"ok": True, "changed": 1}
+        node = next(n for n in sim.redfish() if n["name"] == "sim-0004")
+        trust = ["--ca-file", node["redfish_verify_ca"], "--password-file", str(sim.password_file)]
+
+        def bmc_says(word: str) -> bool:
+            status = powersync(*bmc_command(node["bmc_port"], *trust), "power", "status")
+            return status.stdout == f"Chassis Power is {word}\n"
+
+        if force:  # Ironic's default: the hardware is driven back to the record
+            wait_until(lambda: bmc_says("off"), 10, "the force back off")
+            assert recorded(store)["sim-0004"] == "power off"
+        else:  # the record follows the hardware
+            wait_until(lambda: recorded(store)["sim-0004"] == "power on", 10, "the record")
+        # A power action from the CLI beside the daemon, on the other Redfish node.
+        action = powersync("--config", str(config), "power", "sim-0005", "off", "--wait")
+        assert action.returncode == 0, action.stderr
+        time.sleep(3.0)  # three cycles: nobody fights the action
+        assert recorded(store)["sim-0005"] == "power off"
+        target = next(n for n in sim.redfish() if n["name"] == "sim-0005")
+        status = powersync(*bmc_command(target["bmc_port"], *trust), "power", "status")
+        assert status.stdout == "Chassis Power is off\n"
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=15) == 0
+    output_text = log.read_text()
+    assert "Traceback" not in output_text and "not confirmed" not in output_text
+    assert PASSWORD not in output_text
