@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # Markdown code blocks in docs/ are illustrations, not formatted sources.
-PYTHON_SOURCES = ("ipmi", "redfish", "store", "agent", "tests", "bench")
+PYTHON_SOURCES = ("ipmi", "redfish", "simcore", "store", "agent", "tests", "bench")
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

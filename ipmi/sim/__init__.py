@@ -7,15 +7,16 @@
         write_inventory("nodes.toml", fleet, "admin", "secret")
 
 Each BMC is a real RMCP+ server (ipmi.proto.server) on its own UDP port; see
-docs/simulator.md for behaviour, faults and the control socket.
+docs/simulator.md for behaviour, faults and the control socket. What is not IPMI (faults
+shared with Redfish, power timing, the control socket) is ``simcore``'s.
 """
 
-from ipmi.sim.bmc import PowerTiming, SimBmc
-from ipmi.sim.control import send_control, serve_control
+from ipmi.sim.bmc import SimBmc
 from ipmi.sim.description import BmcDescription
-from ipmi.sim.faults import Faults, parse_selection
+from ipmi.sim.faults import Faults
 from ipmi.sim.fleet import Fleet, FleetError, open_fleet
 from ipmi.sim.inventory import render_descriptions, render_inventory, write_inventory
+from simcore import PowerTiming, parse_selection, send_control, serve_control
 
 __all__ = [
     "BmcDescription",

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import errno
 import heapq
-import ipaddress
 import itertools
 import logging
 import os
-import random
 import resource
 import select
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,9 +28,17 @@ import trio
 from ipmi.errors import IpmiError
 from ipmi.proto.server import BmcProtocol, ServerPolicy, is_session_packet
 from ipmi.sim.bmc import PowerTiming, SimBmc
-from ipmi.sim.control import serve_control
 from ipmi.sim.description import BmcDescription
 from ipmi.sim.faults import Faults
+from simcore import errors as simcore_errors
+from simcore.control import serve_control
+from simcore.fleet import (
+    SimulatedFleet,
+    cannot_bind,
+    check_address,
+    check_fleet_shape,
+    port_for,
+)
 
 log = logging.getLogger("ipmi.sim")
 
@@ -41,7 +47,7 @@ DRAIN_PER_SOCKET = 32  # datagrams read from one socket before looking at the ot
 _GUID_NAMESPACE = uuid.UUID("6f1d2a52-6c1f-4c55-9a53-7b0d3c1e2f40")
 
 
-class FleetError(IpmiError):
+class FleetError(IpmiError, simcore_errors.FleetError):
     """The fleet cannot start: address refused, port in use, too many open files."""
 
 
@@ -57,21 +63,7 @@ def ensure_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
-def check_address(host: str, *, allow_any_address: bool) -> int:
-    """The socket family for ``host``; refuses non-loopback addresses unless allowed."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise FleetError(f"--host {host!r} is not an IP address") from None
-    if not address.is_loopback and not allow_any_address:
-        raise FleetError(
-            f"refusing to serve simulated BMCs on non-loopback address {host} "
-            f"(pass allow_any_address / --allow-any-address to really do that)"
-        )
-    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
-
-
-class Fleet:
+class Fleet(SimulatedFleet[SimBmc, Faults]):
     """A running fleet; see :func:`open_fleet`."""
 
     def __init__(
@@ -85,19 +77,16 @@ class Fleet:
         faults: Faults,
         seed: int | None,
     ) -> None:
-        self.bmcs: Sequence[SimBmc] = bmcs
+        super().__init__(bmcs, faults=faults, seed=seed, log=log)
         self._sockets = sockets
         self._by_fd = {sock.fileno(): bmc for sock, bmc in zip(sockets, bmcs, strict=True)}
         self._policy = policy
         self._username = username.encode()
         self._password = password.encode()
         self._wrong_password = (password + "-not-this-one").encode()
-        self._faults = faults
-        self._rng = random.Random(seed)  # noqa: S311 -- fault dice, not cryptography
         self._delayed: list[tuple[float, int, socket.socket, bytes, Any]] = []
         self._delayed_order = itertools.count()
         self._wake_sender = trio.Event()
-        self._faults_changed = trio.Event()
         self.username = username
         self.password = password
         # counters (plain ints: the hot path must stay cheap)
@@ -109,15 +98,6 @@ class Fleet:
         self.errors = 0  # exceptions while handling a datagram (bugs; tests assert 0)
 
     # -- public control --------------------------------------------------------------------
-    @property
-    def faults(self) -> Faults:
-        return self._faults
-
-    @property
-    def endpoints(self) -> list[tuple[str, str, int]]:
-        """(name, address, port) of every BMC."""
-        return [(bmc.name, bmc.address, bmc.port) for bmc in self.bmcs]
-
     def describe(
         self,
         username: str | None = None,
@@ -135,35 +115,9 @@ class Fleet:
             for bmc in self.bmcs
         ]
 
-    def set_faults(self, faults: Faults | None = None, /, **changes: Any) -> Faults:
-        """Replace the faults (``set_faults(Faults(...))``) or change some of them
-        (``set_faults(loss=0.3, dead={2})``); returns the faults now in force."""
-        base = faults if faults is not None else self._faults
-        new = base.changed(changes) if changes else base
-        self._faults = new
-        self._faults_changed.set()
-        self._faults_changed = trio.Event()
-        log.info("faults now %s", new.to_json())
-        return new
-
-    def reboot(self, indexes: Iterable[int], *, down_for: float = 0.0) -> None:
-        """Reboot BMC firmware: all sessions dropped, silent for ``down_for`` seconds."""
-        now = trio.current_time()
-        for index in indexes:
-            bmc = self.bmcs[index]
-            bmc.protocol = None  # every session, pending login and replay cache is gone
-            bmc.down_until = now + down_for
-            bmc.boot_count += 1
-
-    def session_count(self) -> int:
-        now = trio.current_time()
-        return sum(bmc.protocol.session_count(now) for bmc in self.bmcs if bmc.protocol)
-
     def statistics(self) -> dict[str, Any]:
         return {
-            "bmcs": len(self.bmcs),
-            "powered_on": sum(1 for bmc in self.bmcs if bmc.power_on),
-            "sessions": self.session_count(),
+            **self._power_statistics(),
             "received": self.received,
             "answered": self.answered,
             "lost": self.lost,
@@ -200,7 +154,7 @@ class Fleet:
         faults = self._faults
         now = trio.current_time()
         index = bmc.index
-        if index in faults.dead or bmc.down_until > now:
+        if self._silent(bmc, faults, now):
             self.ignored += 1
             return
         if faults.loss and self._rng.random() < faults.loss:
@@ -223,18 +177,13 @@ class Fleet:
             self.lost += 1
             return
         bmc.requests += 1
-        if faults.delays_answers():
-            delay = faults.latency
-            if faults.jitter:
-                delay += self._rng.uniform(-faults.jitter, faults.jitter)
-            if index in faults.slow:
-                delay += faults.slow_delay
-            if delay > 0:
-                heapq.heappush(
-                    self._delayed, (now + delay, next(self._delayed_order), sock, answer, peer)
-                )
-                self._wake_sender.set()
-                return
+        delay = self._answer_delay(bmc, faults)
+        if delay > 0:
+            heapq.heappush(
+                self._delayed, (now + delay, next(self._delayed_order), sock, answer, peer)
+            )
+            self._wake_sender.set()
+            return
         self._send(sock, answer, peer)
 
     def _send(self, sock: socket.socket, answer: bytes, peer: Any) -> None:
@@ -279,20 +228,6 @@ class Fleet:
                 _due, _order, sock, answer, peer = heapq.heappop(self._delayed)
                 self._send(sock, answer, peer)
 
-    async def _flapper(self) -> None:
-        while True:
-            faults = self._faults
-            if not faults.flapping:
-                await self._faults_changed.wait()
-                continue
-            with trio.move_on_after(faults.flap_interval):
-                await self._faults_changed.wait()
-                continue  # faults changed: re-read the interval and the selection
-            for index in sorted(faults.flapping):
-                if index < len(self.bmcs):
-                    bmc = self.bmcs[index]
-                    bmc.set_power(not bmc.power_on)
-
 
 def _bind_all(
     count: int, host: str, family: int, port_base: int, ports: Sequence[int] | None
@@ -300,16 +235,14 @@ def _bind_all(
     sockets: list[socket.socket] = []
     try:
         for index in range(count):
-            port = ports[index] if ports is not None else (port_base + index if port_base else 0)
+            port = port_for(index, port_base, ports)
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sockets.append(sock)
             sock.setblocking(False)
             try:
                 sock.bind((host, port))
             except OSError as exc:
-                raise FleetError(
-                    f"cannot bind BMC {index} to {host}:{port}: {exc.strerror}"
-                ) from None
+                raise cannot_bind(index, host, port, exc, FleetError) from None
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -341,17 +274,10 @@ async def open_fleet(
     BMC ``i`` listens on ``host:port_base + i`` (``port_base=0``: any free port each, see
     ``Fleet.bmcs[i].port``; or give explicit ``ports``). ``faults`` may be a
     :class:`Faults` or a mapping of its fields. ``control_socket`` also serves the JSON-line
-    control interface (ipmi.sim.control) on that Unix socket path.
+    control interface (simcore.control) on that Unix socket path.
     """
-    if count < 1:
-        raise ValueError("a fleet needs at least one BMC")
-    if ports is not None and len(ports) != count:
-        raise ValueError("ports must name one port per BMC")
-    if port_base and port_base + count - 1 > 65535:
-        raise FleetError(f"ports {port_base}..{port_base + count - 1} do not fit below 65536")
-    if not password:
-        raise ValueError("the fleet needs a password")
-    family = check_address(host, allow_any_address=allow_any_address)
+    check_fleet_shape(count, port_base=port_base, ports=ports, password=password, error=FleetError)
+    family = check_address(host, allow_any_address=allow_any_address, error=FleetError)
     policy = ServerPolicy(
         cipher_suites=tuple(cipher_suites), max_sessions=max_sessions, idle_timeout=idle_timeout
     )
@@ -392,7 +318,7 @@ async def open_fleet(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fleet._receive_loop, poller)
             nursery.start_soon(fleet._delayed_sender)
-            nursery.start_soon(fleet._flapper)
+            nursery.start_soon(fleet._flap_forever)
             if control_socket is not None:
                 await nursery.start(serve_control, fleet, control_socket)
             log.info("serving %d simulated BMCs on %s", count, host)

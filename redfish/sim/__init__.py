@@ -8,21 +8,16 @@
 
 Each BMC is an HTTPS (TLS + h11) server on its own port answering a sans-I/O
 :class:`SimService`; see docs/redfish.md for behaviour, faults and the control socket.
+What is not Redfish (faults shared with IPMI, power timing, the control socket) is
+``simcore``'s.
 """
 
 from redfish.sim.certs import TlsFiles, make_tls_files
-from redfish.sim.control import send_control, serve_control
-from redfish.sim.faults import Faults, parse_selection
+from redfish.sim.faults import Faults
 from redfish.sim.fleet import Fleet, FleetError, open_fleet
 from redfish.sim.inventory import describe_fleet
-from redfish.sim.service import (
-    ALL_RESET_TYPES,
-    PowerTiming,
-    ServiceOptions,
-    SimRequest,
-    SimResponse,
-    SimService,
-)
+from redfish.sim.service import ALL_RESET_TYPES, ServiceOptions, SimRequest, SimResponse, SimService
+from simcore import PowerTiming, parse_selection, send_control, serve_control
 
 __all__ = [
     "ALL_RESET_TYPES",

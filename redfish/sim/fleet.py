@@ -10,14 +10,12 @@ context and certificate for the fleet) and hands requests to the sans-I/O
 from __future__ import annotations
 
 import http
-import ipaddress
 import logging
-import random
 import secrets
 import socket
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -27,7 +25,17 @@ import trio
 from redfish.errors import RedfishError
 from redfish.sim.certs import TlsFiles, make_tls_files, server_context
 from redfish.sim.faults import Faults
-from redfish.sim.service import PowerTiming, ServiceOptions, SimRequest, SimResponse, SimService
+from redfish.sim.service import ServiceOptions, SimRequest, SimResponse, SimService
+from simcore import errors as simcore_errors
+from simcore.control import serve_control
+from simcore.fleet import (
+    SimulatedFleet,
+    cannot_bind,
+    check_address,
+    check_fleet_shape,
+    port_for,
+)
+from simcore.power import PowerTiming
 
 log = logging.getLogger("redfish.sim")
 
@@ -39,25 +47,11 @@ _HANGING_SERVES: Final = frozenset(
 )
 
 
-class FleetError(RedfishError):
+class FleetError(RedfishError, simcore_errors.FleetError):
     """The fleet cannot start: address refused, port in use."""
 
 
-def check_address(host: str, *, allow_any_address: bool) -> int:
-    """The socket family for ``host``; refuses non-loopback addresses unless allowed."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise FleetError(f"host {host!r} is not an IP address") from None
-    if not address.is_loopback and not allow_any_address:
-        raise FleetError(
-            f"refusing to serve simulated BMCs on non-loopback address {host} "
-            f"(pass allow_any_address to really do that)"
-        )
-    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
-
-
-class Fleet:
+class Fleet(SimulatedFleet[SimService, Faults]):
     """A running fleet; see :func:`open_fleet`. ``bmcs[i]`` is BMC i's SimService."""
 
     def __init__(
@@ -71,15 +65,11 @@ class Fleet:
         seed: int | None,
         first_index: int = 0,
     ) -> None:
-        self.bmcs: Sequence[SimService] = bmcs
-        self.first_index = first_index  # bmcs[0].index (a fleet beside an IPMI one)
+        super().__init__(bmcs, faults=faults, seed=seed, log=log, first_index=first_index)
         self._by_port = {bmc.port: bmc for bmc in bmcs}
         self.username = username
         self.password = password
         self.tls = tls
-        self._faults = faults
-        self._faults_changed = trio.Event()
-        self._rng = random.Random(seed)  # noqa: S311 -- jitter dice, not cryptography
         # counters
         self.connections = 0
         self.tls_failures = 0
@@ -90,53 +80,13 @@ class Fleet:
     def ca_file(self) -> str:
         return self.tls.ca_file
 
-    @property
-    def faults(self) -> Faults:
-        return self._faults
-
-    @property
-    def endpoints(self) -> list[tuple[str, str, int]]:
-        """(name, address, port) of every BMC."""
-        return [(bmc.name, bmc.address, bmc.port) for bmc in self.bmcs]
-
-    def set_faults(self, faults: Faults | None = None, /, **changes: Any) -> Faults:
-        """Replace the faults (``set_faults(Faults(...))``) or change some of them
-        (``set_faults(dead={2})``); returns the faults now in force. A 5xx burst starts
-        again from zero for every BMC."""
-        base = faults if faults is not None else self._faults
-        new = base.changed(changes) if changes else base
-        self._faults = new
+    def _faults_replaced(self) -> None:
         for bmc in self.bmcs:
-            bmc.errors_sent = 0
-        self._faults_changed.set()
-        self._faults_changed = trio.Event()
-        log.info("faults now %s", new.to_json())
-        return new
-
-    def bmc(self, index: int) -> SimService:
-        """The BMC with this index (``first_index`` .. ``first_index + len(bmcs) - 1``)."""
-        if not self.first_index <= index < self.first_index + len(self.bmcs):
-            raise IndexError(f"no BMC with index {index}")
-        return self.bmcs[index - self.first_index]
-
-    def reboot(self, indexes: Iterable[int], *, down_for: float = 0.0) -> None:
-        """Reboot BMC firmware: every session dropped, silent for ``down_for`` seconds."""
-        now = trio.current_time()
-        for index in indexes:
-            bmc = self.bmc(index)
-            bmc.drop_sessions()
-            bmc.down_until = now + down_for
-            bmc.boot_count += 1
-
-    def session_count(self) -> int:
-        now = trio.current_time()
-        return sum(bmc.session_count(now) for bmc in self.bmcs)
+            bmc.errors_sent = 0  # a 5xx burst starts again from zero for every BMC
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "bmcs": len(self.bmcs),
-            "powered_on": sum(1 for bmc in self.bmcs if bmc.power_on),
-            "sessions": self.session_count(),
+            **self._power_statistics(),
             "requests": sum(bmc.requests for bmc in self.bmcs),
             "logins": sum(bmc.logins for bmc in self.bmcs),
             "logouts": sum(bmc.logouts for bmc in self.bmcs),
@@ -149,14 +99,11 @@ class Fleet:
 
     # ---- serving ------------------------------------------------------------------------
 
-    def _silent(self, bmc: SimService) -> bool:
-        return bmc.index in self._faults.dead or bmc.down_until > trio.current_time()
-
     async def serve(self, stream: trio.SocketStream, context: ssl.SSLContext) -> None:
         self.connections += 1
         bmc = self._by_port[stream.socket.getsockname()[1]]
         bmc.connections += 1
-        if self._silent(bmc):
+        if self._silent(bmc, self._faults, trio.current_time()):
             await _drain(stream)  # a black hole: no TLS, no answer, until the client leaves
             return
         tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
@@ -185,7 +132,7 @@ class Fleet:
             if request is None:
                 return
             faults = self._faults
-            if self._silent(bmc) or (
+            if self._silent(bmc, faults, trio.current_time()) or (
                 bmc.index in faults.hanging
                 and (request.method, request.path.rstrip("/")) not in _HANGING_SERVES
             ):
@@ -197,37 +144,13 @@ class Fleet:
                 self.errors += 1
                 log.exception("%s: request handling failed; the fleet keeps serving", bmc.name)
                 response = SimResponse(500)
-            delay = self._delay(bmc, faults)
+            delay = self._answer_delay(bmc, faults)
             if delay > 0:
                 await trio.sleep(delay)
             await _send(connection, stream, response)
             if connection.our_state is h11.MUST_CLOSE:
                 return
             connection.start_next_cycle()
-
-    def _delay(self, bmc: SimService, faults: Faults) -> float:
-        if not faults.delays_answers():
-            return 0.0
-        delay = faults.latency
-        if faults.jitter:
-            delay += self._rng.uniform(-faults.jitter, faults.jitter)
-        if bmc.index in faults.slow:
-            delay += faults.slow_delay
-        return delay
-
-    async def _flapper(self) -> None:
-        while True:
-            faults = self._faults
-            if not faults.flapping:
-                await self._faults_changed.wait()
-                continue
-            with trio.move_on_after(faults.flap_interval):
-                await self._faults_changed.wait()
-                continue  # faults changed: re-read the interval and the selection
-            for index in sorted(faults.flapping):
-                if self.first_index <= index < self.first_index + len(self.bmcs):
-                    bmc = self.bmc(index)
-                    bmc.set_power(not bmc.power_on)
 
 
 async def _drain(stream: trio.abc.ReceiveStream) -> None:
@@ -297,16 +220,14 @@ async def _bind_all(
     listeners: list[trio.SocketListener] = []
     try:
         for index in range(count):
-            port = ports[index] if ports is not None else (port_base + index if port_base else 0)
+            port = port_for(index, port_base, ports)
             sock = trio.socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 await sock.bind((host, port))
             except OSError as exc:
                 sock.close()
-                raise FleetError(
-                    f"cannot bind BMC {index} to {host}:{port}: {exc.strerror}"
-                ) from None
+                raise cannot_bind(index, host, port, exc, FleetError) from None
             sock.listen(64)
             listeners.append(trio.SocketListener(sock))
     except BaseException:
@@ -346,17 +267,10 @@ async def open_fleet(
     ``first_index`` numbers the BMCs from there (names, fault selections, control requests),
     so a Redfish fleet can follow an IPMI fleet of ``first_index`` BMCs in one index space.
     """
-    if count < 1:
-        raise ValueError("a fleet needs at least one BMC")
-    if ports is not None and len(ports) != count:
-        raise ValueError("ports must name one port per BMC")
-    if port_base and port_base + count - 1 > 65535:
-        raise FleetError(f"ports {port_base}..{port_base + count - 1} do not fit below 65536")
-    if not password:
-        raise ValueError("the fleet needs a password")
+    check_fleet_shape(count, port_base=port_base, ports=ports, password=password, error=FleetError)
     if first_index < 0:
         raise ValueError("first_index must be >= 0")
-    family = check_address(host, allow_any_address=allow_any_address)
+    family = check_address(host, allow_any_address=allow_any_address, error=FleetError)
     initial_faults = faults if isinstance(faults, Faults) else Faults().changed(faults or {})
     with tempfile.TemporaryDirectory(prefix="redfish-sim-") as scratch:
         tls = make_tls_files(tls_dir or scratch, hosts=(host,))
@@ -406,10 +320,8 @@ async def open_fleet(
                     await fleet.serve(stream, context)
 
                 await nursery.start(trio.serve_listeners, handler, listeners)
-                nursery.start_soon(fleet._flapper)
+                nursery.start_soon(fleet._flap_forever)
                 if control_socket is not None:
-                    from redfish.sim.control import serve_control
-
                     await nursery.start(serve_control, fleet, control_socket)
                 log.info("serving %d simulated Redfish services on %s", count, host)
                 yield fleet

@@ -4,9 +4,10 @@ The HTTP server (``redfish.sim.fleet``) parses bytes with h11 and hands each req
 :meth:`SimService.handle`; the client tests hand it requests from ``httpx.MockTransport``
 instead, so the same service logic answers both. Clocks and entropy are passed in.
 
-Power transitions take time (:class:`PowerTiming`): while a change is scheduled the
-system reads ``PoweringOn`` / ``PoweringOff``. As in the IPMI simulator the schedule is
-applied lazily on every read, so an idle service costs no timer or task.
+Power transitions take time (:class:`simcore.PowerTiming`): while a change is scheduled
+the system reads ``PoweringOn`` / ``PoweringOff``. The schedule is the simulators' shared
+power model (:class:`simcore.SimulatedPower`), applied lazily on every read, so an idle
+service costs no timer or task.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Final
 import attrs
 
 from redfish.sim.faults import Faults
+from simcore.power import PowerTiming, SimulatedBmc
 
 ALL_RESET_TYPES: Final = (
     "On",
@@ -36,27 +38,6 @@ ALL_RESET_TYPES: Final = (
 ROOT: Final = "/redfish/v1"
 SESSIONS: Final = f"{ROOT}/SessionService/Sessions"
 TASKS: Final = f"{ROOT}/TaskService/Tasks"
-
-
-@attrs.frozen
-class PowerTiming:
-    """How long the simulated hardware takes (seconds).
-
-    power_on_delay   On until the state reads On (PoweringOn before)
-    power_off_delay  ForceOff until it reads Off (PoweringOff before)
-    soft_off_delay   GracefulShutdown until the OS has shut down (unless it ignores it)
-    cycle_off_time   ForceRestart/PowerCycle: how long the system stays off
-    """
-
-    power_on_delay: float = 0.0
-    power_off_delay: float = 0.0
-    soft_off_delay: float = 0.0
-    cycle_off_time: float = 0.0
-
-    def __attrs_post_init__(self) -> None:
-        for field in attrs.fields(PowerTiming):
-            if not getattr(self, field.name) >= 0.0:
-                raise ValueError(f"{field.name} must be >= 0")
 
 
 @attrs.frozen
@@ -123,7 +104,7 @@ def _error(status: int, message_id: str, message: str) -> SimResponse:
     return _json(status, doc)
 
 
-class SimService:
+class SimService(SimulatedBmc):
     """A Redfish service with one ComputerSystem.
 
     ``power_on`` is the hardware truth; ``set_power`` changes it out of band (the front
@@ -147,25 +128,16 @@ class SimService:
         new_token: Callable[[], str],
         power_on: bool = False,
     ) -> None:
-        self.index = index
-        self.name = f"sim-{index:04d}"
-        self.address = address
-        self.port = port
+        super().__init__(index, address, port, clock=clock, timing=timing, power_on=power_on)
         self.options = options
         self.health = "OK"
-        self._clock = clock
-        self._timing = timing
         self._username = username
         self._password_for = password_for
         self._faults = faults
         self._new_token = new_token
-        self._power = power_on
-        self._schedule: tuple[tuple[float, bool], ...] = ()
         self._sessions: dict[str, SimSession] = {}  # by token
         self._session_ids = 0
         self._tasks: dict[str, float] = {}  # task id -> when it completes
-        self.down_until = 0.0
-        self.boot_count = 0
         self.errors_sent = 0  # answers of the server_errors fault since it was set
         self.requests = 0
         self.methods: dict[str, int] = {}
@@ -189,34 +161,13 @@ class SimService:
 
     # ---- the hardware truth --------------------------------------------------------------
 
-    def _settle(self, now: float) -> None:
-        schedule = self._schedule
-        while schedule and schedule[0][0] <= now:
-            self._power = schedule[0][1]
-            schedule = schedule[1:]
-        self._schedule = schedule
-
-    def power_at(self, now: float) -> bool:
-        if self._schedule:
-            self._settle(now)
-        return self._power
-
-    @property
-    def power_on(self) -> bool:
-        return self.power_at(self._clock())
-
     @property
     def power_state(self) -> str:
         now = self._clock()
-        on = self.power_at(now)
-        if self._schedule:
-            return "PoweringOn" if self._schedule[0][1] else "PoweringOff"
-        return "On" if on else "Off"
-
-    def set_power(self, on: bool) -> None:
-        """Change the power out of band (the button on the front panel): immediate."""
-        self._schedule = ()
-        self._power = bool(on)
+        pending = self.next_power(now)
+        if pending is not None:
+            return "PoweringOn" if pending else "PoweringOff"
+        return "On" if self.power_at(now) else "Off"
 
     # ---- sessions ---------------------------------------------------------------------------
 
@@ -226,6 +177,15 @@ class SimService:
 
     def drop_sessions(self) -> None:
         self._sessions.clear()
+
+    def control_details(self, now: float) -> dict[str, Any]:
+        """What the control socket's ``list`` says beyond the fields every BMC has."""
+        return {
+            "url": self.url,
+            "system_id": self.system_path,
+            "power_state": self.power_state,
+            "requests": self.requests,
+        }
 
     def _expire(self, now: float) -> None:
         limit = self.options.idle_timeout
@@ -421,28 +381,28 @@ class SimService:
         if not self.options.tasks:
             return SimResponse(204)
         task_id = str(len(self._tasks) + 1)
-        done_at = self._schedule[-1][0] if self._schedule else now
+        done_at = self.settles_at(now)
         self._tasks[task_id] = done_at
         location = f"{TASKS}/{task_id}"
         return _json(202, self._task_doc(task_id, now), (("Location", location),))
 
     def _apply_reset(self, reset_type: str, now: float, faults: Faults) -> SimResponse | None:
         on = self.power_at(now)
-        timing = self._timing
         wants = {"On": True, "ForceOn": True, "ForceOff": False, "GracefulShutdown": False}
-        if self.options.conflicts and wants.get(reset_type) == on and not self._schedule:
+        settled = self.next_power(now) is None
+        if self.options.conflicts and wants.get(reset_type) == on and settled:
             return _error(
                 409,
                 "Base.1.16.ActionParameterValueConflict",
                 f"ResetType {reset_type} conflicts with the current power state",
             )
         if reset_type in ("On", "ForceOn"):
-            self._schedule = ((now + timing.power_on_delay, True),)
+            self.start_power_on(now)
         elif reset_type == "ForceOff":
-            self._schedule = ((now + timing.power_off_delay, False),)
+            self.start_power_off(now)
         elif reset_type == "GracefulShutdown":
             if on and self.index not in faults.ignore_soft_off:
-                self._schedule = ((now + timing.soft_off_delay, False),)
+                self.start_soft_off(now)
         elif reset_type in ("ForceRestart", "GracefulRestart", "PowerCycle"):
             if not on:
                 return _error(
@@ -450,11 +410,9 @@ class SimService:
                     "Base.1.16.ActionParameterValueConflict",
                     f"ResetType {reset_type}: the system is off",
                 )
-            off_at = now + timing.power_off_delay
-            self._schedule = ((off_at, False), (off_at + timing.cycle_off_time, True))
+            self.start_cycle(now)
         elif reset_type == "PushPowerButton":
-            self._schedule = ((now, not on),)
-        self._settle(now)  # zero delays take effect at once
+            self.press_button(now)
         return None
 
     def _task_doc(self, task_id: str, now: float) -> dict[str, Any]:

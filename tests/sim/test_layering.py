@@ -1,5 +1,6 @@
 """ipmi.sim's layering: the fleet describes itself neutrally, the inventory writer only
-renders descriptions, and the control socket knows the fleet only by an interface."""
+renders descriptions, and the control socket (simcore.control, shared with redfish.sim)
+knows the fleet only by an interface."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import tomllib
 from pathlib import Path
 
 import ipmi.sim
+import redfish.sim
+import simcore
 from ipmi.sim import BmcDescription, open_fleet, render_inventory, write_inventory
 
 SIM = Path(ipmi.sim.__file__).parent
+REDFISH_SIM = Path(redfish.sim.__file__).parent
+CORE = Path(simcore.__file__).parent
 
 
-def imported_modules(module: str) -> set[str]:
-    tree = ast.parse((SIM / f"{module}.py").read_text())
+def imported_modules(module: str, package: Path = SIM) -> set[str]:
+    tree = ast.parse((package / f"{module}.py").read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -25,9 +30,10 @@ def imported_modules(module: str) -> set[str]:
 
 
 def test_control_and_inventory_never_import_the_fleet() -> None:
-    assert "ipmi.sim.fleet" not in imported_modules("control")  # no import cycle
+    assert "simcore.fleet" not in imported_modules("control", CORE)  # no import cycle
     assert "ipmi.sim.fleet" not in imported_modules("inventory")
-    assert "ipmi.sim.control" in imported_modules("fleet")  # one direction only
+    for fleet in (SIM, REDFISH_SIM):  # one direction only
+        assert "simcore.control" in imported_modules("fleet", fleet)
 
 
 async def test_a_fleet_describes_itself_without_its_password(tmp_path: Path) -> None:
