@@ -90,11 +90,11 @@ def tool_versions() -> dict[str, str]:
             versions[name] = (out.stdout or out.stderr).strip().splitlines()[0][:80]
         except (OSError, IndexError, subprocess.TimeoutExpired):
             versions[name] = "?"
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         versions["pyghmi"] = version("pyghmi")
-    except Exception:
+    except PackageNotFoundError:
         versions["pyghmi"] = "?"
     return versions
 
