@@ -146,6 +146,16 @@ def _cmd_add(args: argparse.Namespace) -> int:
     for key in ("privilege", "instance_uuid", "session_mode"):
         if getattr(args, key) is not None:
             table[key] = getattr(args, key)
+    for key, value in (
+        ("redfish_system_id", args.system_id),
+        ("redfish_verify_ca", False if args.insecure else args.ca_file),
+    ):
+        if value is not None:  # parse_node refuses them for an IPMI node, naming the key
+            table[key] = value
+    if args.driver == "redfish" and "://" in args.address:
+        table["redfish_address"] = table.pop("bmc_address")
+        if args.port is None:
+            del table["bmc_port"]  # the URL's
     node = parse_node(
         table,
         where=f"node add {args.name}",
@@ -157,7 +167,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     with open_configured_store(config, create=True) as store, store_errors(f"node {node.name}"):
         try:
             fields = node_inventory(node, config.ipmi)
-            fields.update(secret_fields(args, node.name, args.driver, {}))
+            fields.update(secret_fields(args, node.name, args.driver, fields["driver_info"]))
             added = store.add_node(**fields, provision_state=args.provision_state or None)
         except InstanceInUse:
             raise  # store_errors names this node and the one that has the instance
@@ -514,7 +524,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     add = actions.add_parser("add", help="add a node")
     add.add_argument("name")
-    add.add_argument("--address", required=True, help="BMC IP address or host name")
+    add.add_argument(
+        "--address", required=True, help="BMC IP address or host name (Redfish: or its URL)"
+    )
     add.add_argument("--driver", choices=DRIVER_NAMES, default="ipmi", help="BMC protocol (ipmi)")
     add.add_argument(
         "--port", type=integer_argument, help="BMC port (default: the driver's, 623 for IPMI)"
@@ -522,6 +534,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--username", required=True, help="BMC user name")
     _add_password_options(add, required=True)
     _add_node_options(add)
+    redfish = add.add_argument_group("Redfish nodes (--driver redfish)")
+    redfish.add_argument(
+        "--system-id", help="redfish_system_id, e.g. /redfish/v1/Systems/1 (if several)"
+    )
+    trust = redfish.add_mutually_exclusive_group()
+    trust.add_argument("--ca-file", metavar="PEM", help="redfish_verify_ca: the BMCs' CA")
+    trust.add_argument(
+        "--insecure", action="store_true", help="redfish_verify_ca = false (a lab only)"
+    )
     add.add_argument("--json", action="store_true", help="print the node as JSON")
     add.set_defaults(handler=_cmd_add)
 

@@ -656,3 +656,29 @@ def test_import_redfish_nodes_with_ironic_names(cli: Cli) -> None:
     assert "row 3 (rf-4): redfish_address" in err and "not an https:// URL" in err
     with cli.store() as store:
         assert store.get_node("rf-3").driver_info["redfish_verify_ca"] is False
+
+
+def test_add_a_redfish_node_with_its_system_and_ca(cli: Cli) -> None:
+    ca = cli.dir / "bmc-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    status, out, err = cli(
+        "node", "add", "rf-9", "--driver", "redfish", "--address", "https://127.0.0.1:8443",
+        "--username", "root", "--password-file", str(cli.password_file),
+        "--system-id", "/redfish/v1/Systems/1", "--ca-file", str(ca), "--json",
+    )  # fmt: skip
+    assert status == 0, err
+    shown = json.loads(out)
+    assert (shown["driver"], shown["bmc_address"], shown["bmc_port"]) == (
+        "redfish",
+        "127.0.0.1",
+        8443,
+    )
+    assert shown["driver_info"]["redfish_system_id"] == "/redfish/v1/Systems/1"
+    assert shown["driver_info"]["redfish_verify_ca"] == str(ca)
+    assert shown["driver_info"]["redfish_address"] == "https://127.0.0.1:8443"
+    assert shown["driver_info"]["redfish_password_file"] == str(cli.password_file)  # a reference
+    line = cli.fails(
+        "node", "add", "ipmi-9", "--address", "127.0.0.1", "--username", "admin",
+        "--password-file", str(cli.password_file), "--insecure",
+    )  # fmt: skip
+    assert "redfish_verify_ca is a Redfish setting" in line
