@@ -139,8 +139,10 @@ async def sync_cycles(
     """``args.cycles`` timed sync cycles, ``args.pause`` apart: per cycle the power the agent
     recorded per node (read from the store after the timed part), its summary and errors,
     the servers' counters (``server``, around the timed part) and the pool's."""
+    from agent.sync.daemon import freeze_startup_heap
     from store import POWER_ON
 
+    freeze_startup_heap()  # as the daemon does before its first cycle
     report: list[dict[str, Any]] = []
     for number in range(args.cycles):
         if number:
