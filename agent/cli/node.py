@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from agent.bmc.pool import SESSION_MODES
-from agent.bmc.seam import BmcEndpoint, BmcError
 from agent.cli.common import (
     format_time,
     integer_argument,
@@ -23,12 +21,18 @@ from agent.cli.common import (
     print_table,
     store_errors,
 )
+from agent.cli.node_secrets import (
+    add_password_options,
+    password_from_args,
+    referenced_secret,
+    secret_fields,
+    secret_source,
+)
 from agent.config.inventory import FORMATS, ImportRow, read_inventory
 from agent.config.nodes import node_inventory, parse_node
 from agent.config.options import AgentConfig, load_config
 from agent.config.reader import ascii_integer
-from agent.config.secrets import read_secret_env, read_secret_file
-from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES, check_secret
+from agent.drivers import DEFAULT_PORTS, DRIVER_NAMES
 from agent.drivers.ipmi import PRIVILEGES, check_cipher_suites, check_username
 from agent.errors import AgentError, NodeError
 from store import (
@@ -45,74 +49,6 @@ from store import (
 )
 
 OPERATOR = "operator"  # history cause for edits made here
-
-
-def password_from_args(args: argparse.Namespace) -> str | None:
-    if getattr(args, "password_file", None):
-        return read_secret_file(args.password_file, what="BMC password")
-    if getattr(args, "password_env", None):
-        return read_secret_env(args.password_env, what="BMC password")
-    return None
-
-
-def secret_fields(
-    args: argparse.Namespace, subject: str, driver: str, driver_info: Mapping[str, object]
-) -> dict[str, Any]:
-    """Store fields for the password options: by default a reference (``<driver>_password_file``
-    or ``_env`` in driver_info, read at each login); with --store-secret a copy in the store.
-    The secret is read here once either way, so a missing or loose file fails now."""
-    password = password_from_args(args)
-    if password is None:
-        return {}
-    try:
-        check_secret(driver, password)
-    except ValueError as exc:
-        raise NodeError(f"node {subject}: {exc}") from None
-    references = ("_password_file", "_password_env")
-    info = {key: value for key, value in driver_info.items() if not key.endswith(references)}
-    if getattr(args, "store_secret", False):
-        return {"bmc_password": password, "driver_info": info}
-    if args.password_file:
-        info[f"{driver}_password_file"] = os.path.abspath(args.password_file)
-    else:
-        info[f"{driver}_password_env"] = args.password_env
-    return {"bmc_password": "", "driver_info": info}
-
-
-def secret_source(node: Node) -> str:
-    """Where a node's BMC password comes from, in words (never the secret)."""
-    info = node.driver_info
-    for key, value in sorted(info.items()):
-        if key.endswith("_password_file"):
-            return f"file {value}"
-        if key.endswith("_password_env"):
-            return f"environment variable {value}"
-    return "stored in the store" if node.bmc_password else "none"
-
-
-def _referenced_secret(node: Node) -> str | None:
-    """The secret a node's password file or variable holds now (None: none or unreadable)."""
-    if not secret_source(node).startswith(("file", "environment")):
-        return None
-    try:
-        return BmcEndpoint.for_node(node, node.driver, session_mode="persistent").secret()
-    except BmcError:
-        return None
-
-
-def _add_password_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument(
-        "--password-file",
-        metavar="FILE",
-        help="file (mode 0600) holding the password; the node refers to it (read at each login)",
-    )
-    group.add_argument("--password-env", metavar="VAR", help="environment variable holding it")
-    parser.add_argument(
-        "--store-secret",
-        action="store_true",
-        help="copy the password into the store instead of referring to the file or variable",
-    )
 
 
 def _split_suites(text: str) -> list[object]:
@@ -424,7 +360,7 @@ def _import_one(store: Store | None, row: ImportRow, config: AgentConfig, args: 
         for key in ("cipher_suites", "privilege", "instance_uuid", "session_mode"):
             if getattr(row.node, key) is None:
                 wanted[key] = getattr(existing, key)
-        if _referenced_secret(existing) == wanted["bmc_password"]:
+        if referenced_secret(existing) == wanted["bmc_password"]:
             # A node that refers to its password keeps the reference when the file brings
             # the same secret (the import reads it); a different one replaces it.
             wanted["bmc_password"] = existing.bmc_password
@@ -532,7 +468,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--port", type=integer_argument, help="BMC port (default: the driver's, 623 for IPMI)"
     )
     add.add_argument("--username", required=True, help="BMC user name")
-    _add_password_options(add, required=True)
+    add_password_options(add, required=True)
     _add_node_options(add)
     redfish = add.add_argument_group("Redfish nodes (--driver redfish)")
     redfish.add_argument(
@@ -567,7 +503,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     change.add_argument("--address")
     change.add_argument("--port", type=integer_argument)
     change.add_argument("--username")
-    _add_password_options(change, required=False)
+    add_password_options(change, required=False)
     _add_node_options(change, session_default=True)
     change.add_argument("--no-instance", action="store_true", help="clear the instance UUID")
     change.add_argument("--maintenance", choices=("on", "off"))
@@ -582,7 +518,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load = actions.add_parser("import", help="add or update nodes from a TOML, CSV or JSON file")
     load.add_argument("file")
     load.add_argument("--format", choices=FORMATS, help="default: from the file extension")
-    _add_password_options(load, required=False)
+    add_password_options(load, required=False)
     load.add_argument("--dry-run", action="store_true", help="validate and count, write nothing")
     load.add_argument("--json", action="store_true", help="print the summary as JSON")
     load.set_defaults(handler=_cmd_import)
