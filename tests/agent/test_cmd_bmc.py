@@ -32,7 +32,10 @@ def sim(tmp_path: Path) -> Iterator[IpmiSimBmc]:
 def powersync(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "IPMI_PASSWORD"}
+    """The real command line in a subprocess, without the default password variables."""
+    environment = {
+        k: v for k, v in os.environ.items() if k not in ("IPMI_PASSWORD", "REDFISH_PASSWORD")
+    }
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "agent.cli.main", *args],

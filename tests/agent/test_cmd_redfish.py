@@ -8,7 +8,6 @@ uses) against ``powersync sim``. Under CI a missing peer fails, never skips.
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import sys
@@ -24,30 +23,13 @@ import pytest
 from agent.config.secrets import write_secret_file
 from redfish.sim import send_control
 from store import open_store
+from tests.agent.test_cmd_bmc import powersync
 from tests.conftest import require_module
 from tests.redfish.peers import Emulator, free_tcp_port, run_sushy_emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "rf-cli-Secret-42"
 STARTUP = 20.0  # seconds for `powersync sim` to print its serving line
-
-
-def powersync(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    environment = {
-        k: v for k, v in os.environ.items() if k not in ("IPMI_PASSWORD", "REDFISH_PASSWORD")
-    }
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "agent.cli.main", *args],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *secrets: str) -> str:
