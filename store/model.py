@@ -24,8 +24,8 @@ from store.validate import (
     invalid,
     optional_text,
     optional_time,
+    optional_uuid,
     optional_word_text,
-    parse_uuid,
     validate_address,
     validate_bool,
     validate_cipher_suites,
@@ -330,12 +330,7 @@ def validate_history(record: HistoryRecord) -> None:
 
 def validate_node_uuid(value: object) -> str | None:
     """A node's own uuid given by the caller (e.g. Ironic's, kept by ``node import``)."""
-    if value is None:
-        return None
-    parsed = parse_uuid(value) if isinstance(value, str) else None
-    if parsed is None:
-        raise invalid("uuid", f"must be a UUID, got {value!r}")
-    return parsed
+    return optional_uuid("uuid", value)
 
 
 def new_node(fields: Mapping[str, object], *, now: float, uuid: str | None = None) -> Node:

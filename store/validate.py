@@ -149,13 +149,18 @@ def validate_privilege(value: object) -> str:
     return value
 
 
-def validate_instance_uuid(value: object) -> str | None:
+def optional_uuid(field: str, value: object) -> str | None:
+    """None, or ``value`` as a canonical UUID (InvalidNode naming ``field`` otherwise)."""
     if value is None:
         return None
     parsed = parse_uuid(value) if isinstance(value, str) else None
     if parsed is None:
-        raise invalid("instance_uuid", f"must be a UUID, got {value!r}")
+        raise invalid(field, f"must be a UUID, got {value!r}")
     return parsed
+
+
+def validate_instance_uuid(value: object) -> str | None:
+    return optional_uuid("instance_uuid", value)
 
 
 def validate_session_mode(value: object) -> str | None:
